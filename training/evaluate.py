@@ -9,8 +9,9 @@ Metrics:
 * classification: accuracy, weighted F1, macro F1, per-class P/R/F1, confusion matrix (rows =
   gold, columns = predicted, in ``model.LABELS`` order), via scikit-learn;
 * chains (unless ``chain=False``): parse rate (five fields read from what the model wrote),
-  label-chain agreement (the label the *raw* generated chain argues for, read with
-  ``model.chain.chain_label``, equals the returned label), distinct-1/2 of generated chains;
+  label-chain agreement (the label the model's *own* chain argues for equals the returned
+  label: ``Prediction.extra["chain_label"]`` when the backend records it, else read from the
+  raw chain with ``model.chain.chain_label``), distinct-1/2 of generated chains;
   against the teacher chains of rows that have ``teacher_cot``: corpus BLEU-4, ROUGE-L F1 and
   MiniLM (all-MiniLM-L6-v2) embedding cosine, all on a 0..1 scale, comparing the canonical
   rendered form of both chains (``ReasoningChain.render``);
@@ -32,8 +33,21 @@ from .textmetrics import MiniLMEmbedder, bleu4, distinct_n, embedding_cosine, ro
 LABEL_NAMES = [l.value for l in LABELS]
 
 
+def _own_label(pred: Prediction) -> Label | None:
+    """The label the model's own chain argues for: ``extra["chain_label"]`` when the backend
+    records it (the HF backend appends the decided label to the chain, so its raw text always
+    agrees), else read from the raw chain text."""
+    if "chain_label" in pred.extra:
+        value = pred.extra["chain_label"]
+        try:
+            return Label.parse(value) if value else None
+        except ValueError:
+            return None
+    return _raw_label(pred.chain) if pred.chain is not None else None
+
+
 def _raw_label(chain: ReasoningChain) -> Label | None:
-    """The label the model's own chain text argues for (raw text when there is one)."""
+    """The label the chain text argues for (raw text when there is one)."""
     source = parse_chain(chain.raw) if chain.raw else chain
     try:
         return chain_label(source)
@@ -154,7 +168,7 @@ def evaluate(
         report["n_chains"] = len(have)
         report["chain_parse_rate"] = (sum(_chain_parsed(c) for c in have) / len(preds)) if preds else None
         report["label_chain_agreement"] = (
-            sum(1 for p in preds if p.chain is not None and _raw_label(p.chain) == p.label) / len(preds)
+            sum(1 for p in preds if p.chain is not None and _own_label(p) == p.label) / len(preds)
             if preds else None
         )
         gen_texts = [_canonical(c) for c in have]

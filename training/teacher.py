@@ -1,0 +1,447 @@
+"""Teacher stage (METHOD.md step 1): five-field chains from a large MLLM, kept when they match gold.
+
+For each post: a label-free pass with ``model.prompts.reasoning_prompt``; when the parsed
+prediction (``model.chain.chain_label``) differs from the gold label, up to ``max_guided``
+label-guided retries with ``guided_reasoning_prompt``. The chain is kept when its prediction
+equals gold.
+
+Output: a JSONL file, one row per post, appended as posts finish (a rerun skips the ids already
+there, so an interrupted run resumes). Every row is a valid dataset row for
+:func:`training.data.load_examples` (``id``, ``text``, ``aspect``, ``label``, ``image`` relative to
+the output file, ``teacher_cot`` = the kept chain or null, ``teacher``) plus the audit fields:
+``prompt_version``, ``model``, ``stage`` (``free`` | ``guided`` | ``failed``), ``attempts``,
+``raw`` (last raw answer), ``parsed`` (its five fields), ``parsed_ok``, ``prediction``, ``keep``,
+``tokens`` and ``history`` (every attempt's stage, raw answer and prediction). Posts for which
+the teacher never answered (every request failed after its retries) are not written, so a
+rerun tries them again.
+
+Backends:
+
+* :class:`EndpointTeacher` - any OpenAI-compatible ``/chat/completions`` endpoint with image
+  input (vLLM, SGLang, hosted APIs): images as base64 ``data:`` URLs, ``httpx`` async client,
+  a concurrency limit, a request-rate limit, retries with exponential backoff (honouring
+  ``Retry-After``) on 429/5xx/transport errors, token and cost accounting from ``usage``.
+* :class:`HFTeacher` - an in-process Hugging Face model through ``model.load_student("hf:...")``
+  (its ``generate_raw``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from model import Label, PostInput, chain_label, parse_chain
+from model.prompts import PROMPT_VERSION, guided_reasoning_prompt, reasoning_prompt
+
+from .data import Example
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Usage:
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TeacherBackend(Protocol):
+    model: str
+    usage: Usage
+
+    async def generate(self, prompt: str, image: Any | None) -> Generation: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TeacherError(RuntimeError):
+    """The teacher could not answer (after retries)."""
+
+
+# ------------------------------------------------------------------------------ endpoint backend
+
+
+def image_data_url(image: Any, max_side: int | None = 640, quality: int = 90) -> str:
+    """A PIL image as a ``data:image/jpeg;base64,...`` URL (downscaled to ``max_side``)."""
+    im = image.convert("RGB")
+    if max_side and max(im.size) > max_side:
+        im = im.copy()
+        im.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class RateLimiter:
+    """At most ``rate`` request starts per second (evenly spaced); ``None``/0 = unlimited."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class EndpointTeacher:
+    """OpenAI-compatible chat-completions client with image input.
+
+    Args:
+        base_url: e.g. ``http://localhost:8000/v1`` (``/chat/completions`` is appended).
+        model: the model name the endpoint serves (e.g. ``Qwen/Qwen2.5-VL-72B-Instruct``).
+        api_key: bearer token; default ``$OPENAI_API_KEY`` if set.
+        max_concurrency: requests in flight at once.
+        requests_per_s: request-rate limit (None = unlimited).
+        max_retries: retries per request on 429, 5xx, timeouts and transport errors.
+        backoff_s: first backoff; doubles per retry, with jitter, capped at ``max_backoff_s``.
+        price_prompt_per_mtok / price_completion_per_mtok: USD per million tokens for the cost.
+    """
+
+    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        requests_per_s: float | None = None,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        timeout_s: float = 120.0,
+        temperature: float = 0.0,
+        max_tokens: int = 768,
+        image_max_side: int | None = 640,
+        price_prompt_per_mtok: float = 0.0,
+        price_completion_per_mtok: float = 0.0,
+        extra_body: dict | None = None,
+        client: Any = None,
+    ) -> None:
+        import httpx
+
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = client or httpx.AsyncClient(timeout=timeout_s, headers=headers)
+        self.sem = asyncio.Semaphore(max_concurrency)
+        self.limiter = RateLimiter(requests_per_s)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.image_max_side = image_max_side
+        self.price_in = price_prompt_per_mtok
+        self.price_out = price_completion_per_mtok
+        self.extra_body = dict(extra_body or {})
+        self.usage = Usage()
+
+    def payload(self, prompt: str, image: Any | None) -> dict:
+        content: list[dict] = []
+        if image is not None:
+            content.append({"type": "image_url", "image_url": {"url": image_data_url(image, self.image_max_side)}})
+        content.append({"type": "text", "text": prompt})
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **self.extra_body,
+        }
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_backoff_s)
+            except ValueError:
+                pass
+        base = min(self.backoff_s * (2 ** attempt), self.max_backoff_s)
+        return base * (0.5 + random.random() / 2)
+
+    async def generate(self, prompt: str, image: Any | None) -> Generation:
+        import httpx
+
+        body = self.payload(prompt, image)
+        last: str = ""
+        async with self.sem:
+            for attempt in range(self.max_retries + 1):
+                await self.limiter.wait()
+                self.usage.requests += 1
+                retry_after = None
+                try:
+                    resp = await self.client.post(self.url, json=body)
+                except (httpx.TransportError, httpx.TimeoutException) as e:
+                    last = f"{type(e).__name__}: {e}"
+                else:
+                    if resp.status_code == 200:
+                        try:
+                            data = resp.json()
+                            text = data["choices"][0]["message"]["content"]
+                        except (ValueError, KeyError, IndexError, TypeError) as e:
+                            raise TeacherError(f"malformed response from {self.url}: {e}: {resp.text[:200]}") from None
+                        if isinstance(text, list):  # content parts
+                            text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+                        usage = data.get("usage") or {}
+                        pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+                        self.usage.prompt_tokens += pt
+                        self.usage.completion_tokens += ct
+                        self.usage.cost_usd += (pt * self.price_in + ct * self.price_out) / 1e6
+                        return Generation(text or "", pt, ct)
+                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    if resp.status_code not in self.RETRY_STATUS:
+                        self.usage.failures += 1
+                        raise TeacherError(f"{self.url} answered {last}")
+                    retry_after = resp.headers.get("retry-after")
+                if attempt < self.max_retries:
+                    self.usage.retries += 1
+                    await asyncio.sleep(self._delay(attempt, retry_after))
+        self.usage.failures += 1
+        raise TeacherError(f"{self.url}: gave up after {self.max_retries + 1} tries: {last}")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+# ------------------------------------------------------------------------------ in-process HF backend
+
+
+class HFTeacher:
+    """An in-process HF VLM as the teacher, loaded with ``model.load_student(spec)``.
+
+    Generation runs one post at a time in a worker thread (the model is not re-entrant)."""
+
+    def __init__(self, spec: str, *, max_new_tokens: int = 384, student: Any = None, **options: Any) -> None:
+        from model import load_student
+
+        self.student = student if student is not None else load_student(
+            spec if spec.startswith("hf:") else f"hf:{spec}", max_new_tokens=max_new_tokens, **options)
+        if not hasattr(self.student, "generate_raw"):
+            raise TypeError(f"{spec}: the teacher needs an HF student with generate_raw()")
+        self.model = spec
+        self.max_new_tokens = max_new_tokens
+        self.usage = Usage()
+        self._lock = asyncio.Lock()
+
+    async def generate(self, prompt: str, image: Any | None) -> Generation:
+        post = PostInput(text="", image=image)
+        async with self._lock:
+            self.usage.requests += 1
+            texts, n_prompt, n_gen = await asyncio.to_thread(
+                self.student.generate_raw, [post], [prompt], stop_at_prediction=False,
+                max_new_tokens=self.max_new_tokens)
+        self.usage.prompt_tokens += int(n_prompt[0])
+        self.usage.completion_tokens += int(n_gen[0])
+        return Generation(texts[0], int(n_prompt[0]), int(n_gen[0]))
+
+    async def aclose(self) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------ the stage
+
+
+def done_ids(out_path: str | Path) -> set[str]:
+    """Ids already in an output file (a truncated last line is ignored)."""
+    path = Path(out_path)
+    if not path.exists():
+        return set()
+    ids = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            ids.add(str(json.loads(line)["id"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return ids
+
+
+def _predicted(raw: str) -> tuple[Any, Label | None]:
+    chain = parse_chain(raw)
+    try:
+        return chain, chain_label(chain)
+    except ValueError:
+        return chain, None
+
+
+async def teach_one(backend: TeacherBackend, ex: Example, *, max_guided: int = 2,
+                    image_max_side: int | None = None) -> dict:
+    """Run the free pass and up to ``max_guided`` guided retries for one example; returns its row."""
+    if ex.label is None:
+        raise ValueError(f"{ex.id}: the teacher stage needs a gold label")
+    post = ex.post(max_side=image_max_side)
+    history = []
+    tokens = {"prompt": 0, "completion": 0}
+    stage, keep, chain, pred, raw = "failed", False, None, None, ""
+    plan = [("free", reasoning_prompt(post))] + [("guided", guided_reasoning_prompt(post, ex.label))] * max_guided
+    for attempt, (name, prompt) in enumerate(plan, 1):
+        try:
+            gen = await backend.generate(prompt, post.image)
+        except TeacherError as e:
+            history.append({"stage": name, "error": str(e)})
+            continue
+        tokens["prompt"] += gen.prompt_tokens
+        tokens["completion"] += gen.completion_tokens
+        raw = gen.text
+        chain, pred = _predicted(raw)
+        history.append({"stage": name, "raw": raw, "prediction": pred.value if pred else None,
+                        "parsed_ok": chain.parsed})
+        if pred == ex.label:
+            stage, keep = name, True
+            break
+    kept = chain.with_prediction(ex.label).render() if keep and chain is not None else None
+    return {
+        "id": ex.id,
+        "text": ex.text,
+        "aspect": ex.aspect,
+        "label": ex.label.value,
+        "image": None,  # filled by the writer (relative to the output file)
+        "teacher_cot": kept,
+        "teacher": backend.model,
+        "prompt_version": PROMPT_VERSION,
+        "model": backend.model,
+        "stage": stage,
+        "attempts": len(history),
+        "keep": keep,
+        "raw": raw,
+        "parsed": chain.fields() if chain is not None else None,
+        "parsed_ok": bool(chain.parsed) if chain is not None else False,
+        "prediction": pred.value if pred else None,
+        "tokens": tokens,
+        "history": history,
+        "error": bool(history) and all("error" in h for h in history),
+    }
+
+
+async def run_teacher_async(
+    examples: Sequence[Example],
+    backend: TeacherBackend,
+    out_path: str | Path,
+    *,
+    max_guided: int = 2,
+    max_in_flight: int = 32,
+    image_max_side: int | None = None,
+    progress: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run the teacher stage, appending rows to ``out_path``; returns a summary dict."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_ids(out)
+    todo = [ex for ex in examples if ex.id not in done]
+    summary = {"total": len(examples), "skipped_done": len(examples) - len(todo), "processed": 0,
+               "kept": 0, "kept_free": 0, "kept_guided": 0, "failed": 0, "errors": 0, "out": str(out)}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="teacher", unit="post")
+    gate = asyncio.Semaphore(max_in_flight)
+
+    async def one(ex: Example) -> dict:
+        async with gate:
+            return await teach_one(backend, ex, max_guided=max_guided, image_max_side=image_max_side)
+
+    t0 = time.perf_counter()
+    with out.open("a", encoding="utf-8") as f:
+        tasks = [asyncio.ensure_future(one(ex)) for ex in todo]
+        by_id = {ex.id: ex for ex in todo}
+        try:
+            for fut in asyncio.as_completed(tasks):
+                row = await fut
+                ex = by_id[row["id"]]
+                if row.pop("error"):  # the teacher never answered: not written, a rerun retries it
+                    summary["errors"] += 1
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                if ex.image_path is not None:
+                    row["image"] = os.path.relpath(Path(ex.image_path).resolve(), out.parent.resolve())
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                summary["processed"] += 1
+                summary["kept"] += row["keep"]
+                summary["kept_free"] += row["keep"] and row["stage"] == "free"
+                summary["kept_guided"] += row["keep"] and row["stage"] == "guided"
+                summary["failed"] += not row["keep"]
+                if on_row:
+                    on_row(row)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            for t in tasks:
+                t.cancel()
+            if bar is not None:
+                bar.close()
+    summary["seconds"] = time.perf_counter() - t0
+    summary["usage"] = backend.usage.as_dict()
+    return summary
+
+
+def run_teacher(examples: Sequence[Example], backend_factory: Callable[[], TeacherBackend], out_path: str | Path,
+                **kwargs: Any) -> dict:
+    """Synchronous wrapper: builds the backend inside the event loop, runs, closes it."""
+
+    async def main() -> dict:
+        backend = backend_factory()
+        try:
+            return await run_teacher_async(examples, backend, out_path, **kwargs)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(main())
+
+
+def make_backend(kind: str, **cfg: Any) -> TeacherBackend:
+    """``kind``: ``endpoint`` (needs ``base_url``, ``model``) or ``hf`` (needs ``model``: an hf spec)."""
+    if kind == "endpoint":
+        return EndpointTeacher(**cfg)
+    if kind == "hf":
+        cfg = dict(cfg)
+        spec = cfg.pop("model")
+        return HFTeacher(spec, **cfg)
+    raise ValueError(f"unknown teacher backend {kind!r} (endpoint | hf)")
+
+
+__all__ = [
+    "EndpointTeacher",
+    "HFTeacher",
+    "Generation",
+    "Usage",
+    "TeacherError",
+    "RateLimiter",
+    "image_data_url",
+    "teach_one",
+    "run_teacher",
+    "run_teacher_async",
+    "done_ids",
+    "make_backend",
+]
