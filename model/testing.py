@@ -20,6 +20,7 @@ API (all deterministic for a given ``seed``)::
     build_tiny_smolvlm(path, *, seed=0, image_size=56) -> Path   # Idefics3 architecture
     build_tiny(family, path, **kw) -> Path                        # family: "qwen2_5_vl" | "smolvlm"
     load_tiny(path) -> (model, processor)                         # plain transformers objects
+    overfit_tiny(src, [(post, prompt, answer), ...], out, steps=60) -> (out, final_loss)
     FAMILIES = ("qwen2_5_vl", "smolvlm")
 
 The models are random: their output is gibberish but deterministic. Tests that need a real
@@ -300,8 +301,9 @@ def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0, image_size: int = 
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.do_sample = False
     px = image_size * image_size
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=px, max_pixels=px, patch_size=14, merge_size=2,
-                                               temporal_patch_size=2)
+    # a fresh ``size`` dict: the constructor's min/max_pixels path mutates a class-level default
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": px, "longest_edge": px}, patch_size=14,
+                                               merge_size=2, temporal_patch_size=2)
     model.save_pretrained(path, safe_serialization=True)
     _save_parts(path, tok, image_processor, QWEN_CHAT_TEMPLATE, "Qwen2_5_VLProcessor")
     _write_marker(path, "qwen2_5_vl", seed)
@@ -368,8 +370,62 @@ def load_tiny(path: str | Path):
     return model, processor
 
 
+def overfit_tiny(
+    src: str | Path,
+    examples: list[tuple[PostInput, str, str]],
+    out: str | Path,
+    *,
+    steps: int = 60,
+    lr: float = 5e-3,
+    image_size: int = 56,
+    seed: int = 0,
+) -> tuple[Path, float]:
+    """Teach a tiny model ``examples`` of ``(post, prompt, answer)`` by plain supervised
+    fine-tuning (loss on the answer tokens + end-of-turn only), save it to ``out`` and return
+    ``(out, final_loss)``. With a few examples and ~60 steps the random model memorises them,
+    so real generation through the backend reproduces a known chain."""
+    import torch
+
+    from .backends.hf import encode_batch, render_prompt, save_processor
+
+    torch.manual_seed(seed)
+    model, processor = load_tiny(src)
+    family = model.config.model_type
+    tok = processor.tokenizer
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    batches = []
+    for post, prompt, answer in examples:
+        enc = encode_batch(processor, [post], [prompt], family=family, image_size=image_size)
+        lead = "" if render_prompt(processor, post, prompt)[-1:].isspace() else " "
+        ans = torch.tensor([tok.encode(lead + answer, add_special_tokens=False) + [eos]])
+        n, m = enc["input_ids"].shape[1], ans.shape[1]
+        inputs = {}
+        for key, value in enc.items():
+            if torch.is_tensor(value) and value.dim() == 2 and value.shape[1] == n and key != "pixel_values":
+                fill = ans if key == "input_ids" else torch.full((1, m), 1 if key == "attention_mask" else 0)
+                value = torch.cat([value, fill.to(value.dtype)], dim=1)
+            inputs[key] = value
+        inputs["labels"] = torch.cat([torch.full((1, n), -100), ans], dim=1)
+        batches.append(inputs)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    loss_value = float("nan")
+    for _ in range(steps):
+        opt.zero_grad()
+        total = sum(model(**b).loss for b in batches) / len(batches)
+        total.backward()
+        opt.step()
+        loss_value = float(total.detach())
+    model.eval()
+    out = Path(out)
+    model.save_pretrained(out, safe_serialization=True)
+    save_processor(processor, out)
+    return out, loss_value
+
+
 __all__ = [
     "FAMILIES",
+    "overfit_tiny",
     "tiny_tokenizer",
     "build_tiny_qwen2_5_vl",
     "build_tiny_smolvlm",

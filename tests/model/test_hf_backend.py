@@ -1,0 +1,251 @@
+"""The Hugging Face student on tiny random Qwen2.5-VL and Idefics3 (SmolVLM) models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from model import LABELS, Label, PostInput, load_student, parse_spec
+from model.backends.hf import (
+    HFStudent,
+    chain_with_label,
+    encode_batch,
+    prepare_image,
+    render_prompt,
+    save_processor,
+)
+from model.prompts import label_prompt, reasoning_prompt
+from model.testing import load_tiny
+
+
+def _img(mode: str, size: tuple[int, int], color=128) -> Image.Image:
+    if mode == "P":
+        return Image.new("RGB", size, (200, 30, 30)).convert("P")
+    if mode == "1":
+        return Image.new("1", size, 1)
+    if mode == "RGBA":
+        return Image.new("RGBA", size, (10, 200, 10, 100))
+    return Image.new(mode, size, color)
+
+
+def _posts() -> list[PostInput]:
+    return [
+        PostInput("Best day ever at the beach!", image=_img("RGB", (120, 80))),
+        PostInput("The train was late again.", aspect="train"),
+        PostInput("A much longer post about the council meeting on Tuesday and the budget it will discuss "
+                  "at great length with everyone", image=_img("L", (64, 64))),
+        PostInput("ok", image=_img("RGBA", (1, 1))),
+        PostInput("short"),
+    ]
+
+
+def _check(preds, n, *, chain: bool):
+    assert len(preds) == n
+    for p in preds:
+        assert set(p.probabilities) == {l.value for l in LABELS}
+        assert math.isclose(sum(p.probabilities.values()), 1.0, abs_tol=1e-5)
+        assert all(0.0 < v < 1.0 for v in p.probabilities.values())
+        assert p.label.value == max(p.probabilities, key=p.probabilities.get)
+        assert p.prompt_tokens > 0 and p.label_ms > 0
+        if chain:
+            assert p.chain is not None and p.chain.prediction == p.label.value
+            assert p.generated_tokens > 0 and p.chain_ms > 0
+            assert p.chain.raw.rstrip().endswith(f'"Prediction": {p.label.value}')
+        else:
+            assert p.chain is None and p.generated_tokens == 0
+
+
+def test_batch_shapes_and_agreement(tiny_student):
+    posts = _posts()
+    preds = tiny_student.predict(posts)
+    _check(preds, len(posts), chain=True)
+    assert tiny_student.predict([]) == []
+
+
+def test_left_padding_does_not_change_scores(tiny_student):
+    """A post scores the same alone and in a batch with longer posts (left padding + masks)."""
+    posts = _posts()
+    batched = tiny_student.classify(posts)
+    for i in (0, 1, 4):
+        alone = tiny_student.classify([posts[i]])[0]
+        for k in alone.probabilities:
+            assert alone.probabilities[k] == pytest.approx(batched[i].probabilities[k], abs=1e-4)
+
+
+def test_padding_is_left_and_image_tokens_only_for_image_posts(tiny_student):
+    posts = _posts()
+    proc = tiny_student.processor
+    enc = encode_batch(proc, posts, [label_prompt(p) for p in posts], family=tiny_student.family, image_size=56)
+    mask = enc["attention_mask"]
+    assert mask.shape == enc["input_ids"].shape and mask.shape[0] == len(posts)
+    assert bool((mask[:, -1] == 1).all()), "every row must end with a real token (left padding)"
+    shortest = int(mask.sum(-1).argmin())
+    assert mask[shortest, 0] == 0
+    image_id = tiny_student.model.config.image_token_id
+    n_image_tokens = (enc["input_ids"] == image_id).sum(-1).tolist()
+    for post, n in zip(posts, n_image_tokens):
+        assert (n > 0) == (post.image is not None)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        _img("RGBA", (50, 40)),
+        _img("L", (33, 77)),
+        _img("P", (90, 45)),
+        _img("1", (40, 40)),
+        _img("RGB", (1, 1)),
+        _img("RGB", (3000, 20)),
+        _img("RGB", (20, 3000)),
+        _img("CMYK", (64, 48)),
+    ],
+    ids=["RGBA", "L", "P", "1bit", "1x1", "3000x20", "20x3000", "CMYK"],
+)
+def test_odd_images(tiny_qwen_student, image):
+    prepared = prepare_image(image)
+    assert prepared.mode == "RGB" and min(prepared.size) >= 28
+    assert max(prepared.size) / min(prepared.size) <= 50
+    preds = tiny_qwen_student.predict([PostInput("look at this", image=image), PostInput("no image here")])
+    _check(preds, 2, chain=True)
+
+
+def test_odd_images_smolvlm(tiny_smolvlm_dir):
+    student = load_student(f"hf:{tiny_smolvlm_dir}", max_new_tokens=4)
+    images = [_img("RGBA", (50, 40)), _img("P", (90, 45)), _img("RGB", (1, 1)), _img("RGB", (3000, 20))]
+    preds = student.predict([PostInput("pic", image=im) for im in images] + [PostInput("text only")])
+    _check(preds, 5, chain=True)
+
+
+def test_image_resolution_is_configurable(tiny_qwen_dir):
+    post = PostInput("pic", image=_img("RGB", (112, 112)))
+    small = load_student(f"hf:{tiny_qwen_dir}", image_size=56, chain=False).classify([post])[0]
+    large = load_student(f"hf:{tiny_qwen_dir}", image_size=112, chain=False).classify([post])[0]
+    # 56x56 -> 4 patches of 28 -> 4 image tokens; 112x112 -> 16 image tokens
+    assert large.prompt_tokens - small.prompt_tokens == 12
+
+
+def test_aspect_and_text_only_prompts(tiny_student):
+    post = PostInput("The phone is fine but the battery dies fast", aspect="battery")
+    text = render_prompt(tiny_student.processor, post, reasoning_prompt(post))
+    assert "Target: battery" in text and "toward the target 'battery'" in text
+    assert "No image is attached." in text
+    plain = PostInput("The phone is fine but the battery dies fast")
+    assert "Target:" not in render_prompt(tiny_student.processor, plain, label_prompt(plain))
+    preds = tiny_student.predict([post, plain])
+    _check(preds, 2, chain=True)
+    assert preds[0].prompt_tokens != preds[1].prompt_tokens
+
+
+def test_labels_only_and_label_first(tiny_qwen_dir):
+    fast = load_student(f"hf:{tiny_qwen_dir}", chain=False, image_size=56)
+    posts = _posts()[:3]
+    _check(fast.predict(posts), 3, chain=False)
+    full = load_student(f"hf:{tiny_qwen_dir}", max_new_tokens=8, image_size=56)
+    _check(full.predict(posts, chain=False), 3, chain=False)
+    stages = list(full.predict_label_first(posts))
+    assert len(stages) == 2
+    _check(stages[0], 3, chain=False)
+    _check(stages[1], 3, chain=True)
+    assert [p.label for p in stages[0]] == [p.label for p in stages[1]]
+
+
+def test_greedy_is_deterministic_and_sampling_is_seeded(tiny_qwen_dir):
+    posts = _posts()
+    a = load_student(f"hf:{tiny_qwen_dir}", max_new_tokens=16, image_size=56)
+    r1, r2 = a.predict(posts), a.predict(posts)
+    assert [p.chain.raw for p in r1] == [p.chain.raw for p in r2]
+    assert [p.probabilities for p in r1] == [p.probabilities for p in r2]
+    s = load_student(f"hf:{tiny_qwen_dir}", max_new_tokens=16, image_size=56, do_sample=True, seed=7,
+                     temperature=1.0)
+    assert [p.chain.raw for p in s.predict(posts)] == [p.chain.raw for p in s.predict(posts)]
+
+
+def test_save_and_reload(tiny_qwen_dir, tmp_path):
+    model, processor = load_tiny(tiny_qwen_dir)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    save_processor(processor, tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    posts = _posts()
+    a = load_student(f"hf:{tiny_qwen_dir}", chain=False, image_size=56).predict(posts)
+    b = load_student(f"hf:{tmp_path}", chain=False, image_size=56).predict(posts)
+    for x, y in zip(a, b):
+        assert x.label == y.label
+        for k in x.probabilities:
+            assert x.probabilities[k] == pytest.approx(y.probabilities[k], abs=1e-6)
+
+
+def test_lora_adapter_load_and_merge(tiny_dir, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model, processor = load_tiny(tiny_dir)
+    torch.manual_seed(3)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                     init_lora_weights=False)  # random A and B: the adapter really changes outputs
+    peft_model = get_peft_model(model, cfg)
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    assert (adapter_dir / "adapter_model.safetensors").exists()
+
+    posts = _posts()[:3]
+    base = load_student(f"hf:{tiny_dir}", chain=False, image_size=56)
+    spec = f"hf:{tiny_dir}+{adapter_dir}"
+    assert parse_spec(spec) == ("hf", str(tiny_dir), str(adapter_dir))
+    merged = load_student(spec, chain=False, image_size=56)
+    assert merged.info["adapter"] == str(adapter_dir)
+    assert not isinstance(merged.model, PeftModel), "adapter must be merged for inference"
+
+    # reference: the unmerged PEFT model's label logits
+    ref_model, _ = load_tiny(tiny_dir)
+    ref = PeftModel.from_pretrained(ref_model, str(adapter_dir)).eval()
+    unmerged = HFStudent(ref, processor, family=base.family, image_size=56, chain=False)
+    got = merged.label_logits(posts)[0]
+    want = unmerged.label_logits(posts)[0]
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, base.label_logits(posts)[0], atol=1e-3)
+
+    # an adapter directory alone names its base model (adapter_config.json)
+    alone = load_student(f"hf:{adapter_dir}", chain=False, image_size=56)
+    assert torch.allclose(alone.label_logits(posts)[0], want, atol=1e-4)
+
+
+def test_chain_with_label_agreement():
+    gen = '"Text_analysis": "sad"\n\n"Image_analysis": "grey"\n\n"Conflict_resolution": "none"\n\n' \
+          '"Final_conclusion": "negative overall"\n\n"Prediction": negative'
+    chain, own = chain_with_label(gen, Label.POSITIVE)
+    assert chain.parsed and chain.prediction == "positive" and own is Label.NEGATIVE
+    chain, own = chain_with_label(gen.split('"Prediction"')[0] + '"Prediction', Label.NEUTRAL)
+    assert chain.parsed and chain.prediction == "neutral" and own is Label.NEGATIVE  # from the conclusion
+    chain, own = chain_with_label("garbage", Label.NEGATIVE)
+    assert not chain.parsed and chain.prediction == "negative" and own is None
+    assert "Text_analysis" in chain.missing
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "smolvlm"])
+def test_backend_generates_a_parseable_chain_when_the_model_knows_one(family, tiny_qwen_dir, tiny_smolvlm_dir,
+                                                                      tmp_path):
+    """Real generation through the backend: a tiny model memorises one chain (and the label
+    answer), then ``predict`` must return exactly that chain, parsed, agreeing with the label."""
+    from model.testing import _SAMPLE_CHAINS, overfit_tiny
+
+    src = tiny_qwen_dir if family == "qwen2_5_vl" else tiny_smolvlm_dir
+    post = PostInput("Best day ever at the beach with friends!", image=_img("RGB", (80, 60)))
+    target = _SAMPLE_CHAINS[0]  # a positive chain
+    out, loss = overfit_tiny(
+        src,
+        [(post, reasoning_prompt(post), target.render()), (post, label_prompt(post), "positive")],
+        tmp_path / "taught",
+        steps=80,
+    )
+    assert loss < 0.05
+    student = load_student(f"hf:{out}", image_size=56, max_new_tokens=160)
+    pred = student.predict([post])[0]
+    assert pred.label is Label.POSITIVE and pred.confidence > 0.9
+    chain = pred.chain
+    assert chain.parsed and chain.missing == ()
+    assert chain.fields() == target.fields()
+    assert pred.extra["chain_agrees"] is True and pred.extra["chain_label"] == "positive"
+    # decoding stopped at the Prediction key: far fewer tokens than the budget
+    assert 0 < pred.generated_tokens < 160
