@@ -38,7 +38,9 @@ _SHORT = {
     "Final_conclusion": r"conclusion",
     "Prediction": r"(?:sentiment|label|final[ _]answer)",
 }
-_OPEN = r"[\"'`*#>\s{,\-]*"
+# Markup before a key; a hyphen only as a bullet (after whitespace or at the start), so a value
+# that ends in "-" keeps it.
+_OPEN = r"(?:[\"'`*#>\s{,]|(?<!\S)-)*"
 _CLOSE = r"[\"'`*]*(?:[ \t]*[:=]|[ \t]+[-\u2013][ \t]|[ \t]*\r?\n)[\"'`*\s]*"
 
 
