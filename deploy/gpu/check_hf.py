@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""GPU check of the Hugging Face student path at the real Qwen2.5-VL-3B shape.
+
+Builds a random-initialised ``Qwen2_5_VLForConditionalGeneration`` with the architecture of
+Qwen2.5-VL-3B-Instruct (written out below; no hub access needed) directly on the device in
+bf16, wraps it in ``model.backends.hf.HFStudent`` (the code the worker runs) and runs on a
+batch of real posts with images from ``../shared/data`` (or synthetic ones):
+
+* labels-only (one scoring forward pass per batch),
+* label + chain (scoring + generation, the batched predict path),
+* a plain ``model.generate`` baseline on the same reasoning prompts and token budget,
+
+then prints card, date, batch size, image size, tokens, posts/s and peak memory, and writes
+JSON with ``--json-out``. The weights are random, so the chains are gibberish: this checks
+that the path runs on a GPU and what it costs, not quality. The tokenizer is the small one of
+``model.testing`` (the real one is not reachable offline); the model's token ids are set to
+it, so the vocabulary/embedding shape stays the real 151,936 rows.
+
+    python deploy/gpu/check_hf.py                      # 3B shape, cuda, bf16
+    python deploy/gpu/check_hf.py --tiny --n-posts 8   # tiny config on CPU (tests run this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: Qwen2.5-VL-3B-Instruct's config.json (architecture fields), written by hand.
+QWEN2_5_VL_3B = {
+    "text": dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        use_sliding_window=False,
+        sliding_window=32768,
+        max_window_layers=70,
+        attention_dropout=0.0,
+        tie_word_embeddings=True,
+    ),
+    "vision": dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        hidden_act="silu",
+        in_channels=3,
+        out_hidden_size=2048,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        tokens_per_second=2,
+    ),
+    "tie_word_embeddings": True,
+}
+
+
+def build(tiny: bool, device: str, dtype, image_size: int):
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from model.backends.hf import _qwen_processor_class
+    from model.testing import QWEN_CHAT_TEMPLATE, tiny_qwen2_5_vl_config, tiny_tokenizer
+
+    tok = tiny_tokenizer("qwen2_5_vl")
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in dict(
+        image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+        vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>").items()}
+    if tiny:
+        config = tiny_qwen2_5_vl_config(len(tok), tok)
+    else:
+        text = dict(QWEN2_5_VL_3B["text"], bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id)
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(QWEN2_5_VL_3B["vision"]),
+                                  tie_word_embeddings=QWEN2_5_VL_3B["tie_word_embeddings"], **ids)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    px = image_size * image_size
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": px, "longest_edge": px})
+    processor = _qwen_processor_class()(image_processor=image_processor, tokenizer=tok,
+                                        chat_template=QWEN_CHAT_TEMPLATE)
+    return model, processor
+
+
+def baseline_generate(student, posts, batch_size: int, max_new_tokens: int) -> dict:
+    """Plain ``model.generate`` on the reasoning prompts: same inputs, no scoring pass, no
+    stop strings, no parsing (what a hand-written loop would do)."""
+    import torch
+
+    from model.backends.hf import encode_batch
+    from model.prompts import reasoning_prompt
+
+    cuda = torch.cuda.is_available() and student.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    gen_tokens = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(posts), batch_size):
+        chunk = posts[i : i + batch_size]
+        enc = encode_batch(student.processor, chunk, [reasoning_prompt(p) for p in chunk], family=student.family,
+                           image_size=student.image_size, device=student.device)
+        with torch.inference_mode():
+            out = student.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                         pad_token_id=student.tokenizer.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        gen_tokens += int((new != student.tokenizer.pad_token_id).sum())
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    return {
+        "posts": len(posts),
+        "seconds": round(wall, 4),
+        "posts_per_s": round(len(posts) / wall, 3),
+        "generated_tokens": gen_tokens,
+        "generated_tokens_per_s": round(gen_tokens / wall, 1),
+        "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny config instead of the 3B shape (CPU test)")
+    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--image-size", type=int, default=280)
+    ap.add_argument("--n-posts", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"),
+                    help="posts with real images from <data-dir>/t15/test.jsonl; synthetic if absent")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from model.backends.hf import HFStudent
+    from model.bench import data_posts, print_bench_table, run_model_bench, synthetic_posts
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    data = Path(args.data_dir)
+    if (data / "t15" / "test.jsonl").exists():
+        posts, source = data_posts(data, args.n_posts), f"{data}/t15/test.jsonl"
+    else:
+        posts, source = synthetic_posts(args.n_posts), "synthetic"
+    t0 = time.perf_counter()
+    model, processor = build(args.tiny, device, dtype, args.image_size)
+    build_s = time.perf_counter() - t0
+    student = HFStudent(model, processor, name="qwen2.5-vl-3b-shape(random)" if not args.tiny else "qwen2.5-vl-tiny",
+                        image_size=args.image_size, max_new_tokens=args.max_new_tokens,
+                        info={"dtype": str(dtype).replace("torch.", ""),
+                              "parameters": sum(p.numel() for p in model.parameters())})
+    result = run_model_bench("check_hf", posts, student=student, batch_size=args.batch_size, print_table=False)
+    result.update(build_seconds=round(build_s, 1), posts_source=source, shape="tiny" if args.tiny else "Qwen2.5-VL-3B",
+                  date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  torch=torch.__version__)
+    print_bench_table(result)
+    if not args.no_baseline:
+        result["baseline_generate"] = base = baseline_generate(student, posts, args.batch_size, args.max_new_tokens)
+        print(f"baseline model.generate: {base['posts_per_s']} posts/s, {base['generated_tokens']} tokens "
+              f"({base['generated_tokens_per_s']} tok/s), CUDA peak {base['cuda_peak_mb']} MB")
+    print(json.dumps({k: result[k] for k in ("device", "date", "shape", "parameters", "batch_size", "image_size",
+                                              "posts", "posts_with_image", "peak_rss_mb")}))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

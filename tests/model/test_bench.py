@@ -1,0 +1,72 @@
+"""``model.bench.run_model_bench`` and the GPU check script (``--tiny`` on CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from model.bench import run_model_bench, synthetic_posts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_synthetic_posts_are_deterministic_and_varied():
+    a, b = synthetic_posts(12, seed=1), synthetic_posts(12, seed=1)
+    assert [p.text for p in a] == [p.text for p in b]
+    assert any(p.image is None for p in a) and any(p.image is not None for p in a)
+    assert any(p.aspect for p in a) and any(not p.aspect for p in a)
+
+
+def test_run_model_bench_on_tiny_hf(tiny_qwen_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    result = run_model_bench(f"hf:{tiny_qwen_dir}", synthetic_posts(6), batch_size=4, image_size=56,
+                             max_new_tokens=8, json_out=out)
+    assert json.loads(out.read_text()) == result
+    assert result["posts"] == 6 and result["batch_size"] == 4 and result["image_size"] == 56
+    lo, lc = result["labels_only"], result["label_chain"]
+    assert lo["posts"] == lc["posts"] == 6
+    assert lo["generated_tokens"] == 0 and lo["label_chain_agreement"] is None
+    assert 0 < lc["generated_tokens"] <= 6 * 8
+    assert lc["label_chain_agreement"] == 1.0
+    assert lo["posts_per_s"] > 0 and lc["posts_per_s"] > 0
+    assert result["peak_rss_mb"] > 0
+    printed = capsys.readouterr().out
+    assert "labels-only" in printed and "label+chain" in printed
+
+
+def test_run_model_bench_on_noop_student():
+    result = run_model_bench("noop", synthetic_posts(5), batch_size=2, print_table=False)
+    assert result["label_chain"]["label_chain_agreement"] == 1.0
+    assert result["label_chain"]["chains_parsed"] == 1.0
+
+
+def test_gpu_check_script_runs_tiny_on_cpu(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("check_hf", ROOT / "deploy" / "gpu" / "check_hf.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "check.json"
+    result = mod.main(["--tiny", "--device", "cpu", "--n-posts", "4", "--batch-size", "2", "--image-size", "56",
+                       "--max-new-tokens", "6", "--data-dir", str(tmp_path / "absent"), "--json-out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["shape"] == "tiny" and saved["posts"] == 4 and saved["posts_source"] == "synthetic"
+    assert saved["label_chain"]["label_chain_agreement"] == 1.0
+    assert saved["baseline_generate"]["posts"] == 4 and saved["baseline_generate"]["generated_tokens"] > 0
+    assert result["labels_only"]["posts_per_s"] > 0
+    assert "baseline model.generate" in capsys.readouterr().out
+
+
+def test_gpu_check_config_is_the_3b_shape():
+    """The hand-written config has Qwen2.5-VL-3B's parameter count (~3.75B) without allocating it."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    spec = importlib.util.spec_from_file_location("check_hf", ROOT / "deploy" / "gpu" / "check_hf.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = Qwen2_5_VLConfig(text_config=dict(mod.QWEN2_5_VL_3B["text"]), vision_config=dict(mod.QWEN2_5_VL_3B["vision"]),
+                           tie_word_embeddings=True)
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert 3.7e9 < n < 3.8e9, n
