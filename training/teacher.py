@@ -293,15 +293,17 @@ def _predicted(raw: str) -> tuple[Any, Label | None]:
 
 
 async def teach_one(backend: TeacherBackend, ex: Example, *, max_guided: int = 2,
-                    image_max_side: int | None = None) -> dict:
-    """Run the free pass and up to ``max_guided`` guided retries for one example; returns its row."""
+                    image_max_side: int | None = None, free_samples: int = 1, free_stage: str = "free") -> dict:
+    """Run the free pass (``free_samples`` tries, useful when sampling) and up to ``max_guided``
+    guided retries for one example; returns its row."""
     if ex.label is None:
         raise ValueError(f"{ex.id}: the teacher stage needs a gold label")
     post = ex.post(max_side=image_max_side)
     history = []
     tokens = {"prompt": 0, "completion": 0}
     stage, keep, chain, pred, raw = "failed", False, None, None, ""
-    plan = [("free", reasoning_prompt(post))] + [("guided", guided_reasoning_prompt(post, ex.label))] * max_guided
+    plan = [(free_stage, reasoning_prompt(post))] * free_samples
+    plan += [("guided", guided_reasoning_prompt(post, ex.label))] * max_guided
     for attempt, (name, prompt) in enumerate(plan, 1):
         try:
             gen = await backend.generate(prompt, post.image)
@@ -349,6 +351,8 @@ async def run_teacher_async(
     max_guided: int = 2,
     max_in_flight: int = 32,
     image_max_side: int | None = None,
+    free_samples: int = 1,
+    free_stage: str = "free",
     progress: bool = False,
     on_row: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -363,12 +367,13 @@ async def run_teacher_async(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="teacher", unit="post")
+        bar = tqdm(total=len(todo), desc=free_stage if free_stage != "free" else "teacher", unit="post")
     gate = asyncio.Semaphore(max_in_flight)
 
     async def one(ex: Example) -> dict:
         async with gate:
-            return await teach_one(backend, ex, max_guided=max_guided, image_max_side=image_max_side)
+            return await teach_one(backend, ex, max_guided=max_guided, image_max_side=image_max_side,
+                                   free_samples=free_samples, free_stage=free_stage)
 
     t0 = time.perf_counter()
     with out.open("a", encoding="utf-8") as f:
@@ -389,7 +394,7 @@ async def run_teacher_async(
                 f.flush()
                 summary["processed"] += 1
                 summary["kept"] += row["keep"]
-                summary["kept_free"] += row["keep"] and row["stage"] == "free"
+                summary["kept_free"] += row["keep"] and row["stage"] == free_stage
                 summary["kept_guided"] += row["keep"] and row["stage"] == "guided"
                 summary["failed"] += not row["keep"]
                 if on_row:

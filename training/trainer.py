@@ -1,0 +1,274 @@
+"""The training loop shared by the assistant and student stages (accelerate, LoRA, resumable).
+
+``fit`` runs epochs over the training examples; each step builds two batches from the same
+posts - the chain task (reasoning prompt -> chain, posts that have one) and the label task
+(label prompt -> label word) - and asks ``loss_fn(model, batches)`` for the loss. After each
+epoch it scores the dev split's label task, steps a reduce-on-plateau scheduler on dev accuracy,
+keeps the best epoch (dev accuracy, ties by F1) and writes a resumable checkpoint.
+
+Layout of ``out_dir``::
+
+    best/               adapter_model.safetensors + adapter_config.json (+ processor files):
+                        loadable as ``load_student("hf:<out_dir>/best")``
+    last/               the latest epoch's adapter + optimizer/scheduler state + trainer_state.json
+    train_log.jsonl     one row per logged step (kind=train) and per epoch (kind=dev)
+    model_card.json     data, recipe, metrics, git commit, versions
+
+Multi-GPU / multi-process: everything goes through ``accelerate.Accelerator`` (DDP; run with
+``accelerate launch``); only the main process writes files. Every process evaluates the same dev
+set, so all make the same selection decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .data import Example
+from .vlm import chain_item, collate_items, dev_metrics, label_item
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings (the recipe's ``train`` block)."""
+
+    epochs: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int | None = None
+    image_size: int | None = 280
+    image_max_side: int | None = None
+    max_answer_tokens: int | None = 384
+    eval_batch_size: int = 8
+    plateau_patience: int = 1
+    plateau_factor: float = 0.5
+    log_every: int = 10
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    cpu: bool = False
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:  # pragma: no cover
+            out[pkg] = None
+    return out
+
+
+def make_batches(processor: Any, examples: Sequence[Example], *, family: str, cfg: TrainSettings,
+                 chain_task: bool = True, label_task: bool = True) -> dict:
+    """``{"chain": batch | None, "label": batch | None}`` for one step's examples."""
+    posts = [ex.post(max_side=cfg.image_max_side) for ex in examples]
+    chain_items = [it for ex, p in zip(examples, posts) if (it := chain_item(ex, p)) is not None] if chain_task else []
+    label_items = [label_item(ex, p) for ex, p in zip(examples, posts) if ex.label is not None] if label_task else []
+    kw = dict(family=family, image_size=cfg.image_size)
+    return {
+        "chain": collate_items(processor, chain_items, max_answer_tokens=cfg.max_answer_tokens, **kw) if chain_items else None,
+        "label": collate_items(processor, label_items, **kw) if label_items else None,
+    }
+
+
+def _save_adapter(model: Any, processor: Any, path: Path) -> None:
+    from model.backends.hf import save_processor
+
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    try:
+        save_processor(processor, path)
+    except Exception:  # the base model's processor is used when this fails
+        pass
+
+
+def fit(
+    *,
+    stage: str,
+    model: Any,
+    processor: Any,
+    family: str,
+    train_examples: Sequence[Example],
+    dev_examples: Sequence[Example],
+    loss_fn: Callable[[Any, dict], dict],
+    out_dir: str | Path,
+    cfg: TrainSettings,
+    card: dict | None = None,
+    chain_task: bool = True,
+    label_task: bool = True,
+    extra_modules: Sequence[Any] = (),
+    accelerator: Any = None,
+) -> dict:
+    """Train ``model`` (a peft model) and return the summary (also in ``model_card.json``)."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    acc = accelerator or Accelerator(cpu=cfg.cpu, gradient_accumulation_steps=cfg.grad_accum,
+                                     mixed_precision=cfg.mixed_precision)
+    seed_everything(cfg.seed)
+    train_examples = list(train_examples)
+    if not train_examples:
+        raise ValueError(f"{stage}: no training examples")
+
+    def collate(exs: list[Example]) -> dict:
+        return make_batches(processor, exs, family=family, cfg=cfg, chain_task=chain_task, label_task=label_task)
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=g,
+                        num_workers=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                                           patience=cfg.plateau_patience)
+    model.train()
+    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+
+    state = {"epoch": 0, "step": 0, "best": None, "history": []}
+    last = out / "last"
+    if (last / "trainer_state.json").exists():  # resume
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = json.loads((last / "trainer_state.json").read_text())
+        weights = load_file(str(last / "adapter_model.safetensors"))
+        set_peft_model_state_dict(acc.unwrap_model(model), weights)
+        optimizer.load_state_dict(torch.load(last / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(last / "scheduler.pt", map_location="cpu", weights_only=False))
+        if acc.is_main_process:
+            print(f"[{stage}] resuming after epoch {state['epoch']} (step {state['step']})")
+
+    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    log_path = out / "train_log.jsonl"
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=total, initial=min(state["step"], total), desc=stage, unit="step",
+               disable=not (cfg.progress and acc.is_main_process))
+    t0 = time.perf_counter()
+    running: dict[str, float] = {}
+    n_running = 0
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        if cfg.max_steps and state["step"] >= cfg.max_steps:
+            break
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batches in loader:
+            with acc.accumulate(model):
+                terms = loss_fn(model, batches)
+                acc.backward(terms["loss"])
+                optimizer.step()
+                optimizer.zero_grad()
+            for k, v in terms.items():
+                if v is not None:
+                    running[k] = running.get(k, 0.0) + float(v.detach() if hasattr(v, "detach") else v)
+            n_running += 1
+            if acc.sync_gradients:
+                state["step"] += 1
+                bar.update(1)
+                if state["step"] % cfg.log_every == 0 or state["step"] == total:
+                    row = {"kind": "train", "stage": stage, "epoch": epoch, "step": state["step"],
+                           "lr": optimizer.param_groups[0]["lr"], **{k: v / n_running for k, v in running.items()}}
+                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                    if acc.is_main_process:
+                        with log_path.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
+                    running, n_running = {}, 0
+                if cfg.max_steps and state["step"] >= cfg.max_steps:
+                    break
+        # ---- end of epoch: dev selection, scheduler, checkpoints
+        unwrapped = acc.unwrap_model(model)
+        metrics = dev_metrics(unwrapped, processor, list(dev_examples), family=family, image_size=cfg.image_size,
+                              batch_size=cfg.eval_batch_size, image_max_side=cfg.image_max_side) if dev_examples else {}
+        acc_dev = metrics.get("dev_accuracy")
+        if acc_dev is not None:
+            scheduler.step(acc_dev)
+        state["epoch"] = epoch
+        row = {"kind": "dev", "stage": stage, "epoch": epoch, "step": state["step"], **metrics}
+        state["history"].append(row)
+        key = (acc_dev if acc_dev is not None else -1.0, metrics.get("dev_f1") or -1.0)
+        improved = state["best"] is None or key > tuple(state["best"]["key"])
+        if improved:
+            state["best"] = {"epoch": epoch, "key": list(key), **metrics}
+        if acc.is_main_process:
+            with log_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            _save_adapter(unwrapped, processor, last)
+            torch.save(optimizer.state_dict(), last / "optimizer.pt")
+            torch.save(scheduler.state_dict(), last / "scheduler.pt")
+            (last / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            if improved:
+                if (out / "best").exists():
+                    shutil.rmtree(out / "best")
+                _save_adapter(unwrapped, processor, out / "best")
+            print(f"[{stage}] epoch {epoch}: {json.dumps(metrics)}{' (best)' if improved else ''}")
+        acc.wait_for_everyone()
+    bar.close()
+    summary = {
+        "stage": stage,
+        "epochs_run": state["epoch"],
+        "steps": state["step"],
+        "seconds": time.perf_counter() - t0,
+        "best": state["best"],
+        "history": state["history"],
+        "processes": acc.num_processes,
+        "train_examples": len(train_examples),
+        "train_with_chain": sum(1 for ex in train_examples if ex.teacher_cot),
+        "dev_examples": len(dev_examples),
+    }
+    if acc.is_main_process:
+        model_card = {
+            "stage": stage,
+            **(card or {}),
+            "metrics": {"best": state["best"], "history": state["history"]},
+            "training": {k: v for k, v in summary.items() if k not in ("best", "history")},
+            "settings": cfg.__dict__,
+            "git_commit": git_commit(),
+            "versions": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_with": f"load_student('hf:{(out / 'best').resolve()}')",
+        }
+        (out / "model_card.json").write_text(json.dumps(model_card, indent=2, default=str))
+    acc.wait_for_everyone()
+    return summary
+
+
+__all__ = ["TrainSettings", "fit", "make_batches", "seed_everything", "git_commit", "versions"]
