@@ -1,0 +1,315 @@
+"""The ``mulcot`` command line.
+
+Stream verbs live here; other packages add verbs through the entry-point group
+``mulcot.commands`` (for example training's ``distill`` and ``data``), and benchmark
+subcommands through ``mulcot.bench``, so this module never imports them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .settings import Settings, SettingsError, load_settings
+
+PLUGIN_GROUP = "mulcot.commands"
+BENCH_GROUP = "mulcot.bench"
+
+
+class PluginGroup(click.Group):
+    """A click group that also lists the commands registered under an entry-point group."""
+
+    def __init__(self, *args: Any, plugin_group: str = PLUGIN_GROUP, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.plugin_group = plugin_group
+
+    def _plugins(self) -> dict[str, Any]:
+        try:
+            return {ep.name: ep for ep in entry_points(group=self.plugin_group)}
+        except Exception:  # pragma: no cover - broken metadata
+            return {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names.update(n for n in self._plugins() if n not in names)
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        ep = self._plugins().get(name)
+        if ep is None:
+            return None
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the other verbs
+            return _broken(name, ep.value, exc)
+        if not isinstance(obj, click.Command):
+            return _broken(name, ep.value, TypeError("entry point is not a click command"))
+        return obj
+
+
+def _broken(name: str, target: str, exc: Exception) -> click.Command:
+    @click.command(name, help=f"(unavailable: {target} failed to load: {exc})", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def _cmd(args: Any) -> None:
+        raise click.ClickException(f"command {name!r} ({target}) could not be loaded: {type(exc).__name__}: {exc}")
+
+    return _cmd
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """Settings from env/.env plus non-None CLI overrides; bad settings -> one error line."""
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _common(f: Any) -> Any:
+    f = click.option("--broker", help="Kafka bootstrap servers (env MULCOT_BROKER)")(f)
+    f = click.option("--redis-url", help="Redis URL (env MULCOT_REDIS_URL or REDIS_URL)")(f)
+    return f
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mulcot-stream", prog_name="mulcot")
+def main() -> None:
+    """mulcot: streaming multimodal sentiment with reasoning chains.
+
+    Posts (JSON, key = post id) arrive on a Kafka topic; workers label each with
+    positive/neutral/negative plus a five-field reasoning chain, publish results to an
+    output topic and cache them in Redis. Settings come from MULCOT_* environment
+    variables or .env (see `mulcot config`). Start with `mulcot demo`.
+    """
+
+
+# --- config ---------------------------------------------------------------------------
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
+def config_cmd(as_json: bool) -> None:
+    """Print the effective settings (env + .env + defaults), secrets masked."""
+    s = settings_from()
+    values = s.masked()
+    if as_json:
+        click.echo(json.dumps(values, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="mulcot settings", show_lines=False)
+    table.add_column("setting")
+    table.add_column("env variable")
+    table.add_column("value")
+    for name, value in values.items():
+        table.add_row(name, f"MULCOT_{name.upper()}", json.dumps(value, default=str) if not isinstance(value, str) else value)
+    Console().print(table)
+
+
+# --- worker ---------------------------------------------------------------------------
+@main.command("worker")
+@_common
+@click.option("--model", "model_spec", help="student spec: default, noop, compact:DIR, hf:MODEL (env MULCOT_MODEL_SPEC)")
+@click.option("--max-batch", type=int, help="most posts per model batch (env MULCOT_MAX_BATCH)")
+@click.option("--max-latency-ms", type=int, help="longest wait to fill a batch (env MULCOT_MAX_LATENCY_MS)")
+@click.option("--metrics-port", type=int, help="Prometheus port, 0 = off (env MULCOT_METRICS_PORT)")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warn", "error"]), help="log level")
+def worker_cmd(**opts: Any) -> None:
+    """Run a worker: consume posts, label them, publish results + dead letters, write Redis.
+
+    Runs in the foreground until Ctrl-C / SIGTERM. Start several with the same group id
+    (MULCOT_GROUP_ID) to share the input partitions. Delivery is at-least-once: offsets
+    are committed only after the outputs are acknowledged by Kafka and written to Redis.
+    """
+    s = settings_from(**opts)
+    from .app import Application
+    from .kafka import BrokerUnavailable
+
+    try:
+        app = Application(s)
+        app.load_student()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        raise click.ClickException(_model_load_message(s.model_spec, exc)) from None
+    try:
+        app.run_worker()
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _model_load_message(spec: str, exc: Exception) -> str:
+    from model.loading import DEFAULT_WEIGHTS
+
+    if spec == "default" and not DEFAULT_WEIGHTS.exists():
+        return (
+            f"cannot load the default student: its weights are not in {DEFAULT_WEIGHTS} "
+            f"(train or fetch them, see docs/model.md), or run with --model noop for a model-free pipeline test"
+        )
+    return f"cannot load student {spec!r}: {type(exc).__name__}: {exc}"
+
+
+# --- services -------------------------------------------------------------------------
+@main.group("services")
+def services_grp() -> None:
+    """Embedded Kafka (Tansu) and Redis (Valkey) for local runs."""
+
+
+@services_grp.command("up")
+@_common
+@click.option("--log-dir", type=click.Path(path_type=Path), help="where the service logs go (default DATA_DIR/services)")
+def services_up(broker: str | None, redis_url: str | None, log_dir: Path | None) -> None:
+    """Run Tansu and Valkey in the foreground on the addresses in settings.
+
+    Defaults: broker 127.0.0.1:9092, cache redis://127.0.0.1:6379/0, which every other
+    verb also uses, so `mulcot services up & mulcot worker & mulcot produce FILE` works
+    with no configuration. Ctrl-C / SIGTERM stops both. Storage is in memory.
+    """
+    import signal
+    import threading
+
+    from .services import ServiceError, embedded_services
+
+    s = settings_from(broker=broker, redis_url=redis_url)
+    log_dir = log_dir or Path(s.data_dir) / "services"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with embedded_services(s.bootstrap_servers[0], s.redis_url_value, log_dir) as (kafka, redis):
+            click.echo(f"kafka (tansu)  {kafka.bootstrap}   log {kafka.log_path}")
+            click.echo(f"redis (valkey) {redis.url}   log {redis.log_path}")
+            click.echo("running; Ctrl-C to stop", err=True)
+            while not stop.wait(0.5):
+                if not (kafka.running and redis.running):
+                    raise click.ClickException("a service exited; see the logs above")
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("stopped", err=True)
+
+
+# --- produce --------------------------------------------------------------------------
+@main.command("produce")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_common
+@click.option("--topic", help="topic to write to (default: the input topic setting)")
+@click.option("--rate", type=float, default=0.0, help="posts per second (0 = as fast as possible)")
+@click.option("--limit", type=int, default=0, help="stop after N posts (0 = all)")
+def produce_cmd(file: Path, broker: str | None, redis_url: str | None, topic: str | None, rate: float, limit: int) -> None:
+    """Send the posts of a JSONL file to the input topic (key = post id).
+
+    Lines in the research format ({id, text, aspect, label, image: relative path}) are
+    converted: the image file is read and inlined as image_b64, the gold label kept in
+    metadata.gold_label. Lines already in the Post format pass through; lines that are
+    not JSON objects are sent as they are (they will be dead-lettered).
+    """
+    import asyncio
+
+    from .kafka import BrokerUnavailable
+    from .producer import produce_file
+
+    s = settings_from(broker=broker, redis_url=redis_url)
+    try:
+        n = asyncio.run(produce_file(s, file, topic=topic or s.input_topic, rate=rate, limit=limit))
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"produced {n} posts to {topic or s.input_topic}")
+
+
+# --- results --------------------------------------------------------------------------
+@main.command("results")
+@_common
+@click.option("--post", "post_id", help="one post's result")
+@click.option("--recent", type=int, help="the N newest results (default 10)")
+@click.option("--aspect", help="the newest results about an aspect")
+@click.option("-n", "limit", type=int, default=10, show_default=True, help="how many with --aspect")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON array of SentimentResult objects")
+def results_cmd(broker: str | None, redis_url: str | None, post_id: str | None, recent: int | None,
+                aspect: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
+    """Show results from the Redis cache (by post, newest, or by aspect)."""
+    import redis as _redis
+
+    from .store import ResultStore
+
+    if sum(x is not None for x in (post_id, recent, aspect)) > 1:
+        raise click.UsageError("give at most one of --post, --recent, --aspect")
+    s = settings_from(broker=broker, redis_url=redis_url)
+    store = ResultStore.from_settings(s)
+    try:
+        if post_id is not None:
+            got = store.get(post_id)
+            results = [got] if got else []
+            if not got and not as_json:
+                raise click.ClickException(f"no result for post {post_id!r} (not processed yet, or expired)")
+        elif aspect is not None:
+            results = store.by_aspect(aspect, limit)
+        else:
+            results = store.recent(recent or 10)
+    except _redis.exceptions.ConnectionError as exc:
+        raise click.ClickException(f"cannot reach Redis at {s.masked()['redis_url']}: {exc}") from None
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+        return
+    from .render import results_table
+
+    from rich.console import Console
+
+    Console().print(results_table(results, chains=post_id is not None))
+
+
+# --- demo -----------------------------------------------------------------------------
+@main.command("demo")
+@click.option("--model", "model_spec", default=None, help="student spec (default: the default student)")
+@click.option("--samples", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL of posts (default: the bundled samples)")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="give up after this many seconds")
+def demo_cmd(model_spec: str | None, samples: Path | None, timeout: float) -> None:
+    """Run everything locally: embedded Kafka + Redis, a worker with the default student,
+    the bundled sample posts in, each result printed as it arrives, a summary at the end.
+
+    Uses free loopback ports (not your settings' addresses), so it does not clash with a
+    running `mulcot services up`. Everything is stopped at the end.
+    """
+    from .demo import DemoError, run_demo
+
+    try:
+        code = run_demo(model_spec=model_spec, samples=samples, timeout=timeout)
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+# --- bench ----------------------------------------------------------------------------
+@main.group("bench", cls=PluginGroup, plugin_group=BENCH_GROUP)
+def bench_grp() -> None:
+    """Benchmarks (print a table, or JSON). More are added via the `mulcot.bench` entry points."""
+
+
+@bench_grp.command("stream")
+@click.option("--posts", type=int, default=5000, show_default=True, help="posts per throughput run")
+@click.option("--image-kb", type=int, default=20, show_default=True, help="approximate inline image size")
+@click.option("--max-batch", type=int, default=256, show_default=True, help="worker batch size")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def bench_stream(posts: int, image_kb: int, max_batch: int, as_json: bool) -> None:
+    """The pipeline's own ceiling with the no-op model: Kafka -> worker -> Kafka + Redis.
+
+    Starts embedded Tansu + Valkey on free ports, measures a raw aiokafka
+    consume->produce loop and the worker (model spec `noop`) on the same posts, then
+    end-to-end latency p50/p99 at half the worker's throughput.
+    """
+    from .bench import run_bench
+
+    result = run_bench(posts=posts, image_kb=image_kb, max_batch=max_batch, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":  # python -m stream.cli
+    main()

@@ -1,0 +1,41 @@
+"""Prometheus metrics of a worker (served on ``metrics_port``; 0 turns the endpoint off)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("mulcot.metrics")
+
+_LAT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.results = Counter("mulcot_results_total", "posts with a published result", ["label"], registry=r)
+        self.dead_letters = Counter("mulcot_dead_letters_total", "posts sent to the dead-letter topic", ["code"], registry=r)
+        self.batches = Counter("mulcot_batches_total", "batches processed", registry=r)
+        self.batch_size = Histogram(
+            "mulcot_batch_size", "posts per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r
+        )
+        self.inference_seconds = Histogram("mulcot_inference_seconds", "model time per batch", buckets=_LAT, registry=r)
+        self.e2e_seconds = Histogram(
+            "mulcot_end_to_end_seconds", "record timestamp -> result ready", buckets=_LAT, registry=r
+        )
+        self.publish_seconds = Histogram("mulcot_publish_seconds", "Kafka publish + Redis write per batch", buckets=_LAT, registry=r)
+        self.retries = Counter("mulcot_sink_retries_total", "retries of Kafka publish or Redis write", ["sink"], registry=r)
+        self.in_flight = Gauge("mulcot_in_flight_posts", "posts taken but not yet acknowledged", registry=r)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> bool:
+        if not port:
+            return False
+        try:
+            start_http_server(port, addr=addr, registry=self.registry)
+            log.info("metrics on http://%s:%d/metrics", addr, port)
+            return True
+        except OSError as exc:
+            log.warning("metrics endpoint not started on port %d: %s", port, exc)
+            return False

@@ -1,0 +1,332 @@
+"""The worker's batch step, apart from Faust: records in -> results and dead letters out.
+
+``BatchProcessor.process`` validates each record (pydantic), fetches image URLs (async,
+bounded, SSRF-safe), then - off the event loop, in an executor thread - decodes images,
+runs the student on the batch and builds the output records. It never raises for bad
+input or a failing model: each bad record becomes a :class:`~stream.protocol.DeadLetter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import base64
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Sequence
+
+from pydantic import ValidationError
+
+from model import PostInput, Prediction, Student
+
+from .images import FetchPolicy, ImageError, ImageFetcher, decode_image
+from .protocol import (
+    SCHEMA_VERSION,
+    Chain,
+    DeadLetter,
+    ErrorCode,
+    Original,
+    Post,
+    Probabilities,
+    SentimentResult,
+    SourceRef,
+    Timings,
+)
+
+log = logging.getLogger("mulcot.pipeline")
+
+
+@dataclass
+class InRecord:
+    """One input record with its Kafka coordinates."""
+
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+@dataclass
+class OutResult:
+    key: bytes
+    value: bytes
+    result: SentimentResult
+    event_ms: int
+
+
+@dataclass
+class OutDead:
+    key: bytes
+    value: bytes
+    dead: DeadLetter
+
+
+@dataclass
+class Outcome:
+    results: list[OutResult] = field(default_factory=list)
+    dead: list[OutDead] = field(default_factory=list)
+    inference_s: float = 0.0
+    batch_size: int = 0
+
+
+@dataclass
+class _Work:
+    rec: InRecord
+    post: Post
+    image_bytes: bytes | None = None
+    error: ImageError | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _schema_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "post"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        student: Student,
+        *,
+        executor: Executor | None = None,
+        chain: bool = True,
+        image_max_bytes: int = 5 * 1024 * 1024,
+        image_max_pixels: int = 40_000_000,
+        fetch_policy: FetchPolicy | None = None,
+        fetch_concurrency: int = 16,
+        dlq_inline_max_bytes: int = 256 * 1024,
+        worker: str = "",
+    ) -> None:
+        self.student = student
+        self.executor = executor
+        self.chain = chain
+        self.image_max_bytes = image_max_bytes
+        self.image_max_pixels = image_max_pixels
+        self.fetch_policy = fetch_policy or FetchPolicy(max_bytes=image_max_bytes)
+        self.fetcher = ImageFetcher(self.fetch_policy, fetch_concurrency)
+        self.dlq_inline_max_bytes = dlq_inline_max_bytes
+        self.worker = worker
+
+    @classmethod
+    def from_settings(cls, settings, student: Student, executor: Executor | None = None, worker: str = "") -> "BatchProcessor":
+        policy = FetchPolicy(
+            max_bytes=settings.image_max_bytes,
+            timeout_s=settings.image_fetch_timeout_s,
+            allow_file=settings.image_allow_file_urls,
+            allow_private=settings.image_allow_private_hosts,
+            host_allowlist=tuple(settings.image_host_allowlist),
+        )
+        return cls(
+            student,
+            executor=executor,
+            chain=settings.chain,
+            image_max_bytes=settings.image_max_bytes,
+            image_max_pixels=settings.image_max_pixels,
+            fetch_policy=policy,
+            fetch_concurrency=settings.image_fetch_concurrency,
+            dlq_inline_max_bytes=settings.dlq_inline_max_bytes,
+            worker=worker,
+        )
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+
+    # --- dead letters -------------------------------------------------------------------
+    def dead_letter(self, rec: InRecord, code: ErrorCode, message: str, post_id: str | None = None) -> OutDead:
+        raw = rec.value or b""
+        inline = len(raw) <= self.dlq_inline_max_bytes
+        original = Original(
+            size=len(raw),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            data_b64=base64.b64encode(raw).decode() if inline else None,
+            ref=None if inline else f"kafka://{rec.topic}/{rec.partition}/{rec.offset}",
+        )
+        key_text = rec.key.decode("utf-8", "replace") if rec.key is not None else None
+        dl = DeadLetter(
+            error=code,
+            message=message,
+            post_id=post_id,
+            key=key_text,
+            source=SourceRef(topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms),
+            original=original,
+            first_seen_at=_now(),
+            worker=self.worker,
+        )
+        out_key = (post_id or key_text or f"{rec.topic}/{rec.partition}/{rec.offset}").encode()
+        return OutDead(out_key, dl.model_dump_json().encode(), dl)
+
+    # --- the batch ----------------------------------------------------------------------
+    def parse(self, rec: InRecord) -> _Work | OutDead:
+        if not rec.value:
+            return self.dead_letter(rec, ErrorCode.INVALID_JSON, "empty record value")
+        try:
+            post = Post.model_validate_json(rec.value)
+        except ValidationError as exc:
+            errs = exc.errors()
+            if any(e["type"] == "json_invalid" for e in errs):
+                return self.dead_letter(rec, ErrorCode.INVALID_JSON, f"not valid JSON: {errs[0]['msg']}")
+            if any(e["type"] == "model_type" and not e.get("loc") for e in errs):
+                return self.dead_letter(rec, ErrorCode.INVALID_JSON, "JSON value is not an object")
+            post_id = None
+            try:
+                import json
+
+                obj = json.loads(rec.value)
+                if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                    post_id = obj["id"][:256] or None
+            except ValueError:
+                pass
+            return self.dead_letter(rec, ErrorCode.SCHEMA, _schema_message(exc), post_id)
+        if post.schema_version != SCHEMA_VERSION:
+            return self.dead_letter(
+                rec,
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"schema_version {post.schema_version} is not supported (this worker reads {SCHEMA_VERSION})",
+                post.id,
+            )
+        work = _Work(rec, post)
+        if post.image_b64 is not None:
+            approx = len(post.image_b64) * 3 // 4
+            if approx > self.image_max_bytes + 3:
+                return self.dead_letter(
+                    rec, ErrorCode.IMAGE_TOO_LARGE, f"image is about {approx} bytes (limit {self.image_max_bytes})", post.id
+                )
+            try:
+                work.image_bytes = post.image_bytes()
+            except ValueError as exc:
+                return self.dead_letter(rec, ErrorCode.SCHEMA, f"image_b64: {exc}", post.id)
+        return work
+
+    async def process(self, records: Sequence[InRecord]) -> Outcome:
+        t_start = time.time()
+        outcome = Outcome(batch_size=len(records))
+        work: list[_Work] = []
+        for rec in records:
+            item = self.parse(rec)
+            if isinstance(item, OutDead):
+                outcome.dead.append(item)
+            else:
+                work.append(item)
+        fetches = [w for w in work if w.post.image_url is not None]
+        if fetches:
+            got = await asyncio.gather(*(self.fetcher.fetch(w.post.image_url) for w in fetches), return_exceptions=True)
+            for w, res in zip(fetches, got):
+                if isinstance(res, ImageError):
+                    w.error = res
+                elif isinstance(res, BaseException):
+                    w.error = ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"fetch failed: {type(res).__name__}: {res}")
+                else:
+                    w.image_bytes = res
+        for w in work:
+            if w.error is not None:
+                outcome.dead.append(self.dead_letter(w.rec, w.error.code, w.error.message, w.post.id))
+        work = [w for w in work if w.error is None]
+        if work:
+            loop = asyncio.get_running_loop()
+            results, dead, infer_s = await loop.run_in_executor(self.executor, self._infer, work, t_start)
+            outcome.results.extend(results)
+            outcome.dead.extend(dead)
+            outcome.inference_s = infer_s
+        return outcome
+
+    # --- off the event loop -------------------------------------------------------------
+    def _infer(self, work: list[_Work], t_start: float) -> tuple[list[OutResult], list[OutDead], float]:
+        dead: list[OutDead] = []
+        ready: list[tuple[_Work, PostInput]] = []
+        for w in work:
+            image = None
+            if w.image_bytes is not None:
+                try:
+                    image = decode_image(w.image_bytes, max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels)
+                except ImageError as exc:
+                    dead.append(self.dead_letter(w.rec, exc.code, exc.message, w.post.id))
+                    continue
+            ready.append((w, PostInput(text=w.post.text, image=image, aspect=w.post.aspect, id=w.post.id)))
+        if not ready:
+            return [], dead, 0.0
+        t0 = time.perf_counter()
+        preds: list[Prediction | Exception] = self._predict([p for _, p in ready])
+        infer_s = time.perf_counter() - t0
+        results: list[OutResult] = []
+        for (w, _), pred in zip(ready, preds):
+            if isinstance(pred, Exception):
+                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"{type(pred).__name__}: {pred}", w.post.id))
+                continue
+            try:
+                results.append(self._result(w, pred, t_start, infer_s))
+            except (ValidationError, ValueError, KeyError) as exc:
+                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"bad model output: {exc}", w.post.id))
+        return results, dead, infer_s
+
+    def _predict(self, inputs: list[PostInput]) -> list[Prediction | Exception]:
+        """Predict the batch; if it fails, predict post by post so only the bad ones fail."""
+        try:
+            preds = list(self.student.predict(inputs, chain=self.chain))
+            if len(preds) != len(inputs):
+                raise RuntimeError(f"student returned {len(preds)} predictions for {len(inputs)} posts")
+            return preds
+        except Exception as exc:
+            if len(inputs) == 1:
+                return [exc]
+            log.warning("batch of %d failed in the model (%s); retrying post by post", len(inputs), exc)
+        out: list[Prediction | Exception] = []
+        for post in inputs:
+            try:
+                got = list(self.student.predict([post], chain=self.chain))
+                out.append(got[0] if len(got) == 1 else RuntimeError(f"student returned {len(got)} predictions for 1 post"))
+            except Exception as exc:  # noqa: BLE001 - any model failure is a dead letter
+                out.append(exc)
+        return out
+
+    def _result(self, w: _Work, pred: Prediction, t_start: float, infer_s: float) -> OutResult:
+        now = time.time()
+        event_ms = w.rec.timestamp_ms if w.rec.timestamp_ms and w.rec.timestamp_ms > 0 else int(t_start * 1000)
+        chain = None
+        if pred.chain is not None:
+            c = pred.chain
+            chain = Chain(
+                text_analysis=c.text_analysis,
+                image_analysis=c.image_analysis,
+                conflict_resolution=c.conflict_resolution,
+                final_conclusion=c.final_conclusion,
+                prediction=pred.label.value,
+                raw=c.raw,
+                parsed=c.parsed,
+            )
+        probs = {k: min(max(float(v), 0.0), 1.0) for k, v in pred.probabilities.items()}
+        result = SentimentResult(
+            id=w.post.id,
+            aspect=w.post.aspect,
+            label=pred.label.value,
+            confidence=probs[pred.label.value],
+            probabilities=Probabilities(**probs),
+            chain=chain,
+            model_name=pred.model_name or getattr(self.student, "name", ""),
+            model_version=pred.model_version or getattr(self.student, "version", ""),
+            prompt_version=pred.prompt_version,
+            has_image=w.post.has_image,
+            timings=Timings(
+                queued_ms=max(0.0, t_start * 1000 - event_ms),
+                inference_ms=infer_s * 1000,
+                end_to_end_ms=max(0.0, now * 1000 - event_ms),
+            ),
+            processed_at=datetime.fromtimestamp(now, timezone.utc),
+            source=SourceRef(
+                topic=w.rec.topic, partition=w.rec.partition, offset=w.rec.offset, timestamp_ms=w.rec.timestamp_ms
+            ),
+        )
+        return OutResult(w.post.id.encode(), result.model_dump_json().encode(), result, event_ms)
+
+
+__all__ = ["BatchProcessor", "InRecord", "Outcome", "OutResult", "OutDead"]

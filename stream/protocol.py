@@ -1,0 +1,252 @@
+"""Wire schemas of the stream (pydantic v2): what goes on the Kafka topics and into Redis.
+
+* :class:`Post` - a record of the input topic (key: post id, value: JSON);
+* :class:`SentimentResult` - a record of the output topic and the value of ``result:{id}``;
+* :class:`DeadLetter` - a record of the dead-letter topic.
+
+Serving logic lives elsewhere; this module only describes the data. JSON Schemas of the
+three are published in ``docs/schemas/`` (``python -m stream.protocol --write docs/schemas``;
+a test checks they are current).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MAX_ID = 256
+MAX_TEXT = 10_000
+MAX_METADATA_KEYS = 32
+MAX_METADATA_BYTES = 4096
+
+LabelName = Literal["positive", "neutral", "negative"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ErrorCode(str, enum.Enum):
+    """Why a record went to the dead-letter topic (a fixed list; consumers may switch on it)."""
+
+    INVALID_JSON = "invalid_json"  # value is not UTF-8 JSON (or not an object)
+    SCHEMA = "schema"  # JSON that does not match Post (missing id, text too long, bad base64, ...)
+    UNSUPPORTED_VERSION = "unsupported_version"  # schema_version this worker does not know
+    IMAGE_TOO_LARGE = "image_too_large"  # encoded bytes or decoded pixels over the limits
+    IMAGE_UNREADABLE = "image_unreadable"  # bytes that Pillow cannot decode
+    IMAGE_FETCH_FAILED = "image_fetch_failed"  # URL fetch failed (HTTP error, timeout, refused)
+    IMAGE_URL_FORBIDDEN = "image_url_forbidden"  # scheme/host not allowed, private address (SSRF)
+    MODEL_ERROR = "model_error"  # the student raised for this post
+
+
+class Post(BaseModel):
+    """An image-text post on the input topic.
+
+    The image is exactly one of: inline bytes (``image_b64``, standard base64), a URL
+    (``image_url``; ``https``/``http``, ``file`` only where the worker allows it), or none
+    (a text-only post). A post needs text or an image.
+    """
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    schema_version: int = Field(SCHEMA_VERSION, description="version of this schema; 1")
+    id: str = Field(..., min_length=1, max_length=MAX_ID, description="unique post id (also the Kafka key)")
+    text: str = Field("", max_length=MAX_TEXT, description="the post's text")
+    aspect: str | None = Field(None, max_length=MAX_ID, description="target of the sentiment (aspect-level), or null")
+    image_b64: str | None = Field(None, description="inline image bytes, base64 (JPEG/PNG/WebP/GIF)")
+    image_url: str | None = Field(None, max_length=2048, description="image URL (https/http; file where enabled)")
+    author: str | None = Field(None, max_length=MAX_ID)
+    created_at: datetime | None = Field(None, description="when the post was written (ISO 8601)")
+    lang: str | None = Field(None, max_length=16, description="language tag, e.g. en")
+    metadata: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description=f"small free-form dict (<= {MAX_METADATA_KEYS} keys, {MAX_METADATA_BYTES} bytes)"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("id is blank")
+        if any(ord(c) < 32 for c in v):
+            raise ValueError("id contains control characters")
+        return v
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        return v or None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict) -> dict:
+        if len(v) > MAX_METADATA_KEYS:
+            raise ValueError(f"metadata has {len(v)} keys (max {MAX_METADATA_KEYS})")
+        if len(json.dumps(v, default=str)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+        return v
+
+    @field_validator("image_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _image(self) -> "Post":
+        if self.image_b64 is not None and self.image_url is not None:
+            raise ValueError("give at most one of image_b64 and image_url")
+        if self.image_b64 == "":
+            self.image_b64 = None
+        if not self.text.strip() and self.image_b64 is None and self.image_url is None:
+            raise ValueError("post has neither text nor image")
+        return self
+
+    def image_bytes(self) -> bytes | None:
+        """Decode ``image_b64`` (also accepts a ``data:...;base64,`` prefix); ValueError if invalid."""
+        if self.image_b64 is None:
+            return None
+        data = self.image_b64
+        if data.startswith("data:"):
+            data = data.partition(",")[2]
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("image_b64 is not valid base64") from None
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_b64 is not None or self.image_url is not None
+
+
+class Probabilities(BaseModel):
+    positive: float = Field(..., ge=0, le=1)
+    neutral: float = Field(..., ge=0, le=1)
+    negative: float = Field(..., ge=0, le=1)
+
+
+class Chain(BaseModel):
+    """The five-field reasoning chain (METHOD.md) plus the raw text the model wrote."""
+
+    text_analysis: str
+    image_analysis: str
+    conflict_resolution: str
+    final_conclusion: str
+    prediction: LabelName
+    raw: str = ""
+    parsed: bool = Field(True, description="False when the raw text did not parse into all five fields")
+
+
+class Timings(BaseModel):
+    queued_ms: float = Field(..., description="record timestamp -> batch start")
+    inference_ms: float = Field(..., description="model time of the batch this post was in")
+    end_to_end_ms: float = Field(..., description="record timestamp -> result ready to publish")
+
+
+class SourceRef(BaseModel):
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+class SentimentResult(BaseModel):
+    """A record of the output topic (key: post id) and the value of Redis ``result:{id}``.
+
+    ``chain.prediction`` always equals ``label`` (validated).
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    aspect: str | None = None
+    label: LabelName
+    confidence: float = Field(..., ge=0, le=1, description="probability of the label")
+    probabilities: Probabilities
+    chain: Chain | None = Field(None, description="null when the worker runs labels-only")
+    model_name: str
+    model_version: str
+    prompt_version: str = ""
+    has_image: bool = False
+    timings: Timings
+    processed_at: datetime
+    source: SourceRef | None = None
+
+    @model_validator(mode="after")
+    def _agree(self) -> "SentimentResult":
+        if self.chain is not None and self.chain.prediction != self.label:
+            raise ValueError(f"chain prediction {self.chain.prediction!r} disagrees with label {self.label!r}")
+        return self
+
+
+class Original(BaseModel):
+    """The original record value: inline (base64) when small, else a reference to the source record."""
+
+    size: int
+    sha256: str
+    data_b64: str | None = Field(None, description="the original bytes, base64; null when too large")
+    ref: str | None = Field(None, description="kafka://topic/partition/offset when the bytes are not inline")
+
+
+class DeadLetter(BaseModel):
+    """A record of the dead-letter topic (key: post id when known, else topic/partition/offset)."""
+
+    schema_version: int = SCHEMA_VERSION
+    error: ErrorCode
+    message: str = Field(..., description="human-readable reason")
+    post_id: str | None = None
+    key: str | None = Field(None, description="the input record's key, UTF-8 (replacement chars if not)")
+    source: SourceRef
+    original: Original
+    first_seen_at: datetime
+    worker: str = ""
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "post": Post,
+    "sentiment_result": SentimentResult,
+    "dead_letter": DeadLetter,
+}
+
+
+def json_schemas() -> dict[str, str]:
+    """``{file name: JSON text}`` of the published schemas."""
+    out = {}
+    for name, model in SCHEMAS.items():
+        schema = model.model_json_schema(mode="serialization" if model is not Post else "validation")
+        schema["$id"] = f"https://mulcot-stream/schemas/{name}.v{SCHEMA_VERSION}.json"
+        out[f"{name}.schema.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return out
+
+
+def write_schemas(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in json_schemas().items():
+        path = folder / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # python -m stream.protocol --write docs/schemas
+    import sys
+
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "--write":
+        for p in write_schemas(args[1]):
+            print(p)
+    else:
+        print("usage: python -m stream.protocol --write FOLDER", file=sys.stderr)
+        sys.exit(2)

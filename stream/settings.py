@@ -1,0 +1,231 @@
+"""All settings of the stream, in one pydantic-settings class.
+
+Every field can be set from the environment with the prefix ``MULCOT_`` (``MULCOT_BROKER``,
+``MULCOT_MAX_BATCH``, ...) or from a ``.env`` file in the working directory. ``REDIS_URL``
+is accepted as well as ``MULCOT_REDIS_URL``. ``mulcot config`` prints the effective values
+with secrets masked.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER = "127.0.0.1:9092"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class SettingsError(ValueError):
+    """Settings could not be read; ``str()`` is one line naming the bad variable(s)."""
+
+
+class Settings(BaseSettings):
+    """Effective configuration of the worker, the CLI tools and the embedded services."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MULCOT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- Kafka --------------------------------------------------------------------------
+    broker: str = Field(DEFAULT_BROKER, description="Kafka bootstrap servers, comma separated (host:port)")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (with SASL_PLAINTEXT / SASL_SSL)"
+    )
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (masked in `mulcot config`)")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL / SASL_SSL")
+    ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    ssl_keyfile: Path | None = Field(None, description="client key (mutual TLS)")
+
+    group_id: str = Field("mulcot-worker", description="consumer group (and Faust app id) of the workers")
+    input_topic: str = Field("posts", description="topic the posts arrive on")
+    output_topic: str = Field("sentiment.results", description="topic of SentimentResult records (key: post id)")
+    dlq_topic: str = Field("posts.dlq", description="dead-letter topic (DeadLetter records)")
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of topics the worker creates")
+    replication_factor: int = Field(1, ge=1, le=16, description="replication of topics the worker creates")
+    create_topics: bool = Field(True, description="create missing topics at start (output compacted)")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a new consumer group starts"
+    )
+    session_timeout_s: float = Field(6.0, gt=0, description="consumer group session timeout")
+    heartbeat_s: float = Field(1.0, gt=0, description="consumer heartbeat interval")
+    fetch_max_wait_ms: int = Field(100, ge=0, le=10_000, description="broker long-poll wait of a fetch")
+    commit_interval_s: float = Field(1.0, gt=0, description="how often acknowledged offsets are committed")
+    producer_linger_ms: int = Field(5, ge=0, le=1000, description="producer linger (batching) in ms")
+
+    # --- Redis --------------------------------------------------------------------------
+    redis_url: SecretStr = Field(
+        SecretStr(DEFAULT_REDIS_URL),
+        validation_alias=AliasChoices("MULCOT_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="Redis/Valkey URL of the result cache (password masked in `mulcot config`)",
+    )
+    redis_prefix: str = Field("mulcot:", description="prefix of every Redis key the stream writes")
+    result_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of result:{id} values")
+    recent_max: int = Field(10_000, ge=1, description="length bound of the recent-results index")
+    aspect_recent_max: int = Field(1_000, ge=1, description="length bound of each per-aspect index")
+    count_windows_s: list[int] = Field(
+        [60, 3600, 86400], description="per-label counter windows in seconds (JSON list in env)"
+    )
+    count_retention: int = Field(48, ge=1, description="how many buckets of each window are kept")
+
+    # --- batching / model ---------------------------------------------------------------
+    max_batch: int = Field(32, ge=1, le=10_000, description="most posts per model batch (stream.take)")
+    max_latency_ms: int = Field(50, ge=1, le=600_000, description="longest wait to fill a batch")
+    model_spec: str = Field("default", description="student spec for model.load_student (default, noop, compact:DIR, hf:...)")
+    model_device: str | None = Field(None, description="device option for the student (cpu, cuda, ...)")
+    chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
+
+    # --- images -------------------------------------------------------------------------
+    image_max_bytes: int = Field(5 * 1024 * 1024, ge=1, description="largest encoded image (inline or fetched)")
+    image_max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (decompression-bomb guard)")
+    image_fetch_timeout_s: float = Field(5.0, gt=0, description="timeout of an image URL fetch")
+    image_fetch_concurrency: int = Field(16, ge=1, description="concurrent image fetches per worker")
+    image_allow_file_urls: bool = Field(False, description="allow file:// image URLs (local trusted input only)")
+    image_allow_private_hosts: bool = Field(
+        False, description="allow URLs resolving to private/loopback/link-local addresses (SSRF guard off)"
+    )
+    image_host_allowlist: list[str] = Field(
+        [], description="if set, only these hosts (or *.suffix) may be fetched (JSON list in env)"
+    )
+
+    # --- dead letters / misc ------------------------------------------------------------
+    dlq_inline_max_bytes: int = Field(
+        256 * 1024, ge=0, description="originals larger than this go to the DLQ as a reference, not inline"
+    )
+    metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus metrics port of the worker (0: off)")
+    log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="worker log level")
+    data_dir: Path = Field(Path(".cache/mulcot"), description="working files (Faust data dir, service logs)")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        parts = [p.strip().removeprefix("kafka://") for p in v.split(",") if p.strip()]
+        if not parts:
+            raise ValueError("no broker address given")
+        for p in parts:
+            host, sep, port = p.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"broker address {p!r} is not host:port")
+        return ",".join(parts)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: SecretStr) -> SecretStr:
+        url = v.get_secret_value()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("input_topic", "output_topic", "dlq_topic", "group_id")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9._\-]{1,249}", v):
+            raise ValueError(f"{v!r} is not a valid Kafka name (letters, digits, . _ -)")
+        return v
+
+    @field_validator("count_windows_s")
+    @classmethod
+    def _windows(cls, v: list[int]) -> list[int]:
+        if any(w <= 0 for w in v):
+            raise ValueError("windows must be positive seconds")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
+            raise ValueError("input_topic, output_topic and dlq_topic must differ")
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ValueError(f"security_protocol={self.security_protocol} needs sasl_mechanism")
+        if self.heartbeat_s >= self.session_timeout_s:
+            raise ValueError("heartbeat_s must be smaller than session_timeout_s")
+        return self
+
+    # --- derived ------------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return self.broker.split(",")
+
+    @property
+    def redis_url_value(self) -> str:
+        return self.redis_url.get_secret_value()
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            ctx.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None)
+        return ctx
+
+    def kafka_auth(self) -> dict[str, Any]:
+        """Security keyword arguments for aiokafka clients (SASL/TLS pass-through)."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        ctx = self.ssl_context()
+        if ctx is not None:
+            out["ssl_context"] = ctx
+        if self.sasl_mechanism:
+            out["sasl_mechanism"] = self.sasl_mechanism
+            out["sasl_plain_username"] = self.sasl_username
+            out["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return out
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain values, secrets masked (``mulcot config``)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                raw = value.get_secret_value()
+                value = _mask_url(raw) if name == "redis_url" else ("********" if raw else "")
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+def _mask_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:****@host``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    return f"MULCOT_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from env/.env plus ``overrides``; raise :class:`SettingsError` (one line)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ())) or "settings"
+            name = env_name(loc) if loc in Settings.model_fields else loc
+            given = err.get("input")
+            shown = "" if isinstance(given, dict) or given is None else f" (got {str(given)[:60]!r})"
+            problems.append(f"{name}: {err['msg']}{shown}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+__all__ = ["Settings", "SettingsError", "load_settings", "env_name", "DEFAULT_BROKER", "DEFAULT_REDIS_URL"]

@@ -1,0 +1,240 @@
+"""The Redis result store: the worker's sink and a small client users can import.
+
+Key layout (a public interface; ``P`` is the prefix setting, default ``mulcot:``):
+
+=====================================  ======  ==========================================
+key                                    type    content
+=====================================  ======  ==========================================
+``P result:{id}``                      string  the SentimentResult JSON; TTL ``result_ttl_s``
+``P recent``                           zset    post ids scored by event time (ms); newest
+                                               ``recent_max`` kept
+``P aspect:{aspect}``                  zset    the same per aspect (lower-cased, trimmed);
+                                               newest ``aspect_recent_max`` kept; TTL
+                                               ``result_ttl_s``
+``P counts:{window}s:{bucket}``        hash    ``{positive|neutral|negative: n}`` for posts
+                                               whose event time falls in the bucket
+                                               starting at ``bucket`` (epoch seconds);
+                                               TTL ``window * count_retention``
+=====================================  ======  ==========================================
+
+Event time is the input record's Kafka timestamp. Writes are one Lua script per post, so
+they are atomic and idempotent: a result for a post id that already holds a result of the
+same model name and version changes nothing (same post twice -> same state); a result of
+a different model replaces it and moves the counters from the old label to the new one.
+
+Usage::
+
+    from stream.store import ResultStore
+    store = ResultStore("redis://127.0.0.1:6379/0")
+    store.get("post-1"); store.recent(10); store.by_aspect("coffee", 10); store.counts(3600)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from .protocol import SentimentResult
+
+_WRITE_LUA = """
+local old = redis.call('GET', KEYS[1])
+local old_label = false
+if old then
+  local ok, obj = pcall(cjson.decode, old)
+  if ok and type(obj) == 'table' then
+    if (tostring(obj['model_name']) .. '/' .. tostring(obj['model_version'])) == ARGV[6] then
+      return 0
+    end
+    old_label = obj['label']
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[4])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[7]) + 1))
+if ARGV[9] == '1' then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[4])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[8]) + 1))
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+end
+for i = 4, #KEYS do
+  if old_label ~= ARGV[5] then
+    if old_label then redis.call('HINCRBY', KEYS[i], old_label, -1) end
+    redis.call('HINCRBY', KEYS[i], ARGV[5], 1)
+  end
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[9 + i - 3]))
+end
+return 1
+"""
+
+
+def aspect_key_part(aspect: str) -> str:
+    return " ".join(aspect.strip().lower().split())
+
+
+@dataclass
+class KeyLayout:
+    prefix: str = "mulcot:"
+    result_ttl_s: int = 7 * 24 * 3600
+    recent_max: int = 10_000
+    aspect_recent_max: int = 1_000
+    count_windows_s: Sequence[int] = field(default_factory=lambda: [60, 3600, 86400])
+    count_retention: int = 48
+
+    def result(self, post_id: str) -> str:
+        return f"{self.prefix}result:{post_id}"
+
+    @property
+    def recent(self) -> str:
+        return f"{self.prefix}recent"
+
+    def aspect(self, aspect: str) -> str:
+        return f"{self.prefix}aspect:{aspect_key_part(aspect)}"
+
+    def counts(self, window_s: int, bucket: int) -> str:
+        return f"{self.prefix}counts:{window_s}s:{bucket}"
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "KeyLayout":
+        return cls(
+            prefix=s.redis_prefix,
+            result_ttl_s=s.result_ttl_s,
+            recent_max=s.recent_max,
+            aspect_recent_max=s.aspect_recent_max,
+            count_windows_s=list(s.count_windows_s),
+            count_retention=s.count_retention,
+        )
+
+    def write_args(self, result: SentimentResult, payload: bytes, event_ms: int) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the write script for one result."""
+        has_aspect = bool(result.aspect and aspect_key_part(result.aspect))
+        event_s = event_ms // 1000
+        keys = [self.result(result.id), self.recent, self.aspect(result.aspect) if has_aspect else self.recent]
+        ttls = []
+        for w in self.count_windows_s:
+            keys.append(self.counts(w, event_s - event_s % w))
+            ttls.append(w * self.count_retention)
+        args = [
+            payload,
+            self.result_ttl_s,
+            event_ms,
+            result.id,
+            result.label,
+            f"{result.model_name}/{result.model_version}",
+            self.recent_max,
+            self.aspect_recent_max,
+            "1" if has_aspect else "0",
+            *ttls,
+        ]
+        return keys, args
+
+
+class AsyncResultWriter:
+    """The worker's sink: writes a batch of results in one pipelined round trip."""
+
+    def __init__(self, url: str, layout: KeyLayout) -> None:
+        import redis.asyncio as aioredis
+
+        self.layout = layout
+        self.client = aioredis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self._sha: str | None = None
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def write(self, items: Iterable[tuple[SentimentResult, bytes, int]]) -> int:
+        """Write ``(result, json_bytes, event_ms)`` items; returns how many changed state."""
+        from redis.exceptions import NoScriptError
+
+        items = list(items)
+        if not items:
+            return 0
+        if self._sha is None:
+            self._sha = await self.client.script_load(_WRITE_LUA)
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for result, payload, event_ms in items:
+                keys, args = self.layout.write_args(result, payload, event_ms)
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
+            try:
+                out = await pipe.execute()
+                return sum(int(x) for x in out)
+            except NoScriptError:  # server restarted and lost the script cache
+                self._sha = await self.client.script_load(_WRITE_LUA)
+        raise RuntimeError("redis: write script could not be loaded")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class ResultStore:
+    """Read (and, for tools, write) results in Redis; synchronous, for users and the CLI."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", layout: KeyLayout | None = None) -> None:
+        import redis
+
+        self.layout = layout or KeyLayout()
+        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "ResultStore":
+        return cls(settings.redis_url_value, KeyLayout.from_settings(settings))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def put(self, result: SentimentResult, event_ms: int | None = None) -> bool:
+        """Write one result as the worker does (idempotent); True when the state changed."""
+        payload = result.model_dump_json().encode()
+        if event_ms is None:
+            event_ms = int(result.processed_at.timestamp() * 1000)
+        keys, args = self.layout.write_args(result, payload, event_ms)
+        return bool(self.client.eval(_WRITE_LUA, len(keys), *keys, *args))
+
+    def get(self, post_id: str) -> SentimentResult | None:
+        raw = self.client.get(self.layout.result(post_id))
+        return SentimentResult.model_validate_json(raw) if raw else None
+
+    def _many(self, ids: Sequence[bytes]) -> list[SentimentResult]:
+        if not ids:
+            return []
+        raws = self.client.mget([self.layout.result(i.decode() if isinstance(i, bytes) else i) for i in ids])
+        return [SentimentResult.model_validate_json(r) for r in raws if r]
+
+    def recent(self, n: int = 10) -> list[SentimentResult]:
+        """The newest ``n`` results (by event time), newest first; expired ones are skipped."""
+        return self._many(self.client.zrevrange(self.layout.recent, 0, max(n, 1) - 1))
+
+    def recent_ids(self, n: int = 10) -> list[str]:
+        return [i.decode() for i in self.client.zrevrange(self.layout.recent, 0, max(n, 1) - 1)]
+
+    def by_aspect(self, aspect: str, n: int = 10) -> list[SentimentResult]:
+        """The newest ``n`` results about ``aspect`` (case-insensitive), newest first."""
+        return self._many(self.client.zrevrange(self.layout.aspect(aspect), 0, max(n, 1) - 1))
+
+    def counts(self, window_s: int, last: int = 1, now_s: float | None = None) -> list[tuple[int, dict[str, int]]]:
+        """Per-label counts of the last ``last`` buckets of ``window_s`` (oldest first)."""
+        import time
+
+        if window_s not in self.layout.count_windows_s:
+            raise ValueError(f"window {window_s}s is not counted (windows: {list(self.layout.count_windows_s)})")
+        now = int(now_s if now_s is not None else time.time())
+        start = now - now % window_s
+        out = []
+        for k in range(last - 1, -1, -1):
+            bucket = start - k * window_s
+            raw = self.client.hgetall(self.layout.counts(window_s, bucket))
+            counts = {"positive": 0, "neutral": 0, "negative": 0}
+            counts.update({key.decode(): int(v) for key, v in raw.items()})
+            out.append((bucket, counts))
+        return out
+
+    def ttl(self, post_id: str) -> int:
+        return int(self.client.ttl(self.layout.result(post_id)))
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+__all__ = ["ResultStore", "AsyncResultWriter", "KeyLayout", "aspect_key_part"]
