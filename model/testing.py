@@ -15,9 +15,9 @@ Everything is saved with ``save_pretrained`` (safetensors) into one directory, s
 
 API (all deterministic for a given ``seed``)::
 
-    tiny_tokenizer(family="qwen2_5_vl") -> PreTrainedTokenizerFast
-    build_tiny_qwen2_5_vl(path, *, seed=0, image_size=56) -> Path
-    build_tiny_smolvlm(path, *, seed=0, image_size=56) -> Path   # Idefics3 architecture
+    tiny_tokenizer(family="qwen2_5_vl", vocab_size=1024) -> PreTrainedTokenizerFast
+    build_tiny_qwen2_5_vl(path, *, seed=0, image_size=56, vocab_size=1024) -> Path
+    build_tiny_smolvlm(path, *, seed=0, image_size=56, vocab_size=1024) -> Path   # Idefics3 architecture
     build_tiny(family, path, **kw) -> Path                        # family: "qwen2_5_vl" | "smolvlm"
     load_tiny(path) -> (model, processor)                         # plain transformers objects
     overfit_tiny(src, [(post, prompt, answer), ...], out, steps=60) -> (out, final_loss)
@@ -282,7 +282,7 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0, image_size: int = 56) -> Path:
+def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0, image_size: int = 56, vocab_size: int = 1024) -> Path:
     """Build and save a tiny random Qwen2.5-VL (model + tokenizer + processor) into ``path``.
 
     ``image_size`` is the processor's default square resolution (min = max pixels =
@@ -293,7 +293,7 @@ def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0, image_size: int = 
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = tiny_tokenizer("qwen2_5_vl")
+    tok = tiny_tokenizer("qwen2_5_vl", vocab_size)
     config = tiny_qwen2_5_vl_config(len(tok), tok)
     _seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
@@ -310,7 +310,7 @@ def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0, image_size: int = 
     return path
 
 
-def build_tiny_smolvlm(path: str | Path, *, seed: int = 0, image_size: int = 56) -> Path:
+def build_tiny_smolvlm(path: str | Path, *, seed: int = 0, image_size: int = 56, vocab_size: int = 1024) -> Path:
     """Build and save a tiny random Idefics3 model (the SmolVLM architecture) into ``path``.
 
     Images are resized to ``image_size`` square (no tiling): ``(image_size/14)**2/4`` image
@@ -321,7 +321,7 @@ def build_tiny_smolvlm(path: str | Path, *, seed: int = 0, image_size: int = 56)
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = tiny_tokenizer("smolvlm")
+    tok = tiny_tokenizer("smolvlm", vocab_size)
     config = tiny_idefics3_config(len(tok), tok, image_size=image_size)
     _seed(seed)
     model = Idefics3ForConditionalGeneration(config).eval()

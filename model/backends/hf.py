@@ -10,8 +10,9 @@ How a prediction is made (see docs/model.md for the reasoning):
    ends without whitespace, e.g. SmolVLM's ``Assistant:``), and a softmax over those three
    logits gives the probabilities. This is exact when the three first tokens differ (true for
    the Qwen2 and SmolVLM tokenizers: each word is one token) since the model commits to a label
-   at its first token; when two label words share their first token the loader raises (it
-   would silently conflate two classes).
+   at its first token; when two label words share their first token, ``label_scoring="auto"``
+   scores the full words instead (each word appended to the prompt, 3 x batch rows in the same
+   single forward pass, summed log-probabilities).
 2. **Chain** (``explain``): the reasoning prompt (``prompts.reasoning_prompt``, the prompt the
    student was trained on) is generated from, greedy by default. Decoding stops as soon as the
    model writes the ``Prediction`` key; the text before it is kept and ``"Prediction": <label>``
@@ -321,9 +322,15 @@ def encode_batch(
     aspect ratio kept, sides rounded to 28); for Idefics3 the longest edge of the resize.
     Returns the processor's ``BatchFeature`` (on ``device`` if given)."""
     texts = [render_prompt(processor, p, q) for p, q in zip(posts, prompts)]
-    kwargs: dict[str, Any] = dict(text=texts, padding=True, return_tensors="pt")
-    has_images = any(p.image is not None for p in posts)
-    if has_images:
+    batch = _encode_rendered(processor, posts, texts, family=family, image_size=image_size)
+    return batch.to(device) if device is not None else batch
+
+
+def _encode_rendered(processor: Any, posts: Sequence[PostInput], texts: Sequence[str], *, family: str,
+                     image_size: int | None) -> Any:
+    """Like :func:`encode_batch` for texts already rendered with the chat template."""
+    kwargs: dict[str, Any] = dict(text=list(texts), padding=True, return_tensors="pt")
+    if any(p.image is not None for p in posts):
         images = [prepare_image(p.image) if p.image is not None else None for p in posts]
         if family in ("qwen2_5_vl", "qwen2_vl"):
             kwargs["images"] = [im for im in images if im is not None]
@@ -337,7 +344,7 @@ def encode_batch(
     batch = processor(**kwargs)
     if "mm_token_type_ids" in batch and family not in ("qwen2_5_vl", "qwen2_vl"):
         batch.pop("mm_token_type_ids")
-    return batch.to(device) if device is not None else batch
+    return batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,6 +370,7 @@ class HFStudent(BaseStudent):
         seed: int | None = None,
         chain: bool = True,
         chain_prompt: str = "reasoning",
+        label_scoring: str = "auto",
         info: dict | None = None,
     ) -> None:
         if chain_prompt not in ("reasoning", "guided"):
@@ -384,7 +392,15 @@ class HFStudent(BaseStudent):
         self.chain = bool(chain)
         self.chain_prompt = chain_prompt
         self.info = dict(info or {})
-        self.label_token_ids = self._label_token_ids()
+        if label_scoring not in ("auto", "first_token", "sequence"):
+            raise ValueError("label_scoring must be 'auto', 'first_token' or 'sequence'")
+        self.label_scoring = label_scoring
+        self.label_word_ids = self._label_token_ids()
+        if label_scoring == "first_token" and not self.first_token_exact:
+            raise ValueError(
+                f"label words {LABEL_WORDS} share a first token with this tokenizer "
+                f"({self.label_token_ids}); use label_scoring='sequence' or 'auto'"
+            )
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -395,12 +411,14 @@ class HFStudent(BaseStudent):
         ``image_size`` (Qwen: square pixel budget, default 280), ``max_new_tokens`` (384),
         ``do_sample`` (False = greedy), ``temperature``, ``top_p``, ``seed``, ``chain`` (False =
         labels-only: ``predict`` never generates), ``chain_prompt`` ("reasoning" | "guided"),
-        ``merge_adapter`` (True), ``attn_implementation``, ``name``, ``version``.
+        ``label_scoring`` ("auto": first-token logits when the label words' first tokens differ,
+        else full-word log-probabilities; "first_token"; "sequence"), ``merge_adapter`` (True),
+        ``attn_implementation``, ``name``, ``version``.
         Unknown options are ignored with a log line (settings objects pass extra keys).
         """
         load_keys = ("device", "dtype", "merge_adapter", "attn_implementation")
         init_keys = ("name", "version", "image_size", "max_new_tokens", "do_sample", "temperature", "top_p",
-                     "seed", "chain", "chain_prompt")
+                     "seed", "chain", "chain_prompt", "label_scoring")
         unknown = sorted(set(options) - set(load_keys) - set(init_keys))
         if unknown:
             log.info("HFStudent ignores options %s", unknown)
@@ -413,20 +431,21 @@ class HFStudent(BaseStudent):
         return cls(model, processor, family=info["family"], info=info, **init)
 
     # ---- label scoring ------------------------------------------------------------------
-    def _label_token_ids(self) -> list[int]:
-        """First token of each label word as it would follow the assistant-turn start."""
+    def _label_token_ids(self) -> list[list[int]]:
+        """Token ids of each label word as it would follow the assistant-turn start."""
         probe = render_prompt(self.processor, PostInput(text="x"), "x")
-        lead = "" if probe[-1:].isspace() else " "
-        ids = []
-        for word in LABEL_WORDS:
-            toks = self.tokenizer.encode(lead + word, add_special_tokens=False)
-            ids.append(toks[0])
-        if len(set(ids)) != len(ids):
-            raise ValueError(
-                f"label words {LABEL_WORDS} share a first token with this tokenizer ({ids}); "
-                "first-token label scoring would conflate classes"
-            )
-        return ids
+        self.label_lead = "" if probe[-1:].isspace() else " "
+        return [self.tokenizer.encode(self.label_lead + word, add_special_tokens=False) for word in LABEL_WORDS]
+
+    @property
+    def label_token_ids(self) -> list[int]:
+        """First token of each label word (``LABELS`` order)."""
+        return [ids[0] for ids in self.label_word_ids]
+
+    @property
+    def first_token_exact(self) -> bool:
+        """True when the three label words start with three different tokens."""
+        return len(set(self.label_token_ids)) == len(LABEL_WORDS)
 
     @property
     def device(self):
@@ -438,23 +457,57 @@ class HFStudent(BaseStudent):
         return torch.inference_mode()
 
     def label_logits(self, batch: Sequence[PostInput]):
-        """Logits of the three label words (``LABELS`` order) for each post: one forward pass."""
+        """``(scores, prompt_lengths)``: scores of the three label words (``LABELS`` order) for each post, from one forward
+        pass: first-token logits, or (``label_scoring="sequence"``, or automatically when two
+        label words share a first token) the summed log-probabilities of every token of each
+        word. A softmax over them gives the probabilities."""
+        if self.label_scoring == "sequence" or (self.label_scoring == "auto" and not self.first_token_exact):
+            return self._sequence_scores(batch)
         enc = encode_batch(self.processor, batch, [label_prompt(p) for p in batch], family=self.family,
                            image_size=self.image_size, device=self.device)
         with self._inference():
             out = self.model(**enc, use_cache=False, logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
-        return logits[:, self.label_token_ids], enc
+        return logits[:, self.label_token_ids], enc["attention_mask"].sum(-1).tolist()
+
+    def _sequence_scores(self, batch: Sequence[PostInput]):
+        """Full-continuation scoring: each post appears three times (prompt + each label word),
+        all rows in one forward pass; score = sum of the word tokens' log-probabilities."""
+        import torch
+
+        k = len(LABEL_WORDS)
+        rows = [p for p in batch for _ in range(k)]
+        rendered = [render_prompt(self.processor, p, label_prompt(p)) for p in batch]
+        texts = [r + self.label_lead + w for r in rendered for w in LABEL_WORDS]
+        full = _encode_rendered(self.processor, rows, texts, family=self.family, image_size=self.image_size)
+        full = full.to(self.device)
+        # how many tokens the word adds to its prompt (text-only counts: image expansion is equal)
+        n_prompt_text = [len(self.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in rendered]
+        n_word = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) - n_prompt_text[i // k]
+                  for i, t in enumerate(texts)]
+        width = max(n_word)
+        with self._inference():
+            out = self.model(**full, use_cache=False, logits_to_keep=width + 1)
+        logp = out.logits.float().log_softmax(-1)  # (3B, width+1, V); left padding: rows end together
+        ids = full["input_ids"]
+        scores = torch.empty(len(rows), device=logp.device)
+        for r, n in enumerate(n_word):
+            # the logits at position t predict token t+1: the last n tokens (the word) are
+            # predicted by the n positions just before them
+            target = ids[r, -n:]
+            scores[r] = logp[r, -(n + 1):-1, :].gather(-1, target.unsqueeze(-1)).sum()
+        lengths = full["attention_mask"].sum(-1).view(len(batch), k)[:, 0] - torch.tensor(
+            [n_word[i * k] for i in range(len(batch))], device=full["attention_mask"].device)
+        return scores.view(len(batch), k), lengths.tolist()
 
     def classify(self, batch: Sequence[PostInput]) -> list[Prediction]:
         batch = list(batch)
         if not batch:
             return []
         t0 = time.perf_counter()
-        scores, enc = self.label_logits(batch)
+        scores, prompt_lens = self.label_logits(batch)
         probs = scores.softmax(-1).cpu().tolist()
         ms = (time.perf_counter() - t0) * 1000
-        prompt_lens = enc["attention_mask"].sum(-1).tolist()
         out = []
         for post, p, n in zip(batch, probs, prompt_lens):
             label = LABELS[max(range(3), key=lambda i: p[i])]

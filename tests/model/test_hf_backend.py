@@ -249,3 +249,55 @@ def test_backend_generates_a_parseable_chain_when_the_model_knows_one(family, ti
     assert pred.extra["chain_agrees"] is True and pred.extra["chain_label"] == "positive"
     # decoding stopped at the Prediction key: far fewer tokens than the budget
     assert 0 < pred.generated_tokens < 160
+
+
+def test_sequence_scoring_equals_first_token_for_single_token_words(tiny_dir):
+    posts = _posts()
+    first = load_student(f"hf:{tiny_dir}", chain=False, image_size=56, label_scoring="first_token")
+    seq = load_student(f"hf:{tiny_dir}", chain=False, image_size=56, label_scoring="sequence")
+    assert all(len(ids) == 1 for ids in first.label_word_ids)
+    for a, b in zip(first.classify(posts), seq.classify(posts)):
+        assert a.label == b.label and a.prompt_tokens == b.prompt_tokens
+        for k in a.probabilities:
+            assert a.probabilities[k] == pytest.approx(b.probabilities[k], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_vocab_qwen_dir(tmp_path_factory):
+    """A tiny Qwen whose tokenizer splits the label words, 'neutral' and 'negative' sharing 'ne'."""
+    from model.testing import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen-small-vocab"), vocab_size=300)
+
+
+def test_multi_token_label_words_with_shared_first_token(small_vocab_qwen_dir):
+    spec = f"hf:{small_vocab_qwen_dir}"
+    with pytest.raises(ValueError, match="share a first token"):
+        load_student(spec, label_scoring="first_token")
+    student = load_student(spec, image_size=56, max_new_tokens=8)  # auto -> sequence scoring
+    assert not student.first_token_exact
+    assert [len(ids) for ids in student.label_word_ids] != [1, 1, 1]
+    posts = _posts()
+    preds = student.predict(posts)
+    _check(preds, len(posts), chain=True)
+
+    # independent reference: one unbatched forward per (post, word), log-likelihood of the word
+    for post, pred in zip(posts, preds):
+        lls = []
+        for word_ids in student.label_word_ids:
+            enc = encode_batch(student.processor, [post], [label_prompt(post)], family=student.family, image_size=56)
+            ids = torch.tensor([word_ids])
+            inputs = dict(enc)
+            inputs["input_ids"] = torch.cat([enc["input_ids"], ids], dim=1)
+            inputs["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(ids)], dim=1)
+            if "mm_token_type_ids" in inputs:
+                inputs["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(ids)], dim=1)
+            with torch.no_grad():
+                logp = student.model(**inputs).logits[0].log_softmax(-1)
+            n = len(word_ids)
+            lls.append(float(logp[-(n + 1):-1].gather(-1, ids[0].unsqueeze(-1)).sum()))
+        ref = torch.tensor(lls).softmax(-1).tolist()
+        got = [pred.probabilities[l.value] for l in LABELS]
+        assert got == pytest.approx(ref, abs=1e-4)
+        alone = student.classify([post])[0]
+        assert [alone.probabilities[l.value] for l in LABELS] == pytest.approx(ref, abs=1e-4)
