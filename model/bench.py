@@ -197,7 +197,9 @@ def print_bench_table(result: dict, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        console = Console(width=max(console.width, 112))
     title = (f"{result['model']} on {result['device']} - batch {result['batch_size']}, "
              f"image {result['image_size']}, {result['posts']} posts, {result['date']}")
     table = Table(title=title)

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from model.bench import run_model_bench, synthetic_posts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,3 +72,22 @@ def test_gpu_check_config_is_the_3b_shape():
         model = Qwen2_5_VLForConditionalGeneration(cfg)
     n = sum(p.numel() for p in model.parameters())
     assert 3.7e9 < n < 3.8e9, n
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / "gpu" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.data
+def test_gpu_check_on_real_images_subset(data_dir, tmp_path):
+    """The GPU-session recipe end to end on CPU: copy a subset of real posts, run the check on it."""
+    prep, check = _load_script("prepare_data"), _load_script("check_hf")
+    assert prep.main(["--src", str(data_dir), "--out", str(tmp_path / "sub"), "--n", "3"]) == 3
+    result = check.main(["--tiny", "--device", "cpu", "--n-posts", "3", "--batch-size", "3", "--image-size", "56",
+                         "--max-new-tokens", "4", "--data-dir", str(tmp_path / "sub"), "--no-baseline"])
+    assert result["posts"] == 3 and result["posts_with_image"] == 3
+    assert result["posts_source"].endswith("t15/test.jsonl")
+    assert "baseline_generate" not in result
