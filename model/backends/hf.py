@@ -629,6 +629,8 @@ def chain_with_label(generated: str, label: Label):
         text = text[: m.start()]
     else:
         own = chain_label(parse_chain(text))
+        # decoding stopped on the word "Prediction" inside a line: drop that word
+        text = re.sub(r"[\"'`*]*prediction[\"'`*]*\s*$", "", text, flags=re.IGNORECASE)
     text = text.rstrip(" \t\r\n,")
     raw = (text + "\n\n" if text else "") + f'"Prediction": {label.value}'
     chain = parse_chain(raw).with_prediction(label)

@@ -218,6 +218,9 @@ def test_chain_with_label_agreement():
     assert chain.parsed and chain.prediction == "positive" and own is Label.NEGATIVE
     chain, own = chain_with_label(gen.split('"Prediction"')[0] + '"Prediction', Label.NEUTRAL)
     assert chain.parsed and chain.prediction == "neutral" and own is Label.NEGATIVE  # from the conclusion
+    stopped_mid_line = gen.split('"Prediction"')[0].replace("negative overall", "my Prediction")
+    chain, own = chain_with_label(stopped_mid_line.rstrip('"\n'), Label.NEGATIVE)
+    assert chain.parsed and chain.final_conclusion == "my" and chain.prediction == "negative"
     chain, own = chain_with_label("garbage", Label.NEGATIVE)
     assert not chain.parsed and chain.prediction == "negative" and own is None
     assert "Text_analysis" in chain.missing
@@ -301,3 +304,30 @@ def test_multi_token_label_words_with_shared_first_token(small_vocab_qwen_dir):
         assert got == pytest.approx(ref, abs=1e-4)
         alone = student.classify([post])[0]
         assert [alone.probabilities[l.value] for l in LABELS] == pytest.approx(ref, abs=1e-4)
+
+
+def test_hub_layout_processor_files(tiny_qwen_dir, tmp_path):
+    """A directory laid out like the hub's Qwen2.5-VL repos (preprocessor_config.json with
+    min/max_pixels and the torchvision class name, chat_template.json) loads and predicts."""
+    import json
+    import shutil
+
+    from model.testing import QWEN_CHAT_TEMPLATE
+
+    d = tmp_path / "hub-like"
+    shutil.copytree(tiny_qwen_dir, d)
+    (d / "chat_template.jinja").unlink()
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_CHAT_TEMPLATE}))
+    (d / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}))
+    student = load_student(f"hf:{d}", max_new_tokens=4)
+    assert student.image_size == 280  # the method's default resolution, not the hub's max_pixels
+    assert student.processor.chat_template == QWEN_CHAT_TEMPLATE
+    pred = student.predict([PostInput("x", image=_img("RGB", (500, 300)))])[0]
+    # 280x280 budget: 500x300 (w x h) -> 336x196 (sides floored to multiples of 28) -> 12x7 = 84 tokens
+    enc = encode_batch(student.processor, [PostInput("x", image=_img("RGB", (500, 300)))], ["x"],
+                       family="qwen2_5_vl", image_size=280)
+    assert int((enc["input_ids"] == student.model.config.image_token_id).sum()) == 84
+    _check([pred], 1, chain=True)
