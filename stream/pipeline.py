@@ -325,6 +325,7 @@ class BatchProcessor:
             source=SourceRef(
                 topic=w.rec.topic, partition=w.rec.partition, offset=w.rec.offset, timestamp_ms=w.rec.timestamp_ms
             ),
+            worker=self.worker,
         )
         return OutResult(w.post.id.encode(), result.model_dump_json().encode(), result, event_ms)
 

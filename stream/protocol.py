@@ -180,7 +180,8 @@ class SentimentResult(BaseModel):
     has_image: bool = False
     timings: Timings
     processed_at: datetime
-    source: SourceRef | None = None
+    source: SourceRef | None = Field(None, description="the input record this result is for")
+    worker: str = Field("", description="host:pid of the worker that produced it")
 
     @model_validator(mode="after")
     def _agree(self) -> "SentimentResult":

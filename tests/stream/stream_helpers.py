@@ -1,0 +1,130 @@
+"""Helpers of the stream tests (imported by the tests and conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from stream.kafka import consumer, ensure_topics
+from stream.producer import produce_records
+from stream.settings import Settings
+from stream.store import ResultStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The environment that makes a child process see exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_") and k != "REDIS_URL"}
+    for name, value in s.masked().items():
+        if value is None:
+            continue
+        if name == "redis_url":
+            value = s.redis_url_value
+        env[f"MULCOT_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+class WorkerProc:
+    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
+        self.settings = settings
+        self.log = log
+        self._fh = open(log, "ab")
+        e = settings_env(settings)
+        e.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            cwd=str(ROOT),
+            env=e,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._fh.close()
+        return self.proc.returncode
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def png_b64(size: tuple[int, int] = (32, 32), colour: str = "red") -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def post(i: int | str, **kw: Any) -> tuple[bytes, bytes]:
+    pid = f"p{i}" if isinstance(i, int) else i
+    body = {"id": pid, "text": f"post number {i}: a sunny day", **kw}
+    return pid.encode(), json.dumps(body).encode()
+
+
+def produce(settings: Settings, records: list[tuple[bytes | None, bytes]], rate: float = 0.0) -> int:
+    return asyncio.run(produce_records(settings, records, settings.input_topic, rate=rate))
+
+
+def create_topics(settings: Settings) -> None:
+    asyncio.run(ensure_topics(settings))
+
+
+def read_topic(settings: Settings, topic: str, want: int, timeout: float = 60.0) -> list[Any]:
+    """Read ``topic`` from the start until ``want`` records (or timeout); returns the messages."""
+
+    async def run() -> list[Any]:
+        cons = consumer(settings, topic, group_id=None, auto_offset_reset="earliest")
+        await cons.start()
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(out) < want and time.monotonic() < deadline:
+                got = await cons.getmany(timeout_ms=200)
+                for msgs in got.values():
+                    out.extend(msgs)
+        finally:
+            await cons.stop()
+        return out
+
+    return asyncio.run(run())
+
+
+def wait_redis(settings: Settings, ids: list[str], timeout: float = 60.0, worker: WorkerProc | None = None) -> set[str]:
+    """Wait until every id has ``result:{id}`` in Redis; returns the ids still missing."""
+    store = ResultStore.from_settings(settings)
+    missing = set(ids)
+    deadline = time.monotonic() + timeout
+    try:
+        while missing and time.monotonic() < deadline:
+            keys = sorted(missing)
+            vals = store.client.mget([store.layout.result(i) for i in keys])
+            missing -= {k for k, v in zip(keys, vals) if v}
+            if missing:
+                if worker is not None and not worker.alive():
+                    raise AssertionError(f"worker exited ({worker.proc.returncode}):\n{worker.tail()}")
+                time.sleep(0.2)
+    finally:
+        store.close()
+    return missing

@@ -1,0 +1,239 @@
+"""The worker end to end: real Tansu, real Valkey, the worker as a subprocess (noop student)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from stream.protocol import DeadLetter, ErrorCode, SentimentResult
+from stream.store import ResultStore
+from stream_helpers import create_topics, png_b64, post, produce, read_topic, wait_redis
+
+
+class _ImageServer:
+    """A real local HTTP server: /ok.png (an image), /big (over the byte limit), /missing (404)."""
+
+    def __init__(self) -> None:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), "blue").save(buf, "PNG")
+        png = buf.getvalue()
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/ok.png":
+                    body, code = png, 200
+                elif self.path == "/big":
+                    body, code = b"x" * 300_000, 200
+                else:
+                    body, code = b"nope", 404
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _bomb_png_b64() -> str:
+    """A tiny PNG that decodes to 12000 x 12000 pixels (a decompression bomb)."""
+    buf = io.BytesIO()
+    Image.new("1", (12000, 12000), 0).save(buf, "PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_happy_path_and_every_dead_letter_code(make_settings, start_worker) -> None:
+    srv = _ImageServer()
+    try:
+        s = make_settings(
+            image_allow_private_hosts=True,  # the image server is on loopback
+            image_host_allowlist=["127.0.0.1"],
+            image_max_bytes=200_000,
+            image_max_pixels=50_000_000,
+            max_batch=16,
+        )
+        create_topics(s)
+        worker = start_worker(s)
+        img = png_b64()
+        good = []
+        for i in range(30):
+            kind = i % 3
+            if kind == 0:
+                good.append(post(i, image_b64=img))
+            elif kind == 1:
+                good.append(post(i, aspect=f"aspect {i % 2}"))
+            else:
+                good.append(post(i, image_url=f"http://127.0.0.1:{srv.port}/ok.png", aspect="coffee"))
+        bad = [
+            (b"k-json", b"{this is not json", ErrorCode.INVALID_JSON),
+            (b"k-array", b"[1, 2, 3]", ErrorCode.INVALID_JSON),
+            (b"k-schema", json.dumps({"text": "no id"}).encode(), ErrorCode.SCHEMA),
+            (b"k-long", json.dumps({"id": "long", "text": "x" * 10_001}).encode(), ErrorCode.SCHEMA),
+            (b"k-ver", json.dumps({"id": "v9", "text": "hi", "schema_version": 9}).encode(), ErrorCode.UNSUPPORTED_VERSION),
+            (b"k-b64", json.dumps({"id": "b64", "text": "hi", "image_b64": "***"}).encode(), ErrorCode.SCHEMA),
+            (b"k-bytes", json.dumps({"id": "bytes", "text": "hi", "image_b64": base64.b64encode(b"x" * 250_000).decode()}).encode(), ErrorCode.IMAGE_TOO_LARGE),
+            (b"k-bomb", json.dumps({"id": "bomb", "text": "hi", "image_b64": _bomb_png_b64()}).encode(), ErrorCode.IMAGE_TOO_LARGE),
+            (b"k-junk", json.dumps({"id": "junk", "text": "hi", "image_b64": base64.b64encode(b"not an image").decode()}).encode(), ErrorCode.IMAGE_UNREADABLE),
+            (b"k-404", json.dumps({"id": "f404", "text": "hi", "image_url": f"http://127.0.0.1:{srv.port}/missing"}).encode(), ErrorCode.IMAGE_FETCH_FAILED),
+            (b"k-big", json.dumps({"id": "fbig", "text": "hi", "image_url": f"http://127.0.0.1:{srv.port}/big"}).encode(), ErrorCode.IMAGE_TOO_LARGE),
+            (b"k-ftp", json.dumps({"id": "ftp", "text": "hi", "image_url": "ftp://127.0.0.1/x.png"}).encode(), ErrorCode.IMAGE_URL_FORBIDDEN),
+            (b"k-host", json.dumps({"id": "host", "text": "hi", "image_url": f"http://localhost:{srv.port}/ok.png"}).encode(), ErrorCode.IMAGE_URL_FORBIDDEN),
+            (b"k-file", json.dumps({"id": "file", "text": "hi", "image_url": "file:///etc/hostname"}).encode(), ErrorCode.IMAGE_URL_FORBIDDEN),
+        ]  # fmt: skip
+        # bad records in the middle: the worker must keep going
+        records = good[:15] + [(k, v) for k, v, _ in bad] + good[15:]
+        produce(s, records)
+        ids = [k.decode() for k, _ in good]
+        missing = wait_redis(s, ids, timeout=90, worker=worker)
+        assert not missing, f"no result for {sorted(missing)}\n{worker.tail()}"
+
+        out = read_topic(s, s.output_topic, len(good))
+        results = {m.key.decode(): SentimentResult.model_validate_json(m.value) for m in out}
+        assert set(results) == set(ids)
+        for key, r in results.items():
+            assert r.id == key
+            assert r.chain is not None and r.chain.prediction == r.label
+            assert r.model_name == "noop"
+            assert abs(sum(r.probabilities.model_dump().values()) - 1) < 1e-6
+            assert r.source is not None and r.source.topic == s.input_topic
+        assert results["p1"].aspect == "aspect 1" and not results["p1"].has_image
+        assert results["p0"].has_image and results["p2"].has_image
+
+        dl_msgs = read_topic(s, s.dlq_topic, len(bad))
+        by_key = {}
+        for m in dl_msgs:
+            d = DeadLetter.model_validate_json(m.value)
+            by_key[d.key] = d
+        assert len(by_key) == len(bad), sorted(by_key)
+        originals = {k.decode(): v for k, v, _ in bad}
+        for key, _, code in bad:
+            d = by_key[key.decode()]
+            assert d.error is code, (key, d.error, d.message)
+            assert d.message
+            assert d.source.topic == s.input_topic and d.source.offset >= 0
+            raw = originals[key.decode()]
+            assert d.original.size == len(raw) and d.original.sha256 == hashlib.sha256(raw).hexdigest()
+            if len(raw) <= s.dlq_inline_max_bytes:
+                assert base64.b64decode(d.original.data_b64) == raw
+            else:  # huge originals travel as a reference to the input record
+                assert d.original.data_b64 is None
+                assert d.original.ref == f"kafka://{s.input_topic}/{d.source.partition}/{d.source.offset}"
+        assert by_key["k-schema"].post_id is None and by_key["k-ver"].post_id == "v9"
+        assert "id" in by_key["k-schema"].message
+
+        # still alive after all that, and still working
+        produce(s, [post("after")])
+        assert not wait_redis(s, ["after"], timeout=30, worker=worker)
+        assert worker.alive()
+        assert worker.stop(signal.SIGTERM) == 0
+    finally:
+        srv.close()
+
+
+def test_redis_state_matches_output_topic(make_settings, start_worker) -> None:
+    s = make_settings(result_ttl_s=120)
+    create_topics(s)
+    worker = start_worker(s)
+    produce(s, [post(i, aspect="Coffee " if i % 2 else None) for i in range(20)])
+    ids = [f"p{i}" for i in range(20)]
+    assert not wait_redis(s, ids, timeout=60, worker=worker), worker.tail()
+    store = ResultStore.from_settings(s)
+    try:
+        assert set(store.recent_ids(100)) == set(ids)
+        assert {r.id for r in store.by_aspect("coffee", 100)} == {f"p{i}" for i in range(1, 20, 2)}
+        assert 0 < store.ttl("p3") <= 120
+        total = store.counts(60, last=2)
+        assert sum(sum(c.values()) for _, c in total) == 20
+    finally:
+        store.close()
+
+
+def test_restart_mid_stream_loses_nothing(make_settings, start_worker) -> None:
+    """Kill -9 the worker while posts are flowing; a new worker must finish every post."""
+    s = make_settings(max_batch=8, max_latency_ms=20, commit_interval_s=0.5)
+    create_topics(s)
+    w1 = start_worker(s)
+    n = 300
+    ids = [f"p{i}" for i in range(n)]
+
+    done = threading.Event()
+
+    def feed() -> None:
+        produce(s, [post(i) for i in range(n)], rate=60)  # ~5 s of traffic
+        done.set()
+
+    t = threading.Thread(target=feed)
+    t.start()
+    # wait until the first worker has processed part of the stream, then crash it
+    deadline = time.monotonic() + 60
+    store = ResultStore.from_settings(s)
+    try:
+        while len(store.recent_ids(n)) < 40 and time.monotonic() < deadline:
+            assert w1.alive(), w1.tail()
+            time.sleep(0.1)
+        before = len(store.recent_ids(n))
+        assert 40 <= before < n, f"{before} results before the crash; the test needs a mid-stream crash"
+        w1.stop(signal.SIGKILL)
+        w2 = start_worker(s)
+        t.join(60)
+        assert done.is_set()
+        missing = wait_redis(s, ids, timeout=90, worker=w2)
+        assert not missing, f"{len(missing)} posts lost after the restart: {sorted(missing)[:10]}\n{w2.tail()}"
+        out = read_topic(s, s.output_topic, n, timeout=30)
+        assert {m.key.decode() for m in out} == set(ids)  # every post on the output topic (dupes allowed)
+        assert len(store.recent_ids(2 * n)) == n  # Redis holds each post once
+        assert w2.stop() == 0
+    finally:
+        store.close()
+
+
+def test_two_workers_share_partitions_through_join_and_leave(make_settings, start_worker) -> None:
+    s = make_settings(max_batch=8, max_latency_ms=20, commit_interval_s=0.5, partitions=4)
+    create_topics(s)
+    n = 400
+    ids = [f"p{i}" for i in range(n)]
+    done = threading.Event()
+
+    def feed() -> None:
+        produce(s, [post(i) for i in range(n)], rate=35)  # ~11 s of traffic
+        done.set()
+
+    w1 = start_worker(s)
+    t = threading.Thread(target=feed)
+    t.start()
+    store = ResultStore.from_settings(s)
+    try:
+        deadline = time.monotonic() + 60
+        while len(store.recent_ids(n)) < 20 and time.monotonic() < deadline:
+            assert w1.alive(), w1.tail()
+            time.sleep(0.1)
+        w2 = start_worker(s)  # join: rebalance while traffic flows
+        time.sleep(4.0)
+        assert w1.stop(signal.SIGTERM) == 0  # leave: w2 takes every partition
+        t.join(60)
+        assert done.is_set()
+        missing = wait_redis(s, ids, timeout=90, worker=w2)
+        assert not missing, f"{len(missing)} posts lost: {sorted(missing)[:10]}\n{w2.tail()}"
+        workers = {r.worker for r in store._many([i.encode() for i in ids])}
+        assert len(workers) == 2, f"expected both workers to produce results, got {workers}"
+        assert w2.stop() == 0
+    finally:
+        store.close()
