@@ -229,6 +229,8 @@ def load_model_and_processor(
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=False, use_safetensors=True)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if str(device).startswith("cuda"):
+        kwargs["device_map"] = str(device)  # load straight onto the GPU (no full CPU copy)
     model = AutoModelForImageTextToText.from_pretrained(local, **kwargs)
     adapter_dir = None
     if adapter:
@@ -457,8 +459,8 @@ class HFStudent(BaseStudent):
         return torch.inference_mode()
 
     def label_logits(self, batch: Sequence[PostInput]):
-        """``(scores, prompt_lengths)``: scores of the three label words (``LABELS`` order) for each post, from one forward
-        pass: first-token logits, or (``label_scoring="sequence"``, or automatically when two
+        """``(scores, prompt_lengths)``: scores of the three label words (``LABELS`` order) for
+        each post, from one forward pass: first-token logits, or (``label_scoring="sequence"``, or automatically when two
         label words share a first token) the summed log-probabilities of every token of each
         word. A softmax over them gives the probabilities."""
         if self.label_scoring == "sequence" or (self.label_scoring == "auto" and not self.first_token_exact):
@@ -552,14 +554,13 @@ class HFStudent(BaseStudent):
         pad = self.tokenizer.pad_token_id
         counts = []
         for row in new.tolist():
-            n = 0
-            for t in row:
-                n += 1
-                if t in eos_ids:
+            # new tokens up to the first end-of-turn (counted) or padding (not counted: rows that
+            # stopped early, on a stop string or eos, are padded to the batch's length)
+            n = len(row)
+            for i, t in enumerate(row):
+                if t == pad or t in eos_ids:
+                    n = i + (0 if t == pad else 1)
                     break
-            # trailing padding after an early stop (stop string) is not generated text
-            while n and row[n - 1] == pad and pad not in eos_ids:
-                n -= 1
             counts.append(n)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return texts, enc["attention_mask"].sum(-1).tolist(), counts

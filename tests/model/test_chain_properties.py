@@ -30,7 +30,8 @@ value_text = (
     st.text(alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,!?'()-"),
             min_size=1, max_size=60)
     .map(lambda s: re.sub(r"\s+", " ", s))
-    .filter(lambda s: s.strip(_TRIM) and not _KEYWORDS.search(s))
+    # a field is prose: at least one letter or digit (a lone "-" reads as a bullet/placeholder)
+    .filter(lambda s: re.search(r"[A-Za-z0-9]", s) and not _KEYWORDS.search(s))
 )
 labels = st.sampled_from([l.value for l in Label])
 
