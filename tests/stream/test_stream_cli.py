@@ -1,0 +1,97 @@
+"""The command line: help of every verb, plugin discovery, produce + results --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from stream.cli import main
+from stream.protocol import SentimentResult
+from stream_helpers import ROOT, create_topics, settings_env, wait_redis
+
+
+def _verbs(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        out.append(prefix + (name,))
+        if isinstance(cmd, click.Group):
+            out.extend(_verbs(cmd, prefix + (name,)))
+    return out
+
+
+def test_every_verb_has_help() -> None:
+    runner = CliRunner()
+    verbs = _verbs(main)
+    for v in [("worker",), ("services", "up"), ("produce",), ("results",), ("demo",), ("config",), ("bench", "stream")]:
+        assert v in verbs
+    for v in verbs:
+        res = runner.invoke(main, [*v, "--help"])
+        assert res.exit_code == 0, (v, res.output)
+        assert len(res.output.splitlines()) > 3
+
+
+def test_plugin_verbs_are_discovered(tmp_path: Path) -> None:
+    """A distribution registering `mulcot.commands` (as training does) adds a verb."""
+    (tmp_path / "fakeplug.py").write_text(
+        "import click\n@click.command()\ndef hello():\n    'Say hello (a plugin verb).'\n    click.echo('hello from plugin')\n"
+        "broken = 42\n"
+    )
+    dist = tmp_path / "fakeplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mulcot.commands]\nhello = fakeplug:hello\nbad = fakeplug:broken\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "stream.cli", *a], env=env, capture_output=True, text=True, timeout=60)  # noqa: E731
+    helped = run("--help")
+    assert "hello" in helped.stdout and "worker" in helped.stdout
+    said = run("hello")
+    assert said.returncode == 0 and said.stdout.strip() == "hello from plugin"
+    bad = run("bad")
+    assert bad.returncode != 0 and "could not be loaded" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_produce_and_results_json(make_settings, start_worker, tmp_path: Path) -> None:
+    s = make_settings()
+    create_topics(s)
+    worker = start_worker(s)
+    env = settings_env(s)
+    samples = ROOT / "stream" / "samples" / "posts.jsonl"
+    p = subprocess.run([sys.executable, "-m", "stream.cli", "produce", str(samples), "--limit", "8"], env=env,
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "produced 8 posts" in p.stdout
+    ids = [f"demo-0{i}" for i in range(1, 7)] + ["demo-07"]  # line 7 of the samples is invalid JSON
+    assert not wait_redis(s, ids, timeout=60, worker=worker), worker.tail()
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "stream.cli", "results", *a], env=env, capture_output=True,  # noqa: E731
+                                    text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    one = cli("--post", "demo-03", "--json")
+    got = json.loads(one.stdout)
+    assert isinstance(got, list) and len(got) == 1
+    assert SentimentResult.model_validate(got[0]).id == "demo-03"
+    recent = [SentimentResult.model_validate(x) for x in json.loads(cli("--recent", "50", "--json").stdout)]
+    assert {r.id for r in recent} == set(ids)
+    by_aspect = json.loads(cli("--aspect", "Cafe on Elm Street", "--json").stdout)
+    assert [r["id"] for r in by_aspect] == ["demo-05"]
+    table = cli("--post", "demo-03")
+    assert table.returncode == 0 and "demo-03" in table.stdout and "Prediction" in table.stdout
+    missing = cli("--post", "nope")
+    assert missing.returncode != 0 and "no result" in missing.stderr
+
+
+def test_results_when_redis_is_down(tmp_path: Path) -> None:
+    from stream.services import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_")}
+    env["MULCOT_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    p = subprocess.run([sys.executable, "-m", "stream.cli", "results", "--json"], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert p.returncode != 0 and "cannot reach Redis" in p.stderr and "Traceback" not in p.stderr

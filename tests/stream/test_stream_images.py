@@ -1,0 +1,152 @@
+"""Image decoding limits and the SSRF-safe fetcher (against a real local HTTP server)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from stream.images import FetchPolicy, ImageError, ImageFetcher, address_forbidden, check_url, decode_image, host_allowed
+from stream.protocol import ErrorCode
+
+
+def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decode_rgb_and_exif_orientation() -> None:
+    rgba = _encode(Image.new("RGBA", (10, 20), (255, 0, 0, 128)))
+    out = decode_image(rgba, max_bytes=10**6, max_pixels=10**6)
+    assert out.mode == "RGB" and out.size == (10, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    jpeg = _encode(Image.new("RGB", (40, 20), "green"), "JPEG", exif=exif.tobytes())
+    assert decode_image(jpeg, max_bytes=10**6, max_pixels=10**6).size == (20, 40)
+
+
+def test_decode_limits() -> None:
+    png = _encode(Image.new("L", (3000, 3000), 0))
+    with pytest.raises(ImageError) as e:
+        decode_image(png, max_bytes=10**7, max_pixels=1_000_000)
+    assert e.value.code is ErrorCode.IMAGE_TOO_LARGE and "pixels" in e.value.message
+    with pytest.raises(ImageError) as e:
+        decode_image(png, max_bytes=100, max_pixels=10**8)
+    assert e.value.code is ErrorCode.IMAGE_TOO_LARGE and "bytes" in e.value.message
+    for junk in (b"GIF89a garbage", b"\x89PNG\r\n\x1a\n" + b"\0" * 30, b"hello"):
+        with pytest.raises(ImageError) as e:
+            decode_image(junk, max_bytes=10**6, max_pixels=10**6)
+        assert e.value.code is ErrorCode.IMAGE_UNREADABLE
+    truncated = _encode(Image.new("RGB", (64, 64), "red"), "JPEG")[:200]
+    with pytest.raises(ImageError) as e:
+        decode_image(truncated, max_bytes=10**6, max_pixels=10**6)
+    assert e.value.code is ErrorCode.IMAGE_UNREADABLE
+
+
+@pytest.mark.parametrize(
+    "ip", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.5", "169.254.169.254", "::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "100.64.0.1"]
+)
+def test_forbidden_addresses(ip: str) -> None:
+    assert address_forbidden(ip)
+
+
+def test_public_address_allowed() -> None:
+    assert address_forbidden("8.8.8.8") is None and address_forbidden("2606:4700:4700::1111") is None
+
+
+def test_url_rules() -> None:
+    p = FetchPolicy()
+    assert check_url("https://cdn.example.org/a.jpg", p) == ("https", "cdn.example.org")
+    for bad in ("ftp://x/y", "file:///etc/passwd", "gopher://x", "//x/y", "https://user:pw@x/y", "javascript:alert(1)"):
+        with pytest.raises(ImageError) as e:
+            check_url(bad, p)
+        assert e.value.code is ErrorCode.IMAGE_URL_FORBIDDEN
+    assert check_url("file:///tmp/x.png", FetchPolicy(allow_file=True))[0] == "file"
+    assert host_allowed("img.example.org", ("*.example.org",)) and host_allowed("example.org", ("*.example.org",))
+    assert not host_allowed("evil-example.org", ("*.example.org",)) and not host_allowed("x.org", ("y.org",))
+
+
+@pytest.fixture
+def http_server():  # type: ignore[no-untyped-def]
+    png = _encode(Image.new("RGB", (8, 8), "red"))
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            routes = {
+                "/ok.png": (200, png, {}),
+                "/redirect-ok": (302, b"", {"Location": "/ok.png"}),
+                "/redirect-ftp": (302, b"", {"Location": "ftp://127.0.0.1/x"}),
+                "/loop": (302, b"", {"Location": "/loop"}),
+                "/huge": (200, b"x" * 50_000, {}),
+            }
+            code, body, headers = routes.get(self.path, (404, b"no", {}))
+            if self.path == "/slow":
+                import time
+
+                time.sleep(2)
+                code, body = 200, png
+            self.send_response(code)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", png
+    srv.shutdown()
+    srv.server_close()
+
+
+def _fetch(url: str, policy: FetchPolicy) -> bytes | ImageError:
+    async def run() -> bytes | ImageError:
+        f = ImageFetcher(policy, concurrency=2)
+        try:
+            return await f.fetch(url)
+        except ImageError as exc:
+            return exc
+        finally:
+            await f.aclose()
+
+    return asyncio.run(run())
+
+
+def test_fetch(http_server) -> None:  # type: ignore[no-untyped-def]
+    base, png = http_server
+    open_policy = FetchPolicy(allow_private=True, max_bytes=10_000, timeout_s=1.0)
+    assert _fetch(f"{base}/ok.png", open_policy) == png
+    assert _fetch(f"{base}/redirect-ok", open_policy) == png
+    cases = {
+        "/missing": ErrorCode.IMAGE_FETCH_FAILED,
+        "/huge": ErrorCode.IMAGE_TOO_LARGE,
+        "/redirect-ftp": ErrorCode.IMAGE_URL_FORBIDDEN,
+        "/loop": ErrorCode.IMAGE_FETCH_FAILED,
+        "/slow": ErrorCode.IMAGE_FETCH_FAILED,
+    }
+    for path, code in cases.items():
+        got = _fetch(base + path, open_policy)
+        assert isinstance(got, ImageError) and got.code is code, (path, got)
+    # the default policy refuses loopback: the SSRF guard
+    got = _fetch(f"{base}/ok.png", FetchPolicy())
+    assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_URL_FORBIDDEN and "loopback" in got.message
+    # a closed port: connection refused
+    got = _fetch("http://127.0.0.1:9/x.png", open_policy)
+    assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_FETCH_FAILED
+
+
+def test_file_urls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "a.png"
+    p.write_bytes(_encode(Image.new("RGB", (4, 4))))
+    assert _fetch(p.as_uri(), FetchPolicy(allow_file=True)) == p.read_bytes()
+    got = _fetch(p.as_uri(), FetchPolicy())
+    assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_URL_FORBIDDEN

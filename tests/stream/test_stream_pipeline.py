@@ -1,0 +1,77 @@
+"""The batch step in-process: model errors are isolated per post, the loop is not blocked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Sequence
+
+from model import BaseStudent, PostInput, Prediction, load_student
+from stream.pipeline import BatchProcessor, InRecord
+from stream.protocol import ErrorCode
+from stream_helpers import png_b64
+
+
+class FailingStudent(BaseStudent):
+    """The noop student, except it raises for posts whose text contains 'boom' (a model
+    failing on particular inputs), and records which thread it ran on."""
+
+    name, version = "failing", "1"
+
+    def __init__(self) -> None:
+        self.inner = load_student("noop")
+        self.threads: set[str] = set()
+
+    def predict(self, batch: Sequence[PostInput], *, chain: bool = True) -> list[Prediction]:
+        self.threads.add(threading.current_thread().name)
+        if any("boom" in p.text for p in batch):
+            raise RuntimeError("CUDA error: device-side assert (simulated by this test's student)")
+        return self.inner.predict(batch, chain=chain)
+
+
+def _rec(i: int, body: dict) -> InRecord:
+    return InRecord(json.dumps(body).encode(), str(i).encode(), "posts", 0, i, int(time.time() * 1000))
+
+
+def test_model_error_isolated_per_post() -> None:
+    student = FailingStudent()
+    proc = BatchProcessor(student)
+    recs = [_rec(i, {"id": f"p{i}", "text": "boom" if i in (2, 5) else f"fine {i}", "image_b64": png_b64()}) for i in range(8)]
+    out = asyncio.run(proc.process(recs))
+    assert sorted(r.result.id for r in out.results) == [f"p{i}" for i in (0, 1, 3, 4, 6, 7)]
+    assert sorted(d.dead.post_id for d in out.dead) == ["p2", "p5"]
+    assert all(d.dead.error is ErrorCode.MODEL_ERROR and "CUDA" in d.dead.message for d in out.dead)
+    assert "MainThread" not in student.threads  # the model ran off the event loop
+
+
+def test_event_loop_keeps_running_during_inference() -> None:
+    class Slow(BaseStudent):
+        name, version = "slow", "1"
+
+        def predict(self, batch, *, chain=True):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)  # a long GPU batch
+            return load_student("noop").predict(batch, chain=chain)
+
+    async def run() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        out = await BatchProcessor(Slow()).process([_rec(0, {"id": "a", "text": "x"})])
+        t.cancel()
+        assert len(out.results) == 1
+        return ticks
+
+    assert asyncio.run(run()) >= 10  # ~20 ticks of the loop while the model slept 1 s
+
+
+def test_labels_only_mode() -> None:
+    out = asyncio.run(BatchProcessor(load_student("noop"), chain=False).process([_rec(0, {"id": "a", "text": "x"})]))
+    assert out.results[0].result.chain is None

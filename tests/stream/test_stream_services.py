@@ -1,0 +1,81 @@
+"""Embedded services start, serve and stop without leaving processes behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stream.services import EmbeddedKafka, EmbeddedRedis, ServiceError, embedded_services, free_port, port_open
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie still answers kill(0); read its state
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_start_stop_no_orphans(tmp_path: Path) -> None:
+    with embedded_services(log_dir=tmp_path) as (kafka, redis):
+        pids = [kafka.proc.pid, redis.proc.pid]
+        assert port_open("127.0.0.1", kafka.port) and port_open("127.0.0.1", redis.port)
+        import redis as _redis
+
+        assert _redis.Redis.from_url(redis.url).ping()
+        assert kafka.log_path.exists() and redis.log_path.exists()
+    assert all(_gone(p) for p in pids)
+    assert not port_open("127.0.0.1", kafka.port) and not port_open("127.0.0.1", redis.port)
+
+
+def test_port_in_use_is_a_clear_error(services) -> None:  # type: ignore[no-untyped-def]
+    kafka, _ = services
+    with pytest.raises(ServiceError, match="already in use"):
+        EmbeddedKafka(port=kafka.port).start()
+
+
+def test_services_up_cli_stops_children_on_sigterm(tmp_path: Path) -> None:
+    kp, rp = free_port(), free_port()
+    env = dict(os.environ, MULCOT_BROKER=f"127.0.0.1:{kp}", MULCOT_REDIS_URL=f"redis://127.0.0.1:{rp}/0")
+    p = subprocess.Popen([sys.executable, "-m", "stream.cli", "services", "up", "--log-dir", str(tmp_path)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_open("127.0.0.1", kp) and port_open("127.0.0.1", rp)):
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else "timeout"
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    time.sleep(0.3)
+    assert not port_open("127.0.0.1", kp) and not port_open("127.0.0.1", rp)
+
+
+def test_parent_death_takes_children(tmp_path: Path) -> None:
+    """SIGKILL the parent: the children get SIGTERM from the kernel (no orphans)."""
+    kp = free_port()
+    code = (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from stream.services import EmbeddedKafka\n"
+        "k = EmbeddedKafka(port=%d, log_dir=%r).start(); print(k.proc.pid, flush=True); time.sleep(60)\n"
+    ) % (str(Path(__file__).resolve().parents[2]), kp, str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(child)

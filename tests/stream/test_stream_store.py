@@ -1,0 +1,97 @@
+"""The Redis key layout, TTLs and idempotent writes, on a real Valkey."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from stream.protocol import SentimentResult
+from stream.store import KeyLayout, ResultStore
+
+
+def _r(pid: str, label: str = "positive", aspect: str | None = None, version: str = "1") -> SentimentResult:
+    probs = {"positive": 0.1, "neutral": 0.1, "negative": 0.1}
+    probs[label] = 0.8
+    return SentimentResult(
+        id=pid, aspect=aspect, label=label, confidence=0.8, probabilities=probs,
+        chain={"text_analysis": "t", "image_analysis": "i", "conflict_resolution": "c", "final_conclusion": "f",
+               "prediction": label},
+        model_name="m", model_version=version, timings={"queued_ms": 0, "inference_ms": 0, "end_to_end_ms": 0},
+        processed_at=datetime.now(timezone.utc),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(services):  # type: ignore[no-untyped-def]
+    _, redis = services
+    layout = KeyLayout(prefix=f"t{uuid.uuid4().hex[:6]}:", result_ttl_s=300, recent_max=5, aspect_recent_max=3,
+                       count_windows_s=[60, 3600], count_retention=10)  # fmt: skip
+    s = ResultStore(redis.url, layout)
+    yield s
+    s.close()
+
+
+def _snapshot(store: ResultStore) -> dict:
+    c = store.client
+    out = {}
+    for key in c.scan_iter(match=store.layout.prefix + "*"):
+        t = c.type(key).decode()
+        if t == "string":
+            out[key] = c.get(key)
+        elif t == "zset":
+            out[key] = c.zrange(key, 0, -1, withscores=True)
+        elif t == "hash":
+            out[key] = c.hgetall(key)
+        out[(key, "ttl")] = c.ttl(key) > 0
+    return out
+
+
+def test_layout(store: ResultStore) -> None:
+    p = store.layout.prefix
+    t = 1_700_000_123_456
+    assert store.put(_r("a", aspect="  The Coffee "), event_ms=t)
+    c = store.client
+    assert c.type(f"{p}result:a") == b"string"
+    assert SentimentResult.model_validate_json(c.get(f"{p}result:a")).id == "a"
+    assert 0 < c.ttl(f"{p}result:a") <= 300
+    assert c.zscore(f"{p}recent", "a") == t
+    assert c.zscore(f"{p}aspect:the coffee", "a") == t and 0 < c.ttl(f"{p}aspect:the coffee") <= 300
+    sec = t // 1000
+    assert c.hgetall(f"{p}counts:60s:{sec - sec % 60}") == {b"positive": b"1"}
+    assert c.hgetall(f"{p}counts:3600s:{sec - sec % 3600}") == {b"positive": b"1"}
+    assert 0 < c.ttl(f"{p}counts:60s:{sec - sec % 60}") <= 600
+    assert [r.id for r in store.by_aspect("the COFFEE")] == ["a"]
+    assert store.get("a").label == "positive" and store.get("nope") is None
+
+
+def test_idempotent_and_bounded(store: ResultStore) -> None:
+    for i in range(8):
+        store.put(_r(f"p{i}", label=("positive", "neutral", "negative")[i % 3], aspect="x"), event_ms=1_700_000_000_000 + i)
+    before = _snapshot(store)
+    for i in range(8):  # the same posts again (at-least-once redelivery)
+        assert not store.put(_r(f"p{i}", label=("positive", "neutral", "negative")[i % 3], aspect="x"), event_ms=1_700_000_000_000 + i)
+    assert _snapshot(store) == before
+    assert store.recent_ids(100) == [f"p{i}" for i in range(7, 2, -1)]  # newest 5 kept
+    assert [r.id for r in store.by_aspect("x", 100)] == ["p7", "p6", "p5"]  # newest 3 kept
+
+
+def test_new_model_replaces_and_moves_counters(store: ResultStore) -> None:
+    t = 1_700_000_000_000
+    store.put(_r("a", label="positive", version="1"), event_ms=t)
+    assert store.put(_r("a", label="negative", version="2"), event_ms=t)
+    assert store.get("a").label == "negative" and store.get("a").model_version == "2"
+    sec = t // 1000
+    counts = store.client.hgetall(f"{store.layout.prefix}counts:60s:{sec - sec % 60}")
+    assert counts == {b"positive": b"0", b"negative": b"1"}
+
+
+def test_counts_api(store: ResultStore) -> None:
+    now = 1_700_000_000
+    store.put(_r("a", label="neutral"), event_ms=now * 1000)
+    store.put(_r("b", label="neutral"), event_ms=(now - 60) * 1000)
+    got = store.counts(60, last=2, now_s=now)
+    assert [c["neutral"] for _, c in got] == [1, 1]
+    with pytest.raises(ValueError):
+        store.counts(5)
