@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"),
                     help="posts with real images from <data-dir>/t15/test.jsonl; synthetic if absent")
+    ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                    help="default: bf16 on cuda, fp32 on cpu")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     from model.bench import data_posts, print_bench_table, run_model_bench, synthetic_posts
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if device.startswith("cuda") else "fp32")]
     data = Path(args.data_dir)
     if (data / "t15" / "test.jsonl").exists():
         posts, source = data_posts(data, args.n_posts), f"{data}/t15/test.jsonl"

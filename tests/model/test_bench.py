@@ -58,6 +58,15 @@ def test_gpu_check_script_runs_tiny_on_cpu(tmp_path, capsys):
     assert "baseline model.generate" in capsys.readouterr().out
 
 
+def test_gpu_check_script_bf16_path(tmp_path):
+    """The bf16 path the GPU run takes (random init in bf16, scoring + generation), on CPU."""
+    mod = _load_script("check_hf")
+    result = mod.main(["--tiny", "--device", "cpu", "--dtype", "bf16", "--n-posts", "2", "--batch-size", "2",
+                       "--image-size", "56", "--max-new-tokens", "4", "--data-dir", str(tmp_path), "--no-baseline"])
+    assert result["dtype"] == "bfloat16"
+    assert result["label_chain"]["posts"] == 2 and result["label_chain"]["label_chain_agreement"] == 1.0
+
+
 def test_gpu_check_config_is_the_3b_shape():
     """The hand-written config has Qwen2.5-VL-3B's parameter count (~3.75B) without allocating it."""
     import torch

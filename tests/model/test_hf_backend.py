@@ -331,3 +331,9 @@ def test_hub_layout_processor_files(tiny_qwen_dir, tmp_path):
                        family="qwen2_5_vl", image_size=280)
     assert int((enc["input_ids"] == student.model.config.image_token_id).sum()) == 84
     _check([pred], 1, chain=True)
+
+
+def test_bf16_option(tiny_qwen_dir):
+    student = load_student(f"hf:{tiny_qwen_dir}", dtype="bf16", image_size=56, max_new_tokens=4)
+    assert next(student.model.parameters()).dtype == torch.bfloat16 and student.info["dtype"] == "bfloat16"
+    _check(student.predict(_posts()[:2]), 2, chain=True)
