@@ -3,7 +3,8 @@
 Handles: JSON objects, ``"Key": "value"`` lines (the teacher's format), unquoted keys,
 markdown bold keys (``**Text analysis:**``), headings, spaces/hyphens instead of
 underscores, any letter case, text before or after the chain, and truncated output (the
-fields that are there are kept; the chain is flagged ``parsed=False``). It never raises on
+fields that are there are kept, a key cut off at the very end is dropped; the chain is
+flagged ``parsed=False``). It never raises on
 any input string.
 """
 
@@ -101,6 +102,21 @@ def _from_json(raw: str) -> dict[str, str] | None:
     return out or None
 
 
+_KEY_NAMES = tuple(name.lower() for name in CHAIN_FIELDS)
+_TAIL_LINE = re.compile(r"\n[ \t\"'`*#>\-]*([A-Za-z][A-Za-z _\-]*)[\"'`*]*[ \t]*$")
+
+
+def _drop_partial_key(value: str) -> str:
+    """Output cut off in the middle of the next key (``...\n\n"Image_ana``) leaves the key's
+    start on the last line of the last field: drop such a line."""
+    m = _TAIL_LINE.search(value)
+    if m:
+        frag = re.sub(r"[\s\-]+", "_", m.group(1).strip()).lower()
+        if frag and any(key.startswith(frag) for key in _KEY_NAMES):
+            return value[: m.start()]
+    return value
+
+
 def _from_keys(raw: str) -> dict[str, str]:
     matches = list(_KEY.finditer(raw))
     out: dict[str, str] = {}
@@ -108,8 +124,9 @@ def _from_keys(raw: str) -> dict[str, str]:
         name = _field_of(m)
         if name in out:  # first occurrence wins (models sometimes repeat the format line)
             continue
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(raw)
-        out[name] = _clean(raw[m.end() : end])
+        last = i + 1 == len(matches)
+        value = raw[m.end() : matches[i + 1].start() if not last else len(raw)]
+        out[name] = _clean(_drop_partial_key(value) if last else value)
     return out
 
 
