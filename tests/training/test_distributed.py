@@ -15,6 +15,7 @@ from mulcot_train_synth import write_dataset
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: two processes each import torch + transformers
 def test_assistant_ddp_two_cpu_processes_gloo(tmp_path: Path, tiny_qwen: Path):
     train = write_dataset(tmp_path / "d", n=8)
     dev = write_dataset(tmp_path / "d", n=3, name="dev.jsonl", seed=1)

@@ -207,3 +207,21 @@ def test_rate_limiter_spaces_requests():
         return loop.time() - t0
 
     assert asyncio.run(main()) >= 0.19
+
+
+@pytest.mark.data
+def test_teacher_endpoint_on_real_posts(data_dir: Path, tmp_path: Path):
+    """Three real Twitter-2015 train posts (real JPEGs) through the fake endpoint."""
+    examples = load_examples(data_dir / "t15" / "train.jsonl", limit=3)
+    rows = [{"id": ex.id, "label": ex.label.value, "text": ex.text, "aspect": ex.aspect} for ex in examples]
+    server = FakeEndpoint(wrong_first={examples[0].text}).start(rows)
+    try:
+        out = tmp_path / "chains.jsonl"
+        s = run_teacher(examples, _factory(server), out, max_guided=1)
+        same_text = sum(ex.text == examples[0].text for ex in examples)  # t15 repeats a tweet per aspect
+        assert s["kept"] == 3 and s["kept_guided"] == same_text
+        assert len(server.images_seen) == 3 + same_text and all(max(sz) <= 640 for sz in server.images_seen)
+        loaded = load_examples(out)
+        assert all(ex.teacher_cot and ex.load_image() is not None for ex in loaded)
+    finally:
+        server.stop()
