@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -169,6 +169,15 @@ class BaseStudent:
             return []
         preds = self.classify(batch)
         return self.explain(batch, preds) if chain else preds
+
+    def predict_label_first(self, batch: Sequence[PostInput], *, chain: bool = True) -> Iterator[list[Prediction]]:
+        """Yield the labelled predictions (``classify``) first, then - unless ``chain`` is False -
+        the same predictions with their chains, so a caller can publish labels early."""
+        batch = list(batch)
+        preds = self.classify(batch) if batch else []
+        yield preds
+        if chain and batch:
+            yield self.explain(batch, preds)
 
 
 def probabilities_dict(probs: Sequence[float]) -> dict[str, float]:

@@ -38,7 +38,7 @@ import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..chain import chain_label, parse_chain
 from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
@@ -605,14 +605,10 @@ class HFStudent(BaseStudent):
         """Label (+ chain unless ``chain=False`` or the student was loaded with ``chain=False``)."""
         return super().predict(batch, chain=chain and self.chain)
 
-    def predict_label_first(self, batch: Sequence[PostInput]) -> Iterable[list[Prediction]]:
+    def predict_label_first(self, batch: Sequence[PostInput], *, chain: bool = True) -> Iterator[list[Prediction]]:
         """Yield the labels first (``classify``), then, unless labels-only, the same predictions
         with chains: lets a caller publish the label before the chain is generated."""
-        batch = list(batch)
-        preds = self.classify(batch)
-        yield preds
-        if self.chain and batch:
-            yield self.explain(batch, preds)
+        return super().predict_label_first(batch, chain=chain and self.chain)
 
 
 def chain_with_label(generated: str, label: Label):

@@ -150,6 +150,17 @@ def test_labels_only_and_label_first(tiny_qwen_dir):
     _check(stages[0], 3, chain=False)
     _check(stages[1], 3, chain=True)
     assert [p.label for p in stages[0]] == [p.label for p in stages[1]]
+    assert len(list(fast.predict_label_first(posts))) == 1  # labels-only student: no chain stage
+    assert len(list(full.predict_label_first(posts, chain=False))) == 1
+
+
+def test_label_first_is_generic_for_every_student():
+    student = load_student("noop")
+    posts = [PostInput("a"), PostInput("b")]
+    stages = list(student.predict_label_first(posts))
+    assert [p.chain for p in stages[0]] == [None, None]
+    assert all(p.chain.prediction == p.label.value for p in stages[1])
+    assert list(student.predict_label_first([])) == [[]]
 
 
 def test_greedy_is_deterministic_and_sampling_is_seeded(tiny_qwen_dir):
