@@ -337,6 +337,9 @@ def plot_loss_curves(log_path: str | Path, path: str | Path) -> bool:
             pts = [(r["epoch"], r[key]) for r in dev if r.get(key) is not None]
             if pts:
                 ax2.plot(*zip(*pts), marker="o", label=key)
+        from matplotlib.ticker import MaxNLocator
+
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_xlabel("epoch")
         ax2.set_title("dev metrics", fontsize=9)
         ax2.legend(fontsize=7)
