@@ -348,3 +348,13 @@ def test_bf16_option(tiny_qwen_dir):
     student = load_student(f"hf:{tiny_qwen_dir}", dtype="bf16", image_size=56, max_new_tokens=4)
     assert next(student.model.parameters()).dtype == torch.bfloat16 and student.info["dtype"] == "bfloat16"
     _check(student.predict(_posts()[:2]), 2, chain=True)
+
+
+def test_missing_models_fail_fast_with_a_clear_message(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_student(f"hf:{tmp_path / 'absent'}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download sghn/MulCoT-RD-3B"):
+        load_student("mulcot-rd-3b")
