@@ -246,6 +246,8 @@ def load_model_and_processor(
         "family": config.model_type,
         "base": str(target if not adapter else local),
         "adapter": str(adapter) if adapter else None,
+        "local_base": str(local),
+        "local_adapter": str(adapter_dir) if adapter_dir else None,
         "device": str(device),
         "dtype": str(torch_dtype).replace("torch.", ""),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -429,7 +431,8 @@ class HFStudent(BaseStudent):
         )
         init = {k: options[k] for k in init_keys if k in options and options[k] is not None}
         init.setdefault("name", f"hf:{target}" + (f"+{adapter}" if adapter else ""))
-        init.setdefault("version", _version_of(Path(str(adapter or target))))
+        init.setdefault("version", "+".join(
+            _version_of(Path(d)) for d in (info["local_base"], info["local_adapter"]) if d))
         return cls(model, processor, family=info["family"], info=info, **init)
 
     # ---- label scoring ------------------------------------------------------------------
@@ -635,14 +638,27 @@ def chain_with_label(generated: str, label: Label):
 
 
 def _version_of(path: Path) -> str:
-    """A short content version for a local model/adapter dir (config hash), else its name."""
+    """A short content version of a model or adapter directory: the hub commit for a hub
+    snapshot, else a hash of its config, weight file sizes and the last MiB of each weight file
+    (cheap, and different for every training run; weights are never read in full)."""
     import hashlib
 
+    parts = path.resolve().parts
+    if "snapshots" in parts:
+        i = parts.index("snapshots")
+        if i + 1 < len(parts) and re.fullmatch(r"[0-9a-f]{40}", parts[i + 1]):
+            return parts[i + 1][:12]
+    h = hashlib.sha256()
     for name in ("adapter_config.json", "config.json"):
-        f = path / name
-        if f.exists():
-            return hashlib.sha256(f.read_bytes()).hexdigest()[:12]
-    return path.name or "0"
+        if (path / name).exists():
+            h.update((path / name).read_bytes())
+    for f in sorted(path.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            fh.seek(max(0, size - 2**20))
+            h.update(fh.read())
+    return h.hexdigest()[:12]
 
 
 __all__ = [

@@ -358,3 +358,15 @@ def test_missing_models_fail_fast_with_a_clear_message(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="huggingface-cli download sghn/MulCoT-RD-3B"):
         load_student("mulcot-rd-3b")
+
+
+def test_model_version_follows_the_weights(tiny_qwen_dir, tmp_path):
+    from model.testing import build_tiny_qwen2_5_vl
+
+    other = build_tiny_qwen2_5_vl(tmp_path / "seed1", seed=1)
+    a = load_student(f"hf:{tiny_qwen_dir}", chain=False)
+    b = load_student(f"hf:{tiny_qwen_dir}", chain=False)
+    c = load_student(f"hf:{other}", chain=False)
+    assert a.version == b.version and a.version != c.version
+    pred = a.predict([PostInput("x")])[0]
+    assert pred.model_version == a.version and pred.model_name == f"hf:{tiny_qwen_dir}"
