@@ -33,10 +33,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
