@@ -139,6 +139,9 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
+        if self.assistant.train.mixed_precision != self.student.train.mixed_precision:
+            raise ValueError("assistant.train.mixed_precision and student.train.mixed_precision must be equal "
+                             "(one accelerate Accelerator serves the run)")
         if self.teacher.enabled and self.teacher.backend == "endpoint" and not self.teacher.base_url:
             raise ValueError("teacher.base_url is required for the endpoint backend (or set teacher.enabled: false)")
         return self

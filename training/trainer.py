@@ -142,6 +142,7 @@ def fit(
     out = Path(out_dir)
     acc = accelerator or Accelerator(cpu=cfg.cpu, gradient_accumulation_steps=cfg.grad_accum,
                                      mixed_precision=cfg.mixed_precision)
+    acc.gradient_accumulation_steps = cfg.grad_accum  # a shared Accelerator (run_recipe) serves both stages
     seed_everything(cfg.seed)
     train_examples = list(train_examples)
     if not train_examples:

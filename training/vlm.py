@@ -132,7 +132,10 @@ def collate_items(processor: Any, items: Sequence[Item], *, family: str, image_s
             ids = ids[:max_answer_tokens]
         answers.append(ids)
     eos_ids = tok.encode(eos, add_special_tokens=False) if eos else []
-    texts = [render_prompt(processor, it.post, it.prompt) + tok.decode(a) + eos for it, a in zip(items, answers)]
+    answer_texts = [tok.decode(a) for a in answers]
+    # count the answer as it re-tokenises (a cut inside a multi-byte character decodes differently)
+    answers = [tok.encode(t, add_special_tokens=False) for t in answer_texts]
+    texts = [render_prompt(processor, it.post, it.prompt) + t + eos for it, t in zip(items, answer_texts)]
     kwargs = dict(text=texts, padding=True, return_tensors="pt",
                   **_images_kwargs(processor, [it.post for it in items], family, image_size))
     batch = dict(processor(**kwargs))
