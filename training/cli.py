@@ -169,7 +169,9 @@ def assistant_cmd(model_name, train_file, dev_file, out_dir, **kw) -> None:
                         train=load_examples(resolve_data_path(train_file), limit=kw["limit"]),
                         dev=load_examples(resolve_data_path(dev_file), limit=kw["limit"]), out_dir=out_dir,
                         settings=_settings(kw), lora_r=kw["lora_r"], lora_alpha=kw["lora_alpha"],
-                        lora_modules_to_save=list(kw["modules_to_save"]) or None)
+                        lora_modules_to_save=list(kw["modules_to_save"]) or None,
+                        card={"data": {"train": str(resolve_data_path(train_file)),
+                                       "dev": str(resolve_data_path(dev_file)), "limit": kw["limit"]}})
     click.echo(json.dumps({"best": s["best"], "steps": s["steps"], "processes": s["processes"]}, indent=2))
 
 
@@ -227,7 +229,9 @@ def student_cmd(model_name, assistant_spec, train_file, dev_file, out_dir, lam, 
                       train=load_examples(resolve_data_path(train_file), limit=kw["limit"]),
                       dev=load_examples(resolve_data_path(dev_file), limit=kw["limit"]), out_dir=out_dir,
                       settings=_settings(kw), lam=lam, T=temperature, lora_r=kw["lora_r"], lora_alpha=kw["lora_alpha"],
-                      lora_modules_to_save=list(kw["modules_to_save"]) or None)
+                      lora_modules_to_save=list(kw["modules_to_save"]) or None,
+                      card={"data": {"train": str(resolve_data_path(train_file)),
+                                     "dev": str(resolve_data_path(dev_file)), "limit": kw["limit"]}})
     click.echo(json.dumps({"best": s["best"], "steps": s["steps"], "processes": s["processes"]}, indent=2))
 
 

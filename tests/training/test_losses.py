@@ -147,3 +147,27 @@ def test_label_word_logits_gathers_columns():
     lm = torch.arange(20.0).reshape(2, 10)
     out = label_word_logits(lm, [7, 2, 5])
     assert out.tolist() == [[7.0, 2.0, 5.0], [17.0, 12.0, 15.0]]
+
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(1, 3), L=st.integers(2, 6), V=st.integers(2, 9), seed=st.integers(0, 10_000),
+    lam=st.floats(0, 1), T=st.floats(0.5, 4.0),
+)
+def test_property_only_masked_in_positions_matter(B, L, V, seed, lam, T):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, L, V, generator=g)
+    t = torch.randn(B, L, V, generator=g)
+    y = torch.randint(0, V, (B, L), generator=g)
+    mask = torch.rand(B, L, generator=g) > 0.5
+    base = distill_loss_terms(s, t, y, mask, lam, T)
+    s2, t2 = s.clone(), t.clone()
+    s2[~mask] = torch.randn_like(s2[~mask]) * 100
+    t2[~mask] = float("nan")
+    other = distill_loss_terms(s2, t2, y, mask, lam, T)
+    assert base.n == other.n == int(mask.sum())
+    assert torch.equal(base.loss, other.loss)
+    assert base.kl.item() >= -1e-6  # KL is never negative
