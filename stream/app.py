@@ -184,6 +184,7 @@ class Application:
             for ev in events
         ]
         attempt = 0
+        t_proc = time.perf_counter()
         while True:
             try:
                 outcome = await self.processor.process(records)
@@ -197,7 +198,10 @@ class Application:
         t0 = time.perf_counter()
         await asyncio.gather(self._publish(outcome), self._write_redis(outcome))
         m = self.metrics
-        m.publish_seconds.observe(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        m.publish_seconds.observe(t1 - t0)
+        log.debug("batch of %d: process %.1f ms (model %.1f ms), publish+redis %.1f ms",
+                  len(records), (t0 - t_proc) * 1000, outcome.inference_s * 1000, (t1 - t0) * 1000)
         m.batches.inc()
         m.batch_size.observe(len(records))
         if outcome.results:

@@ -13,7 +13,7 @@ import hashlib
 import base64
 import logging
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Sequence
@@ -107,6 +107,7 @@ class BatchProcessor:
         fetch_concurrency: int = 16,
         dlq_inline_max_bytes: int = 256 * 1024,
         worker: str = "",
+        decode_threads: int = 2,
     ) -> None:
         self.student = student
         self.executor = executor
@@ -117,6 +118,9 @@ class BatchProcessor:
         self.fetcher = ImageFetcher(self.fetch_policy, fetch_concurrency)
         self.dlq_inline_max_bytes = dlq_inline_max_bytes
         self.worker = worker
+        # Pillow releases the GIL while decoding, so a small pool decodes images in parallel
+        self.decode_threads = max(1, decode_threads)
+        self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="mulcot-decode")
 
     @classmethod
     def from_settings(cls, settings, student: Student, executor: Executor | None = None, worker: str = "") -> "BatchProcessor":
@@ -137,10 +141,12 @@ class BatchProcessor:
             fetch_concurrency=settings.image_fetch_concurrency,
             dlq_inline_max_bytes=settings.dlq_inline_max_bytes,
             worker=worker,
+            decode_threads=settings.decode_threads,
         )
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
+        self.decode_pool.shutdown(wait=False)
 
     # --- dead letters -------------------------------------------------------------------
     def dead_letter(self, rec: InRecord, code: ErrorCode, message: str, post_id: str | None = None) -> OutDead:
@@ -234,14 +240,22 @@ class BatchProcessor:
         work = [w for w in work if w.error is None]
         if work:
             loop = asyncio.get_running_loop()
-            results, dead, infer_s = await loop.run_in_executor(self.executor, self._infer, work, t_start)
+            k = min(self.decode_threads, max(1, sum(w.image_bytes is not None for w in work) // 8))
+            chunks = [work[i::k] for i in range(k)]
+            decoded = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._decode, c) for c in chunks))
+            ready: list[tuple[_Work, PostInput]] = []
+            for ok, bad in decoded:
+                ready.extend(ok)
+                outcome.dead.extend(bad)
+            ready.sort(key=lambda item: (item[0].rec.partition, item[0].rec.offset))
+            results, dead, infer_s = await loop.run_in_executor(self.executor, self._infer, ready, t_start)
             outcome.results.extend(results)
             outcome.dead.extend(dead)
             outcome.inference_s = infer_s
         return outcome
 
     # --- off the event loop -------------------------------------------------------------
-    def _infer(self, work: list[_Work], t_start: float) -> tuple[list[OutResult], list[OutDead], float]:
+    def _decode(self, work: list[_Work]) -> tuple[list[tuple[_Work, PostInput]], list[OutDead]]:
         dead: list[OutDead] = []
         ready: list[tuple[_Work, PostInput]] = []
         for w in work:
@@ -253,6 +267,12 @@ class BatchProcessor:
                     dead.append(self.dead_letter(w.rec, exc.code, exc.message, w.post.id))
                     continue
             ready.append((w, PostInput(text=w.post.text, image=image, aspect=w.post.aspect, id=w.post.id)))
+        return ready, dead
+
+    def _infer(
+        self, ready: list[tuple[_Work, PostInput]], t_start: float
+    ) -> tuple[list[OutResult], list[OutDead], float]:
+        dead: list[OutDead] = []
         if not ready:
             return [], dead, 0.0
         t0 = time.perf_counter()

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     model_spec: str = Field("default", description="student spec for model.load_student (default, noop, compact:DIR, hf:...)")
     model_device: str | None = Field(None, description="device option for the student (cpu, cuda, ...)")
     chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
+    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images in parallel (off the event loop)")
 
     # --- images -------------------------------------------------------------------------
     image_max_bytes: int = Field(5 * 1024 * 1024, ge=1, description="largest encoded image (inline or fetched)")

@@ -128,3 +128,79 @@ def wait_redis(settings: Settings, ids: list[str], timeout: float = 60.0, worker
     finally:
         store.close()
     return missing
+
+
+class Feeder:
+    """Produces posts p0, p1, ... at ``rate`` per second in a background thread until stopped."""
+
+    def __init__(self, settings: Settings, rate: float = 40.0, prefix: str = "p") -> None:
+        import threading
+
+        self.settings = settings
+        self.rate = rate
+        self.prefix = prefix
+        self.sent: list[str] = []
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Feeder":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from stream.kafka import producer
+
+        async def go() -> None:
+            prod = producer(self.settings)
+            await prod.start()
+            try:
+                t0 = time.perf_counter()
+                i = 0
+                while not self._stop.is_set():
+                    pid = f"{self.prefix}{i}"
+                    body = {"id": pid, "text": f"post number {i}: a sunny day"}
+                    await (await prod.send(self.settings.input_topic, key=pid.encode(), value=json.dumps(body).encode()))
+                    self.sent.append(pid)
+                    i += 1
+                    wait = t0 + i / self.rate - time.perf_counter()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+            finally:
+                await prod.stop()
+
+        try:
+            asyncio.run(go())
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(30)
+        if self.error is not None:
+            raise self.error
+        return list(self.sent)
+
+
+def results_by_worker(settings: Settings, ids: list[str]) -> dict[str, int]:
+    from collections import Counter
+
+    store = ResultStore.from_settings(settings)
+    try:
+        vals = store.client.mget([store.layout.result(i) for i in ids]) if ids else []
+        return dict(Counter(json.loads(v)["worker"] for v in vals if v))
+    finally:
+        store.close()
+
+
+def wait_until(cond, timeout: float, what: str, worker: "WorkerProc | None" = None) -> None:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if worker is not None and not worker.alive():
+            raise AssertionError(f"worker exited ({worker.proc.returncode}) while waiting for {what}:\n{worker.tail()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+    if os.environ.get("MULCOT_TEST_TIMING"):
+        print(f"[{time.monotonic() - t0:5.1f}s] {what}")

@@ -8,7 +8,6 @@ import io
 import json
 import signal
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -16,7 +15,7 @@ from PIL import Image
 
 from stream.protocol import DeadLetter, ErrorCode, SentimentResult
 from stream.store import ResultStore
-from stream_helpers import create_topics, png_b64, post, produce, read_topic, wait_redis
+from stream_helpers import Feeder, create_topics, png_b64, post, produce, read_topic, results_by_worker, wait_redis, wait_until
 
 
 class _ImageServer:
@@ -166,74 +165,71 @@ def test_redis_state_matches_output_topic(make_settings, start_worker) -> None:
         store.close()
 
 
+def _count(settings) -> int:  # type: ignore[no-untyped-def]
+    store = ResultStore.from_settings(settings)
+    try:
+        return int(store.client.zcard(store.layout.recent))
+    finally:
+        store.close()
+
+
+@pytest.mark.slow  # two worker start-ups plus a session timeout: 15-40 s on 2 cores
 def test_restart_mid_stream_loses_nothing(make_settings, start_worker) -> None:
-    """Kill -9 the worker while posts are flowing; a new worker must finish every post."""
-    s = make_settings(max_batch=8, max_latency_ms=20, commit_interval_s=0.5)
+    """kill -9 the worker while posts are flowing; a new worker must finish every post."""
+    s = make_settings(max_batch=8, max_latency_ms=20, commit_interval_s=0.5, session_timeout_s=3, heartbeat_s=0.5)
     create_topics(s)
     w1 = start_worker(s)
-    n = 300
-    ids = [f"p{i}" for i in range(n)]
-
-    done = threading.Event()
-
-    def feed() -> None:
-        produce(s, [post(i) for i in range(n)], rate=60)  # ~5 s of traffic
-        done.set()
-
-    t = threading.Thread(target=feed)
-    t.start()
-    # wait until the first worker has processed part of the stream, then crash it
-    deadline = time.monotonic() + 60
-    store = ResultStore.from_settings(s)
+    feed = Feeder(s, rate=100).start()
     try:
-        while len(store.recent_ids(n)) < 40 and time.monotonic() < deadline:
-            assert w1.alive(), w1.tail()
-            time.sleep(0.1)
-        before = len(store.recent_ids(n))
-        assert 40 <= before < n, f"{before} results before the crash; the test needs a mid-stream crash"
-        w1.stop(signal.SIGKILL)
+        wait_until(lambda: _count(s) >= 40, 60, "40 results from the first worker", w1)
+        w1.stop(signal.SIGKILL)  # crash mid-stream: in-flight batches are never acknowledged
+        sent_at_crash = len(feed.sent)
         w2 = start_worker(s)
-        t.join(60)
-        assert done.is_set()
-        missing = wait_redis(s, ids, timeout=90, worker=w2)
-        assert not missing, f"{len(missing)} posts lost after the restart: {sorted(missing)[:10]}\n{w2.tail()}"
-        out = read_topic(s, s.output_topic, n, timeout=30)
-        assert {m.key.decode() for m in out} == set(ids)  # every post on the output topic (dupes allowed)
-        assert len(store.recent_ids(2 * n)) == n  # Redis holds each post once
-        assert w2.stop() == 0
+        wait_until(lambda: len(feed.sent) >= sent_at_crash + 100, 60, "100 more posts sent after the crash")
     finally:
-        store.close()
+        ids = feed.stop()
+    missing = wait_redis(s, ids, timeout=90, worker=w2)
+    assert not missing, f"{len(missing)} of {len(ids)} posts lost after the restart: {sorted(missing)[:10]}\n{w2.tail()}"
+    by_worker = results_by_worker(s, ids)
+    assert any(k.endswith(f":{w2.proc.pid}") for k in by_worker), by_worker  # the new worker did part of it
+    assert len(by_worker) == 2, by_worker
+    out = read_topic(s, s.output_topic, len(ids), timeout=30)
+    assert {m.key.decode() for m in out} == set(ids)  # every post on the output topic (duplicates allowed)
+    assert _count(s) == len(ids)  # and in Redis exactly once
+    assert w2.stop() == 0
 
 
+@pytest.mark.slow  # two worker start-ups plus two rebalances: 20-40 s on 2 cores
 def test_two_workers_share_partitions_through_join_and_leave(make_settings, start_worker) -> None:
-    s = make_settings(max_batch=8, max_latency_ms=20, commit_interval_s=0.5, partitions=4)
+    s = make_settings(
+        max_batch=8, max_latency_ms=20, commit_interval_s=0.5, partitions=4, session_timeout_s=3, heartbeat_s=0.5
+    )
     create_topics(s)
-    n = 400
-    ids = [f"p{i}" for i in range(n)]
-    done = threading.Event()
-
-    def feed() -> None:
-        produce(s, [post(i) for i in range(n)], rate=35)  # ~11 s of traffic
-        done.set()
-
     w1 = start_worker(s)
-    t = threading.Thread(target=feed)
-    t.start()
-    store = ResultStore.from_settings(s)
+    feed = Feeder(s, rate=100).start()
+    tag2 = None
     try:
-        deadline = time.monotonic() + 60
-        while len(store.recent_ids(n)) < 20 and time.monotonic() < deadline:
-            assert w1.alive(), w1.tail()
-            time.sleep(0.1)
-        w2 = start_worker(s)  # join: rebalance while traffic flows
-        time.sleep(4.0)
-        assert w1.stop(signal.SIGTERM) == 0  # leave: w2 takes every partition
-        t.join(60)
-        assert done.is_set()
-        missing = wait_redis(s, ids, timeout=90, worker=w2)
-        assert not missing, f"{len(missing)} posts lost: {sorted(missing)[:10]}\n{w2.tail()}"
-        workers = {r.worker for r in store._many([i.encode() for i in ids])}
-        assert len(workers) == 2, f"expected both workers to produce results, got {workers}"
-        assert w2.stop() == 0
+        wait_until(lambda: _count(s) >= 20, 60, "20 results from the first worker", w1)
+        w2 = start_worker(s)  # join: a rebalance while traffic flows
+        tag2 = f":{w2.proc.pid}"
+        tag1 = f":{w1.proc.pid}"
+
+        def both_active() -> bool:
+            got = results_by_worker(s, list(feed.sent))
+            return any(k.endswith(tag2) for k in got) and any(k.endswith(tag1) for k in got)
+
+        wait_until(both_active, 60, "results from both workers", w2)
+        sent_when_both = len(feed.sent)
+        wait_until(lambda: len(feed.sent) >= sent_when_both + 50, 30, "50 more posts with both workers up")
+        assert w1.stop(signal.SIGTERM) == 0  # leave: the second worker takes every partition
+        sent_at_leave = len(feed.sent)
+        wait_until(lambda: len(feed.sent) >= sent_at_leave + 100, 60, "100 more posts after the first worker left")
     finally:
-        store.close()
+        ids = feed.stop()
+    missing = wait_redis(s, ids, timeout=90, worker=w2)
+    assert not missing, f"{len(missing)} of {len(ids)} posts lost: {sorted(missing)[:10]}\n{w2.tail()}"
+    after_leave = results_by_worker(s, ids[sent_at_leave:])
+    assert set(after_leave) == {k for k in after_leave if k.endswith(tag2)}, after_leave  # only w2 is left
+    assert len(results_by_worker(s, ids)) == 2
+    assert _count(s) == len(ids)
+    assert w2.stop() == 0

@@ -1,0 +1,267 @@
+"""``mulcot bench stream``: the pipeline's own ceiling, with the no-op student.
+
+In one run, on embedded Tansu + Valkey (free loopback ports):
+
+1. raw: a plain aiokafka consume -> produce loop (consumer group, batches, awaited acks,
+   offset commits) over N preloaded posts - what the broker and client allow;
+2. worker: the real worker (``python -m stream.cli worker``, model spec ``noop``) over N
+   preloaded posts: validation, image decoding, the (no-op) model off the loop, results
+   to Kafka and Redis, at-least-once commits;
+3. latency: posts sent at half the worker's measured rate for a few seconds; end-to-end
+   latency = arrival of the result at a downstream consumer - the post's record timestamp.
+
+Throughput is taken from the output records' timestamps (first to last), the same way for
+both loops. Posts carry ~``image_kb`` KB JPEG images inline (base64).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def _jpeg(target_kb: int, seed: int) -> bytes:
+    """A JPEG of about ``target_kb`` KB (noise over gradients, so it compresses like a photo)."""
+    from PIL import Image
+
+    rnd = random.Random(seed)
+    side = 96
+    while True:
+        img = Image.new("RGB", (side, side))
+        px = img.load()
+        for y in range(side):
+            for x in range(side):
+                px[x, y] = ((x * 3 + rnd.randrange(60)) % 256, (y * 2 + rnd.randrange(60)) % 256, rnd.randrange(256))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=80)
+        if buf.tell() >= target_kb * 1024 * 0.9 or side > 1024:
+            return buf.getvalue()
+        side = int(side * 1.25)
+
+
+def make_posts(n: int, image_kb: int, prefix: str = "b") -> list[tuple[bytes, bytes]]:
+    images = [base64.b64encode(_jpeg(image_kb, seed)).decode() for seed in range(8)]
+    texts = ["what a great day at the beach", "the train is late again", "meeting at 10 in room 4",
+             "love this new phone", "worst service ever", "the museum opens on monday"]  # fmt: skip
+    out = []
+    for i in range(n):
+        pid = f"{prefix}{i}"
+        body: dict[str, Any] = {"id": pid, "text": f"{texts[i % len(texts)]} #{i}", "image_b64": images[i % len(images)]}
+        if i % 4 == 0:
+            body["aspect"] = "train"
+        out.append((pid.encode(), json.dumps(body).encode()))
+    return out
+
+
+async def _raw_loop(settings, src: str, dst: str, n: int) -> float:  # type: ignore[no-untyped-def]
+    from .kafka import consumer, producer
+
+    cons = consumer(settings, src, group_id=f"raw-{os.getpid()}", max_poll_records=1000)
+    prod = producer(settings)
+    await cons.start()
+    await prod.start()
+    done = 0
+    try:
+        while done < n:
+            got = await cons.getmany(timeout_ms=500, max_records=1000)
+            futs = []
+            for msgs in got.values():
+                for m in msgs:
+                    futs.append(await prod.send(dst, key=m.key, value=m.value))
+            await asyncio.gather(*futs)
+            if futs:
+                await cons.commit()
+            done += len(futs)
+    finally:
+        await cons.stop()
+        await prod.stop()
+    return await _rate_from_timestamps(settings, dst, n)
+
+
+async def _rate_from_timestamps(settings, topic: str, n: int) -> float:  # type: ignore[no-untyped-def]
+    from .kafka import consumer
+
+    cons = consumer(settings, topic, group_id=None)
+    await cons.start()
+    ts: list[int] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(ts) < n and time.monotonic() < deadline:
+            got = await cons.getmany(timeout_ms=300, max_records=5000)
+            for msgs in got.values():
+                ts.extend(m.timestamp for m in msgs)
+    finally:
+        await cons.stop()
+    if len(ts) < 2:
+        return 0.0
+    span = (max(ts) - min(ts)) / 1000.0
+    return (len(ts) - 1) / span if span > 0 else float("inf")
+
+
+async def _wait_redis(settings, n: int, timeout: float, worker: subprocess.Popen) -> int:  # type: ignore[no-untyped-def]
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(settings.redis_url_value)
+    deadline = time.monotonic() + timeout
+    count = 0
+    try:
+        while time.monotonic() < deadline:
+            count = await r.zcard(f"{settings.redis_prefix}recent")
+            if count >= n:
+                break
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited with code {worker.returncode}")
+            await asyncio.sleep(0.1)
+    finally:
+        await r.aclose()
+    return count
+
+
+async def _latency(settings, records, rate: float) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    from .kafka import consumer
+    from .producer import produce_records
+
+    cons = consumer(settings, settings.output_topic, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=20)
+    await cons.start()
+    await cons.seek_to_end()
+    # make sure the consumer has its position before the first post is sent
+    for tp in cons.assignment():
+        await cons.position(tp)
+    want = {k.decode() for k, _ in records}
+    lat: list[float] = []
+    worker_e2e: list[float] = []
+    seen: set[str] = set()
+
+    async def collect() -> None:
+        from .protocol import SentimentResult
+
+        deadline = time.monotonic() + len(records) / rate + 60
+        while len(seen) < len(want) and time.monotonic() < deadline:
+            got = await cons.getmany(timeout_ms=100, max_records=5000)
+            now_ms = time.time() * 1000
+            for msgs in got.values():
+                for m in msgs:
+                    key = m.key.decode()
+                    if key in want and key not in seen:
+                        seen.add(key)
+                        r = SentimentResult.model_validate_json(m.value)
+                        lat.append(now_ms - r.source.timestamp_ms)
+                        worker_e2e.append(r.timings.end_to_end_ms)
+
+    task = asyncio.create_task(collect())
+    await produce_records(settings, records, settings.input_topic, rate=rate)
+    await task
+    await cons.stop()
+    return lat, worker_e2e
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet: bool = False,
+              latency_seconds: float = 8.0) -> dict[str, Any]:  # fmt: skip
+    from rich.console import Console
+    from rich.table import Table
+
+    from .kafka import ensure_topics
+    from .producer import produce_records
+    from .services import embedded_services
+    from .settings import load_settings
+
+    console = Console(stderr=True, quiet=quiet)
+    log_dir = Path(tempfile.mkdtemp(prefix="mulcot-bench-"))
+    started = datetime.now(timezone.utc)
+    with embedded_services(log_dir=log_dir) as (kafka, redis):
+        s = load_settings(
+            broker=kafka.bootstrap, redis_url=redis.url, model_spec="noop", group_id="bench-workers",
+            input_topic="bench.posts", output_topic="bench.results", dlq_topic="bench.dlq", metrics_port=0,
+            max_batch=max_batch, max_latency_ms=50, data_dir=str(log_dir), partitions=4, log_level="warn",
+        )  # fmt: skip
+        raw_s = s.model_copy(update={"input_topic": "raw.in", "output_topic": "raw.out", "dlq_topic": "raw.dlq"})
+        asyncio.run(ensure_topics(s))
+        asyncio.run(ensure_topics(raw_s))
+        console.print(f"generating {posts} posts with ~{image_kb} KB images ...")
+        records = make_posts(posts, image_kb)
+        avg_bytes = sum(len(v) for _, v in records) / len(records)
+
+        console.print("raw aiokafka consume->produce loop ...")
+        asyncio.run(produce_records(raw_s, records, raw_s.input_topic))
+        raw_rate = asyncio.run(_raw_loop(raw_s, raw_s.input_topic, raw_s.output_topic, posts))
+
+        console.print("worker (noop student) ...")
+        asyncio.run(produce_records(s, records, s.input_topic))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_") and k != "REDIS_URL"}
+        env.update(
+            MULCOT_BROKER=s.broker, MULCOT_REDIS_URL=s.redis_url_value, MULCOT_MODEL_SPEC="noop",
+            MULCOT_GROUP_ID=s.group_id, MULCOT_INPUT_TOPIC=s.input_topic, MULCOT_OUTPUT_TOPIC=s.output_topic,
+            MULCOT_DLQ_TOPIC=s.dlq_topic, MULCOT_METRICS_PORT="0", MULCOT_MAX_BATCH=str(max_batch),
+            MULCOT_MAX_LATENCY_MS="50", MULCOT_DATA_DIR=str(log_dir), MULCOT_LOG_LEVEL="warn",
+        )  # fmt: skip
+        wlog = open(log_dir / "worker.log", "ab")
+        worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=wlog,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            got = asyncio.run(_wait_redis(s, posts, 300, worker))
+            if got < posts:
+                raise RuntimeError(f"only {got}/{posts} results in Redis; see {log_dir / 'worker.log'}")
+            rate = asyncio.run(_rate_from_timestamps(s, s.output_topic, posts))
+            lat_rate = max(1.0, rate / 2)
+            n_lat = max(50, min(int(lat_rate * latency_seconds), 20_000))
+            console.print(f"latency at {lat_rate:.0f} posts/s ({n_lat} posts) ...")
+            lat, worker_e2e = asyncio.run(_latency(s, make_posts(n_lat, image_kb, prefix="L"), lat_rate))
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+            wlog.close()
+    result = {
+        "posts": posts,
+        "post_bytes_avg": round(avg_bytes),
+        "image_kb": image_kb,
+        "max_batch": max_batch,
+        "posts_per_s": round(rate, 1),
+        "raw_posts_per_s": round(raw_rate, 1),
+        "ratio": round(rate / raw_rate, 3) if raw_rate else None,
+        "latency_rate_posts_per_s": round(lat_rate, 1),
+        "latency_posts": len(lat),
+        "p50_ms": round(_pct(lat, 0.50), 1),
+        "p99_ms": round(_pct(lat, 0.99), 1),
+        "worker_e2e_p50_ms": round(_pct(worker_e2e, 0.50), 1),
+        "worker_e2e_p99_ms": round(_pct(worker_e2e, 0.99), 1),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "broker": "Tansu (embedded, memory://)",
+        "cache": "Valkey (embedded)",
+    }
+    if not quiet:
+        table = Table(title=f"mulcot bench stream ({posts} posts, ~{avg_bytes / 1024:.0f} KB each, noop student)")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        table.add_row("raw aiokafka consume->produce, posts/s", f"{raw_rate:,.0f}")
+        table.add_row("worker (Kafka -> worker -> Kafka + Redis), posts/s", f"{rate:,.0f}")
+        table.add_row("ratio worker / raw", f"{result['ratio']}")
+        table.add_row(f"end-to-end p50 at {lat_rate:,.0f} posts/s, ms", f"{result['p50_ms']}")
+        table.add_row(f"end-to-end p99 at {lat_rate:,.0f} posts/s, ms", f"{result['p99_ms']}")
+        table.add_row("worker-side e2e p50 / p99, ms", f"{result['worker_e2e_p50_ms']} / {result['worker_e2e_p99_ms']}")
+        Console().print(table)
+    return result
