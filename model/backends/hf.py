@@ -257,14 +257,19 @@ def load_model_and_processor(
 # inputs
 
 
-def prepare_image(image: "Image.Image", *, min_side: int = 28, max_ratio: float = 50.0) -> "Image.Image":
+def prepare_image(image: "Image.Image", *, min_side: int = 28, max_ratio: float = 50.0,
+                  max_side: int | None = None) -> "Image.Image":
     """Make any PIL image safe for the VLM image processors: RGB (transparent pixels on white,
     palette/greyscale/1-bit converted), at least ``min_side`` pixels on each side, and an aspect
     ratio of at most ``max_ratio`` (Qwen's processor refuses > 200; extreme strips are padded
-    with white)."""
+    with white). With ``max_side``, larger images are first shrunk (aspect kept) so the
+    processors never turn a full-size photo into a float array."""
     from PIL import Image
 
     im = image
+    if max_side and max(im.size) > max_side:
+        im = im.copy()
+        im.thumbnail((max_side, max_side), Image.BICUBIC, reducing_gap=2.0)
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGB", im.size, (255, 255, 255))
@@ -333,7 +338,9 @@ def _encode_rendered(processor: Any, posts: Sequence[PostInput], texts: Sequence
     """Like :func:`encode_batch` for texts already rendered with the chat template."""
     kwargs: dict[str, Any] = dict(text=list(texts), padding=True, return_tensors="pt")
     if any(p.image is not None for p in posts):
-        images = [prepare_image(p.image) if p.image is not None else None for p in posts]
+        # shrink big photos early: 2x the target side keeps the processors' own resize exact enough
+        max_side = max(448, 2 * int(image_size)) if image_size else 2048
+        images = [prepare_image(p.image, max_side=max_side) if p.image is not None else None for p in posts]
         if family in ("qwen2_5_vl", "qwen2_vl"):
             kwargs["images"] = [im for im in images if im is not None]
             if image_size:

@@ -370,3 +370,15 @@ def test_model_version_follows_the_weights(tiny_qwen_dir, tmp_path):
     assert a.version == b.version and a.version != c.version
     pred = a.predict([PostInput("x")])[0]
     assert pred.model_version == a.version and pred.model_name == f"hf:{tiny_qwen_dir}"
+
+
+def test_big_photos_are_shrunk_before_preprocessing(tiny_qwen_student):
+    big = Image.new("RGB", (4000, 3000), (10, 120, 200))
+    small = prepare_image(big, max_side=560)
+    assert small.size == (560, 420) and big.size == (4000, 3000)  # the caller's image is untouched
+    same_shape = Image.new("RGB", (400, 300), (10, 120, 200))
+    a = encode_batch(tiny_qwen_student.processor, [PostInput("x", image=big)], ["x"], family="qwen2_5_vl",
+                     image_size=56)
+    b = encode_batch(tiny_qwen_student.processor, [PostInput("x", image=same_shape)], ["x"], family="qwen2_5_vl",
+                     image_size=56)
+    assert a["image_grid_thw"].tolist() == b["image_grid_thw"].tolist()
