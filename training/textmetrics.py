@@ -53,13 +53,28 @@ def bleu4(hypotheses: Sequence[str], references: Sequence[str], max_n: int = 4) 
 
 
 def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
+    """Length of the longest common subsequence, bit-parallel (Allison-Dix / Hyyro): one
+    big-integer update per token of ``b``, so O(len(a) * len(b) / 64) word operations."""
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for i, x in enumerate(a):
+        masks[x] = masks.get(x, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for y in b:
+        u = v & masks.get(y, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - bin(v).count("1")
+
+
+def _lcs_dp(a: Sequence[str], b: Sequence[str]) -> int:
+    """Reference dynamic-programming LCS (tests check :func:`_lcs` against it)."""
     prev = [0] * (len(b) + 1)
     for x in a:
         cur = [0]
         for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else (prev[j] if prev[j] > cur[j - 1] else cur[j - 1]))
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
         prev = cur
     return prev[-1]
 

@@ -138,3 +138,15 @@ def test_evaluate_real_posts_noop(data_dir: Path, tmp_path: Path):
     assert report["n"] == 6 and report["n_with_teacher"] == 6
     assert report["chain_parse_rate"] == 1.0 and report["label_chain_agreement"] == 1.0
     assert 0 <= report["bleu4"] < 0.2  # placeholder chains share little with the teacher's
+
+
+def test_bit_parallel_lcs_matches_dynamic_programming():
+    import random
+
+    from training.textmetrics import _lcs, _lcs_dp
+
+    rng = random.Random(0)
+    for _ in range(500):
+        a = [rng.choice("abcde") for _ in range(rng.randint(0, 80))]
+        b = [rng.choice("abcdef") for _ in range(rng.randint(0, 80))]
+        assert _lcs(a, b) == _lcs_dp(a, b)
