@@ -59,6 +59,9 @@ def _check(preds, n, *, chain: bool):
 
 
 def test_batch_shapes_and_agreement(tiny_student):
+    from model import Student
+
+    assert isinstance(tiny_student, Student) and isinstance(tiny_student, HFStudent)
     posts = _posts()
     preds = tiny_student.predict(posts)
     _check(preds, len(posts), chain=True)
