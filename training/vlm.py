@@ -194,8 +194,11 @@ def check_same_vision_tokens(student_model: Any, teacher_model: Any) -> None:
 
 
 def label_scores(model: Any, processor: Any, examples: Sequence[Example], *, family: str,
-                 image_size: int | None = None, batch_size: int = 8, image_max_side: int | None = None):
-    """Softmax over the three label words after the label prompt: ``[N, 3]`` float tensor."""
+                 image_size: int | None = None, batch_size: int = 8, image_max_side: int | None = None,
+                 logits: bool = False):
+    """Softmax over the three label words after the label prompt: ``[N, 3]`` float tensor in
+    ``LABELS`` order (``logits=True``: the raw logits of those words, e.g. as the teacher side
+    of :func:`training.losses.kl_on_label_space`)."""
     import torch
 
     from model.backends.hf import encode_batch
@@ -210,8 +213,8 @@ def label_scores(model: Any, processor: Any, examples: Sequence[Example], *, fam
             posts = [ex.post(max_side=image_max_side) for ex in examples[i : i + batch_size]]
             enc = encode_batch(processor, posts, [label_prompt(p) for p in posts], family=family,
                                image_size=image_size, device=device)
-            logits = model(**enc, use_cache=False).logits[:, -1, :].float()
-            out.append(logits[:, ids].softmax(-1).cpu())
+            last = model(**enc, use_cache=False).logits[:, -1, :].float()[:, ids]
+            out.append((last if logits else last.softmax(-1)).cpu())
     if was_training:
         model.train()
     return torch.cat(out) if out else torch.zeros(0, 3)

@@ -60,6 +60,12 @@ def test_batches_put_labels_on_answer_tokens_only(family, tiny_qwen, tiny_smolvl
     assert pad.any() and not (pad & b["answer_mask"]).any()
     out = model(**model_inputs(b))
     assert out.logits.shape[:2] == b["input_ids"].shape
+    # label-space scores: probabilities are the softmax of the label-word logits
+    from training.vlm import label_scores
+
+    probs = label_scores(model, processor, exs, family=info["family"], image_size=56)
+    logits = label_scores(model, processor, exs, family=info["family"], image_size=56, logits=True)
+    assert probs.shape == (3, 3) and torch.allclose(probs, logits.softmax(-1), atol=1e-6)
 
 
 def test_assistant_trains_resumes_and_loads(splits, tiny_qwen, tmp_path: Path):

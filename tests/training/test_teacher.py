@@ -225,3 +225,25 @@ def test_teacher_endpoint_on_real_posts(data_dir: Path, tmp_path: Path):
         assert all(ex.teacher_cot and ex.load_image() is not None for ex in loaded)
     finally:
         server.stop()
+
+
+def test_cli_teacher_command_against_fake_endpoint(dataset, tmp_path: Path, monkeypatch):
+    from click.testing import CliRunner
+
+    from training.cli import distill
+
+    path, rows = dataset
+    server = FakeEndpoint(wrong_first={rows[2]["text"]}).start(rows)
+    monkeypatch.setenv("FAKE_KEY", "test-key")
+    try:
+        out = tmp_path / "cli.jsonl"
+        args = ["teacher", "--data", str(path), "--out", str(out), "--base-url", server.base_url,
+                "--model", "fake-72b", "--api-key-env", "FAKE_KEY", "--limit", "4", "--max-guided", "1"]
+        res = CliRunner().invoke(distill, args)
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.output[res.output.index("{"):])
+        assert summary["kept"] == 4 and summary["kept_guided"] == 1 and summary["usage"]["requests"] == 5
+        res = CliRunner().invoke(distill, args)
+        assert json.loads(res.output[res.output.index("{"):])["skipped_done"] == 4
+    finally:
+        server.stop()
