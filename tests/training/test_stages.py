@@ -100,12 +100,15 @@ def test_assistant_trains_resumes_and_loads(splits, tiny_qwen, tmp_path: Path):
     assert [r["epoch"] for r in dev_rows] == [1, 2, 3, 4]
 
 
-def test_assistant_smolvlm_runs(splits, tiny_smolvlm, tmp_path: Path):
+def test_assistant_smolvlm_runs_with_grad_accumulation(splits, tiny_smolvlm, tmp_path: Path):
     train, dev, _ = splits
+    settings = TrainSettings(epochs=1, grad_accum=2, **{**FAST, "batch_size": 2})
     s = train_assistant(model=tiny_smolvlm, train=load_examples(train)[:8], dev=load_examples(dev)[:3],
-                        out_dir=tmp_path / "a", settings=TrainSettings(epochs=1, **FAST), lora_r=4, lora_alpha=8,
+                        out_dir=tmp_path / "a", settings=settings, lora_r=4, lora_alpha=8,
                         lora_modules_to_save=["lm_head"])
+    # 8 posts / batch 2 = 4 micro-batches, accumulated 2 at a time = 2 optimizer steps
     assert s["steps"] == 2 and (tmp_path / "a" / "best" / "adapter_config.json").exists()
+    assert [r["step"] for r in _log(tmp_path / "a" / "train_log.jsonl") if r["kind"] == "train"] == [1, 2]
 
 
 def test_augment_and_student(splits, tiny_qwen, tmp_path: Path):
