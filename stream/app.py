@@ -103,7 +103,7 @@ class Application:
         _patch_faust_fetch_wait()
         s = self.settings
         _FETCH_WAIT_MS["value"] = s.fetch_max_wait_ms
-        datadir = (Path(s.data_dir) / "faust").resolve()
+        datadir = (Path(s.work_dir) / "faust").resolve()
         datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(
             s.group_id,

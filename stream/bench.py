@@ -192,7 +192,7 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         s = load_settings(
             broker=kafka.bootstrap, redis_url=redis.url, model_spec="noop", group_id="bench-workers",
             input_topic="bench.posts", output_topic="bench.results", dlq_topic="bench.dlq", metrics_port=0,
-            max_batch=max_batch, max_latency_ms=50, data_dir=str(log_dir), partitions=4, log_level="warn",
+            max_batch=max_batch, max_latency_ms=50, work_dir=str(log_dir), partitions=4, log_level="warn",
         )  # fmt: skip
         raw_s = s.model_copy(update={"input_topic": "raw.in", "output_topic": "raw.out", "dlq_topic": "raw.dlq"})
         asyncio.run(ensure_topics(s))
@@ -212,7 +212,7 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
             MULCOT_BROKER=s.broker, MULCOT_REDIS_URL=s.redis_url_value, MULCOT_MODEL_SPEC="noop",
             MULCOT_GROUP_ID=s.group_id, MULCOT_INPUT_TOPIC=s.input_topic, MULCOT_OUTPUT_TOPIC=s.output_topic,
             MULCOT_DLQ_TOPIC=s.dlq_topic, MULCOT_METRICS_PORT="0", MULCOT_MAX_BATCH=str(max_batch),
-            MULCOT_MAX_LATENCY_MS="50", MULCOT_DATA_DIR=str(log_dir), MULCOT_LOG_LEVEL="warn",
+            MULCOT_MAX_LATENCY_MS="50", MULCOT_WORK_DIR=str(log_dir), MULCOT_LOG_LEVEL="warn",
         )  # fmt: skip
         wlog = open(log_dir / "worker.log", "ab")
         worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=wlog,

@@ -163,7 +163,7 @@ def services_grp() -> None:
 
 @services_grp.command("up")
 @_common
-@click.option("--log-dir", type=click.Path(path_type=Path), help="where the service logs go (default DATA_DIR/services)")
+@click.option("--log-dir", type=click.Path(path_type=Path), help="where the service logs go (default WORK_DIR/services)")
 def services_up(broker: str | None, redis_url: str | None, log_dir: Path | None) -> None:
     """Run Tansu and Valkey in the foreground on the addresses in settings.
 
@@ -177,7 +177,7 @@ def services_up(broker: str | None, redis_url: str | None, log_dir: Path | None)
     from .services import ServiceError, embedded_services
 
     s = settings_from(broker=broker, redis_url=redis_url)
-    log_dir = log_dir or Path(s.data_dir) / "services"
+    log_dir = log_dir or Path(s.work_dir) / "services"
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -309,6 +309,31 @@ def bench_stream(posts: int, image_kb: int, max_batch: int, as_json: bool) -> No
     result = run_bench(posts=posts, image_kb=image_kb, max_batch=max_batch, quiet=as_json)
     if as_json:
         click.echo(json.dumps(result, indent=2))
+
+
+@bench_grp.command("model")
+@click.option("--model", "spec", default="default", show_default=True, help="student spec for model.load_student")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--posts", "n_posts", type=int, default=32, show_default=True, help="how many posts")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="use real posts (t15 test) from this data folder instead of synthetic ones")  # fmt: skip
+@click.option("--image-size", type=int, help="image side passed to the student")
+@click.option("--max-new-tokens", type=int, help="chain token budget passed to the student")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
+def bench_model(spec: str, batch_size: int, n_posts: int, data_dir: Path | None, image_size: int | None,
+                max_new_tokens: int | None, as_json: bool) -> None:  # fmt: skip
+    """The student alone: labels-only and label+chain posts/s, tokens, agreement, memory
+    (model.bench.run_model_bench; see docs/model.md)."""
+    from model.bench import data_posts, run_model_bench
+
+    posts = data_posts(data_dir, n_posts) if data_dir else None
+    try:
+        result = run_model_bench(spec, posts, batch_size=batch_size, n_posts=n_posts, image_size=image_size,
+                                 max_new_tokens=max_new_tokens, print_table=not as_json)  # fmt: skip
+    except Exception as exc:
+        raise click.ClickException(_model_load_message(spec, exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":  # python -m stream.cli

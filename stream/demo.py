@@ -59,7 +59,7 @@ def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout
     samples = samples or SAMPLES
     console = Console()
     base = load_settings(model_spec=spec)
-    log_dir = (Path(base.data_dir) / "demo").resolve()
+    log_dir = (Path(base.work_dir) / "demo").resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]mulcot demo[/bold]: student [cyan]{spec}[/cyan], posts from {samples}")
     try:
@@ -90,7 +90,7 @@ async def _demo(settings, samples: Path, log_dir: Path, timeout: float, console)
     env.update(
         MULCOT_BROKER=settings.broker, MULCOT_REDIS_URL=settings.redis_url_value, MULCOT_MODEL_SPEC=settings.model_spec,
         MULCOT_GROUP_ID=settings.group_id, MULCOT_METRICS_PORT="0", MULCOT_MAX_BATCH=str(settings.max_batch),
-        MULCOT_MAX_LATENCY_MS=str(settings.max_latency_ms), MULCOT_DATA_DIR=str(log_dir),
+        MULCOT_MAX_LATENCY_MS=str(settings.max_latency_ms), MULCOT_WORK_DIR=str(log_dir),
     )  # fmt: skip
     env.pop("REDIS_URL", None)
     worker_log = log_dir / "worker.log"

@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus metrics port of the worker (0: off)")
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="worker log level")
-    data_dir: Path = Field(Path(".cache/mulcot"), description="working files (Faust data dir, service logs)")
+    work_dir: Path = Field(Path(".cache/mulcot"), description="working files (Faust data dir, service and demo logs)")
 
     @field_validator("broker")
     @classmethod

@@ -50,7 +50,7 @@ def make_settings(services, tmp_path: Path):  # type: ignore[no-untyped-def]
             model_spec="noop",
             metrics_port=0,
             partitions=4,
-            data_dir=str(tmp_path / "data"),
+            work_dir=str(tmp_path / "work"),
             log_level="info",
         )
         base.update(overrides)

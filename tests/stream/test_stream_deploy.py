@@ -68,3 +68,14 @@ def test_dockerfile() -> None:
     ignore = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text()
     for needed in ("!model/**", "!stream/**", "!training/**", "!pyproject.toml"):
         assert needed in ignore
+
+
+def test_readme_documents_settings_and_sections() -> None:
+    text = (ROOT / "README.md").read_text()
+    missing = sorted(f for f in FIELDS if f"`{f}" not in text)
+    assert not missing, f"README's configuration table lacks {missing}"
+    for heading in ("## Two commands", "## Configuration", "## Redis key layout", "## Topics and record formats",
+                    "## Against real Kafka", "## The default student", "## Training"):  # fmt: skip
+        assert heading in text
+    assert "make demo" in text and "make test" in text
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
