@@ -30,13 +30,14 @@ def augment(
     image_size: int | None = None,
     image_max_side: int | None = None,
     seed: int = 0,
+    batch_size: int = 8,
     device: str | None = None,
     progress: bool = False,
     student: Any = None,
 ) -> dict:
     """Sample chains for ``examples`` that have a gold label and no chain; returns a summary."""
     todo = [ex for ex in examples if ex.label is not None and not ex.teacher_cot]
-    opts: dict[str, Any] = dict(do_sample=True, temperature=temperature, top_p=top_p, seed=seed)
+    opts: dict[str, Any] = dict(do_sample=True, temperature=temperature, top_p=top_p)
     if image_size:
         opts["image_size"] = image_size
     if device:
@@ -44,10 +45,11 @@ def augment(
     spec = assistant if str(assistant).startswith("hf:") else f"hf:{assistant}"
 
     def factory() -> HFTeacher:
-        return HFTeacher(spec, max_new_tokens=max_new_tokens, student=student, **opts)
+        return HFTeacher(spec, max_new_tokens=max_new_tokens, batch_size=batch_size, student=student, seed=seed,
+                         **opts)
 
     summary = run_teacher(todo, factory, out_path, max_guided=0, free_samples=samples, free_stage="augment",
-                          image_max_side=image_max_side, progress=progress)
+                          image_max_side=image_max_side, progress=progress, max_in_flight=max(32, 4 * batch_size))
     summary["candidates"] = len(todo)
     return summary
 

@@ -57,6 +57,7 @@ class TeacherConfig(_Strict):
     price_prompt_per_mtok: float = Field(0.0, description="USD per million prompt tokens (cost report).")
     price_completion_per_mtok: float = Field(0.0, description="USD per million completion tokens (cost report).")
     limit: int | None = Field(None, description="Ask the teacher about at most N posts.")
+    batch_size: int = Field(8, ge=1, description="hf backend: prompts generated together in one batch.")
 
 
 class LoraSettings(_Strict):
@@ -103,6 +104,7 @@ class AugmentConfig(_Strict):
     top_p: float = Field(0.95, description="Nucleus sampling p.")
     max_new_tokens: int = Field(384, description="Max tokens per sampled chain.")
     limit: int | None = Field(None, description="Augment at most N posts.")
+    batch_size: int = Field(8, ge=1, description="Prompts sampled together in one generate call.")
 
 
 class StudentConfig(_Strict):
@@ -348,7 +350,7 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, stages: list[str] | Non
                 spec = resolve_model(t.model, out, recipe.seed)
 
                 def factory():
-                    return HFTeacher(spec, max_new_tokens=t.max_tokens)
+                    return HFTeacher(spec, max_new_tokens=t.max_tokens, batch_size=t.batch_size, seed=recipe.seed)
             log(f"[teacher] {len(need)} posts without chains")
             s = run_teacher(need, factory, teacher_out, max_guided=t.max_guided, image_max_side=d.image_max_side,
                             progress=progress)
@@ -388,7 +390,8 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, stages: list[str] | Non
             cands = cands[: g.limit] if g.limit else cands
             s = augment(cands, str(a_dir / "best"), aug_out, samples=g.samples, temperature=g.temperature,
                         top_p=g.top_p, max_new_tokens=g.max_new_tokens, image_size=recipe.assistant.train.image_size,
-                        image_max_side=d.image_max_side, seed=recipe.seed, progress=progress)
+                        image_max_side=d.image_max_side, seed=recipe.seed, batch_size=g.batch_size,
+                        progress=progress)
             summary["stages"]["augment"] = s
             (out / "augment").mkdir(parents=True, exist_ok=True)
             (out / "augment" / "summary.json").write_text(json.dumps(s, indent=2))

@@ -238,33 +238,67 @@ class EndpointTeacher:
 class HFTeacher:
     """An in-process HF VLM as the teacher, loaded with ``model.load_student(spec)``.
 
-    Generation runs one post at a time in a worker thread (the model is not re-entrant)."""
+    Concurrent ``generate`` calls are gathered into micro-batches of up to ``batch_size``
+    prompts, each run by one ``generate_raw`` call in a worker thread (the model itself runs one
+    batch at a time). Pass ``seed`` to seed torch once at construction: the student is not given
+    a seed, since seeding before every call would make repeated samples of one post identical.
+    """
 
-    def __init__(self, spec: str, *, max_new_tokens: int = 384, student: Any = None, **options: Any) -> None:
+    def __init__(self, spec: str, *, max_new_tokens: int = 384, batch_size: int = 8, student: Any = None,
+                 seed: int | None = None, **options: Any) -> None:
         from model import load_student
 
+        options.pop("seed", None)
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
         self.student = student if student is not None else load_student(
             spec if spec.startswith("hf:") else f"hf:{spec}", max_new_tokens=max_new_tokens, **options)
         if not hasattr(self.student, "generate_raw"):
             raise TypeError(f"{spec}: the teacher needs an HF student with generate_raw()")
         self.model = spec
         self.max_new_tokens = max_new_tokens
+        self.batch_size = max(1, int(batch_size))
         self.usage = Usage()
-        self._lock = asyncio.Lock()
+        self.batches = 0
+        self._queue: list[tuple[str, Any, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
 
     async def generate(self, prompt: str, image: Any | None) -> Generation:
-        post = PostInput(text="", image=image)
-        async with self._lock:
-            self.usage.requests += 1
-            texts, n_prompt, n_gen = await asyncio.to_thread(
-                self.student.generate_raw, [post], [prompt], stop_at_prediction=False,
-                max_new_tokens=self.max_new_tokens)
-        self.usage.prompt_tokens += int(n_prompt[0])
-        self.usage.completion_tokens += int(n_gen[0])
-        return Generation(texts[0], int(n_prompt[0]), int(n_gen[0]))
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((prompt, image, fut))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await asyncio.sleep(0)  # let the other ready callers enqueue first
+            batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size:]
+            posts = [PostInput(text="", image=image) for _, image, _ in batch]
+            prompts = [prompt for prompt, _, _ in batch]
+            try:
+                texts, n_prompt, n_gen = await asyncio.to_thread(
+                    self.student.generate_raw, posts, prompts, stop_at_prediction=False,
+                    max_new_tokens=self.max_new_tokens)
+            except Exception as e:  # every caller of this batch gets the error
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(TeacherError(f"{self.model}: generation failed: {e}"))
+                self.usage.failures += len(batch)
+                continue
+            self.batches += 1
+            for (_, _, fut), text, n_p, n_g in zip(batch, texts, n_prompt, n_gen):
+                self.usage.requests += 1
+                self.usage.prompt_tokens += int(n_p)
+                self.usage.completion_tokens += int(n_g)
+                if not fut.done():
+                    fut.set_result(Generation(text, int(n_p), int(n_g)))
 
     async def aclose(self) -> None:
-        return None
+        if self._worker is not None and not self._worker.done():
+            await self._worker
 
 
 # ------------------------------------------------------------------------------ the stage

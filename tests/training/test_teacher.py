@@ -247,3 +247,30 @@ def test_cli_teacher_command_against_fake_endpoint(dataset, tmp_path: Path, monk
         assert json.loads(res.output[res.output.index("{"):])["skipped_done"] == 4
     finally:
         server.stop()
+
+
+def test_hf_teacher_gathers_concurrent_prompts_into_batches(dataset, tmp_path: Path):
+    """The in-process backend batches concurrent requests (a recording generate_raw stands in for
+    the model here; the real tiny model runs through it in test_recipe_cli's end-to-end run)."""
+    from training.teacher import HFTeacher
+
+    path, rows = dataset
+    by_text = {r["text"]: r for r in rows}
+
+    class Recorder:
+        def __init__(self):
+            self.batches = []
+
+        def generate_raw(self, posts, prompts, *, stop_at_prediction, max_new_tokens):
+            self.batches.append(len(prompts))
+            out = []
+            for p in prompts:
+                text = re.search(r"Text: (.*)", p).group(1)
+                row = by_text[text]
+                out.append(teacher_chain(row["label"], row["aspect"]))
+            return out, [10] * len(prompts), [5] * len(prompts)
+
+    rec = Recorder()
+    s = run_teacher(load_examples(path), lambda: HFTeacher("rec", student=rec, batch_size=4), tmp_path / "o.jsonl")
+    assert s["kept"] == 9 and s["usage"]["requests"] == 9 and s["usage"]["completion_tokens"] == 45
+    assert sum(rec.batches) == 9 and max(rec.batches) == 4 and len(rec.batches) <= 4
