@@ -34,36 +34,54 @@ from typing import Any
 
 
 def _jpeg(target_kb: int, seed: int) -> bytes:
-    """A JPEG of about ``target_kb`` KB (noise over gradients, so it compresses like a photo)."""
-    from PIL import Image
+    """A photo-like JPEG of about ``target_kb`` KB at 320 x 240 (like the research images:
+    at most 320 px, quality 85): gradients, shapes and a little noise, quality tuned to size."""
+    from PIL import Image, ImageDraw, ImageFilter
 
     rnd = random.Random(seed)
-    side = 96
-    while True:
-        img = Image.new("RGB", (side, side))
-        px = img.load()
-        for y in range(side):
-            for x in range(side):
-                px[x, y] = ((x * 3 + rnd.randrange(60)) % 256, (y * 2 + rnd.randrange(60)) % 256, rnd.randrange(256))
+    w, h = 320, 240
+    img = Image.linear_gradient("L").resize((w, h)).convert("RGB")
+    d = ImageDraw.Draw(img)
+    for _ in range(40):
+        x, y = rnd.randrange(w), rnd.randrange(h)
+        r = rnd.randrange(8, 60)
+        d.ellipse([x - r, y - r, x + r, y + r], fill=(rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)))
+    img = img.filter(ImageFilter.GaussianBlur(1.5))
+    noise = Image.effect_noise((w, h), 40).convert("RGB")
+    img = Image.blend(img, noise, 0.25)
+    best = b""
+    for q in range(95, 10, -5):
         buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=80)
-        if buf.tell() >= target_kb * 1024 * 0.9 or side > 1024:
-            return buf.getvalue()
-        side = int(side * 1.25)
+        img.save(buf, "JPEG", quality=q)
+        best = buf.getvalue()
+        if len(best) <= target_kb * 1024 * 1.1:
+            break
+    return best
 
 
 def make_posts(n: int, image_kb: int, prefix: str = "b") -> list[tuple[bytes, bytes]]:
-    images = [base64.b64encode(_jpeg(image_kb, seed)).decode() for seed in range(8)]
+    images = [base64.b64encode(_jpeg(image_kb, seed)).decode() for seed in range(8)] if image_kb > 0 else []
     texts = ["what a great day at the beach", "the train is late again", "meeting at 10 in room 4",
              "love this new phone", "worst service ever", "the museum opens on monday"]  # fmt: skip
     out = []
     for i in range(n):
         pid = f"{prefix}{i}"
-        body: dict[str, Any] = {"id": pid, "text": f"{texts[i % len(texts)]} #{i}", "image_b64": images[i % len(images)]}
+        body: dict[str, Any] = {"id": pid, "text": f"{texts[i % len(texts)]} #{i}"}
+        if images:
+            body["image_b64"] = images[i % len(images)]
         if i % 4 == 0:
             body["aspect"] = "train"
         out.append((pid.encode(), json.dumps(body).encode()))
     return out
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 async def _raw_loop(settings, src: str, dst: str, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -111,7 +129,9 @@ async def _rate_from_timestamps(settings, topic: str, n: int) -> float:  # type:
     return (len(ts) - 1) / span if span > 0 else float("inf")
 
 
-async def _wait_redis(settings, n: int, timeout: float, worker: subprocess.Popen) -> int:  # type: ignore[no-untyped-def]
+async def _wait_redis(settings, n: int, timeout: float, worker: subprocess.Popen, first: dict | None = None) -> int:  # type: ignore[no-untyped-def]
+    """Wait for ``n`` results in Redis; ``first`` gets the worker's CPU seconds and the count
+    when the first results appear (so start-up is not counted as per-post CPU)."""
     import redis.asyncio as aioredis
 
     r = aioredis.from_url(settings.redis_url_value)
@@ -120,6 +140,8 @@ async def _wait_redis(settings, n: int, timeout: float, worker: subprocess.Popen
     try:
         while time.monotonic() < deadline:
             count = await r.zcard(f"{settings.redis_prefix}recent")
+            if first is not None and count and "cpu" not in first:
+                first.update(cpu=_proc_cpu_s(worker.pid), count=count)
             if count >= n:
                 break
             if worker.poll() is not None:
@@ -188,6 +210,7 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
     console = Console(stderr=True, quiet=quiet)
     log_dir = Path(tempfile.mkdtemp(prefix="mulcot-bench-"))
     started = datetime.now(timezone.utc)
+    load0 = os.getloadavg()[0]
     with embedded_services(log_dir=log_dir) as (kafka, redis):
         s = load_settings(
             broker=kafka.bootstrap, redis_url=redis.url, model_spec="noop", group_id="bench-workers",
@@ -197,13 +220,15 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         raw_s = s.model_copy(update={"input_topic": "raw.in", "output_topic": "raw.out", "dlq_topic": "raw.dlq"})
         asyncio.run(ensure_topics(s))
         asyncio.run(ensure_topics(raw_s))
-        console.print(f"generating {posts} posts with ~{image_kb} KB images ...")
+        console.print(f"generating {posts} posts with ~{image_kb} KB images ..." if image_kb else f"generating {posts} text-only posts ...")
         records = make_posts(posts, image_kb)
         avg_bytes = sum(len(v) for _, v in records) / len(records)
 
         console.print("raw aiokafka consume->produce loop ...")
         asyncio.run(produce_records(raw_s, records, raw_s.input_topic))
+        cpu0 = time.process_time()
         raw_rate = asyncio.run(_raw_loop(raw_s, raw_s.input_topic, raw_s.output_topic, posts))
+        raw_cpu_ms = (time.process_time() - cpu0) * 1000 / posts  # includes reading the timestamps back
 
         console.print("worker (noop student) ...")
         asyncio.run(produce_records(s, records, s.input_topic))
@@ -218,7 +243,9 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=wlog,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
         try:
-            got = asyncio.run(_wait_redis(s, posts, 300, worker))
+            first: dict = {}
+            got = asyncio.run(_wait_redis(s, posts, 300, worker, first))
+            worker_cpu_ms = (_proc_cpu_s(worker.pid) - first["cpu"]) * 1000 / max(1, posts - first["count"])
             if got < posts:
                 raise RuntimeError(f"only {got}/{posts} results in Redis; see {log_dir / 'worker.log'}")
             rate = asyncio.run(_rate_from_timestamps(s, s.output_topic, posts))
@@ -246,6 +273,9 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         "latency_posts": len(lat),
         "p50_ms": round(_pct(lat, 0.50), 1),
         "p99_ms": round(_pct(lat, 0.99), 1),
+        "worker_cpu_ms_per_post": round(worker_cpu_ms, 3),
+        "raw_cpu_ms_per_post": round(raw_cpu_ms, 3),
+        "load_avg_at_start": round(load0, 2),
         "worker_e2e_p50_ms": round(_pct(worker_e2e, 0.50), 1),
         "worker_e2e_p99_ms": round(_pct(worker_e2e, 0.99), 1),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -254,7 +284,7 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         "cache": "Valkey (embedded)",
     }
     if not quiet:
-        table = Table(title=f"mulcot bench stream ({posts} posts, ~{avg_bytes / 1024:.0f} KB each, noop student)")
+        table = Table(title=f"mulcot bench stream ({posts} posts, ~{avg_bytes / 1024:.1f} KB each, noop student)")
         table.add_column("measure")
         table.add_column("value", justify="right")
         table.add_row("raw aiokafka consume->produce, posts/s", f"{raw_rate:,.0f}")
@@ -263,5 +293,8 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         table.add_row(f"end-to-end p50 at {lat_rate:,.0f} posts/s, ms", f"{result['p50_ms']}")
         table.add_row(f"end-to-end p99 at {lat_rate:,.0f} posts/s, ms", f"{result['p99_ms']}")
         table.add_row("worker-side e2e p50 / p99, ms", f"{result['worker_e2e_p50_ms']} / {result['worker_e2e_p99_ms']}")
+        table.add_row("worker CPU ms per post", f"{result['worker_cpu_ms_per_post']}")
+        table.add_row("raw loop CPU ms per post", f"{result['raw_cpu_ms_per_post']}")
+        table.add_row("load average at start (other jobs)", f"{result['load_avg_at_start']}")
         Console().print(table)
     return result

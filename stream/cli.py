@@ -294,7 +294,7 @@ def bench_grp() -> None:
 
 @bench_grp.command("stream")
 @click.option("--posts", type=int, default=5000, show_default=True, help="posts per throughput run")
-@click.option("--image-kb", type=int, default=20, show_default=True, help="approximate inline image size")
+@click.option("--image-kb", type=int, default=20, show_default=True, help="approximate inline JPEG size (0: text-only posts)")
 @click.option("--max-batch", type=int, default=256, show_default=True, help="worker batch size")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def bench_stream(posts: int, image_kb: int, max_batch: int, as_json: bool) -> None:
