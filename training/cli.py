@@ -254,8 +254,11 @@ def evaluate_cmd(spec, data_file, out_dir, limit, batch_size, no_chain, no_embed
     from .data import load_examples, resolve_data_path
     from .evaluate import evaluate
 
-    student = load_student(spec, **_parse_options(options))
-    exs = load_examples(resolve_data_path(data_file), limit=limit)
+    try:
+        student = load_student(spec, **_parse_options(options))
+        exs = load_examples(resolve_data_path(data_file), limit=limit)
+    except (OSError, ValueError) as e:  # missing weights/data, bad spec (SpecError is a ValueError)
+        raise click.ClickException(str(e)) from None
     evaluate(student, exs, chain=not no_chain, batch_size=batch_size, out_dir=out_dir, embeddings=not no_embeddings,
              train_log=train_log, image_max_side=image_max_side, progress=True, console=_console())
     if out_dir:
