@@ -137,16 +137,16 @@ class Application:
         )
         within = s.max_latency_ms / 1000.0
 
-        @app.agent(source, name="sentiment")
+        @app.agent(source, name="sentiment", concurrency=s.concurrency)
         async def sentiment(stream):  # type: ignore[no-untyped-def]
             async for events in stream.take_events(s.max_batch, within=within):
                 for ev in events:  # hold each record until its outputs are durable
                     ev.message.incref()
-                self.metrics.in_flight.set(len(events))
+                self.metrics.in_flight.inc(len(events))
                 await self.handle(events)
                 for ev in events:
                     ev.ack()
-                self.metrics.in_flight.set(0)
+                self.metrics.in_flight.dec(len(events))
 
         @app.task
         async def _on_start() -> None:  # runs once the app is started

@@ -238,6 +238,7 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
             MULCOT_GROUP_ID=s.group_id, MULCOT_INPUT_TOPIC=s.input_topic, MULCOT_OUTPUT_TOPIC=s.output_topic,
             MULCOT_DLQ_TOPIC=s.dlq_topic, MULCOT_METRICS_PORT="0", MULCOT_MAX_BATCH=str(max_batch),
             MULCOT_MAX_LATENCY_MS="50", MULCOT_WORK_DIR=str(log_dir), MULCOT_LOG_LEVEL="warn",
+            MULCOT_CONCURRENCY=os.environ.get("MULCOT_CONCURRENCY", "1"),
         )  # fmt: skip
         wlog = open(log_dir / "worker.log", "ab")
         worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=wlog,

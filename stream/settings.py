@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     model_spec: str = Field("default", description="student spec for model.load_student (default, noop, compact:DIR, hf:...)")
     model_device: str | None = Field(None, description="device option for the student (cpu, cuda, ...)")
     chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
+    concurrency: int = Field(
+        1, ge=1, le=64, description="batches in flight per worker (Faust agent concurrency; >1 overlaps publishing with the next batch)"
+    )
     decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images in parallel (off the event loop)")
 
     # --- images -------------------------------------------------------------------------
@@ -227,6 +230,25 @@ def load_settings(**overrides: Any) -> Settings:
             shown = "" if isinstance(given, dict) or given is None else f" (got {str(given)[:60]!r})"
             problems.append(f"{name}: {err['msg']}{shown}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def markdown_table() -> str:
+    """The settings as a Markdown table (the README's configuration table)."""
+    import json
+
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, f in Settings.model_fields.items():
+        d = f.default
+        if isinstance(d, SecretStr):
+            d = d.get_secret_value()
+        shown = "-" if d is None else json.dumps(d) if isinstance(d, (list, bool)) else str(d)
+        env = env_name(name) + (" (or REDIS_URL)" if name == "redis_url" else "")
+        rows.append(f"| `{env}` | `{shown}` | {f.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m stream.settings --markdown
+    print(markdown_table())
 
 
 __all__ = ["Settings", "SettingsError", "load_settings", "env_name", "DEFAULT_BROKER", "DEFAULT_REDIS_URL"]

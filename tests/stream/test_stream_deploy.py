@@ -79,3 +79,9 @@ def test_readme_documents_settings_and_sections() -> None:
         assert heading in text
     assert "make demo" in text and "make test" in text
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_settings_table_is_current() -> None:
+    from stream.settings import markdown_table
+
+    assert markdown_table() in (ROOT / "README.md").read_text(), "run `python -m stream.settings --markdown` and update README"

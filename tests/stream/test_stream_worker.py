@@ -148,7 +148,7 @@ def test_happy_path_and_every_dead_letter_code(make_settings, start_worker) -> N
 
 
 def test_redis_state_matches_output_topic(make_settings, start_worker) -> None:
-    s = make_settings(result_ttl_s=120)
+    s = make_settings(result_ttl_s=120, concurrency=2)  # two batches in flight
     create_topics(s)
     worker = start_worker(s)
     produce(s, [post(i, aspect="Coffee " if i % 2 else None) for i in range(20)])
