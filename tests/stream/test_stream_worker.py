@@ -8,6 +8,7 @@ import io
 import json
 import signal
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -233,3 +234,28 @@ def test_two_workers_share_partitions_through_join_and_leave(make_settings, star
     assert len(results_by_worker(s, ids)) == 2
     assert _count(s) == len(ids)
     assert w2.stop() == 0
+
+
+def test_redis_outage_holds_offsets_until_written(make_settings, start_worker, tmp_path) -> None:
+    """Redis down: the worker retries the batch (back-pressure: no later batch is taken and no
+    offset is committed past it) and keeps running; when Redis is back, every post is written."""
+    from stream.services import EmbeddedRedis
+
+    own = EmbeddedRedis(log_dir=tmp_path).start()
+    try:
+        s = make_settings(redis_url=own.url, max_batch=8)
+        create_topics(s)
+        w = start_worker(s)
+        produce(s, [post(i) for i in range(10)])
+        assert not wait_redis(s, [f"p{i}" for i in range(10)], timeout=60, worker=w), w.tail()
+        own.stop()
+        produce(s, [post(i) for i in range(10, 30)])
+        wait_until(lambda: "writing" in w.tail(200) and "failed" in w.tail(200), 60, "the worker to retry Redis", w)
+        time.sleep(2)
+        assert w.alive()  # retrying, not crashed
+        own = EmbeddedRedis(port=own.port, log_dir=tmp_path).start()  # empty: memory only
+        missing = wait_redis(s, [f"p{i}" for i in range(10, 30)], timeout=60, worker=w)
+        assert not missing, f"{sorted(missing)}\n{w.tail()}"
+        assert w.stop() == 0
+    finally:
+        own.stop()
