@@ -148,11 +148,14 @@ def test_happy_path_and_every_dead_letter_code(make_settings, start_worker) -> N
         srv.close()
 
 
-def test_redis_state_matches_output_topic(make_settings, start_worker) -> None:
-    s = make_settings(result_ttl_s=120, concurrency=2)  # two batches in flight
+def test_redis_state_and_metrics(make_settings, start_worker) -> None:
+    from stream.services import free_port
+
+    port = free_port()
+    s = make_settings(result_ttl_s=120, concurrency=2, metrics_port=port)  # two batches in flight
     create_topics(s)
     worker = start_worker(s)
-    produce(s, [post(i, aspect="Coffee " if i % 2 else None) for i in range(20)])
+    produce(s, [post(i, aspect="Coffee " if i % 2 else None) for i in range(20)] + [(b"bad", b"{")])
     ids = [f"p{i}" for i in range(20)]
     assert not wait_redis(s, ids, timeout=60, worker=worker), worker.tail()
     store = ResultStore.from_settings(s)
@@ -164,6 +167,19 @@ def test_redis_state_matches_output_topic(make_settings, start_worker) -> None:
         assert sum(sum(c.values()) for _, c in total) == 20
     finally:
         store.close()
+    import httpx
+
+    def metric(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    def scraped() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return metric(text, "mulcot_results_total{") == 20 and metric(text, "mulcot_dead_letters_total{") == 1
+
+    wait_until(scraped, 30, "Prometheus counters to show 20 results and 1 dead letter", worker)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'mulcot_dead_letters_total{code="invalid_json"} 1.0' in text
+    assert "mulcot_inference_seconds_count" in text and "mulcot_end_to_end_seconds_bucket" in text
 
 
 def _count(settings) -> int:  # type: ignore[no-untyped-def]
