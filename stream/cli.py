@@ -88,6 +88,12 @@ def main() -> None:
     output topic and cache them in Redis. Settings come from MULCOT_* environment
     variables or .env (see `mulcot config`). Start with `mulcot demo`.
     """
+    import logging
+
+    # Kafka client errors are reported as one line by the verbs; keep aiokafka from printing
+    # through Python's last-resort handler before logging is configured (the worker's Faust
+    # logging still receives them).
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
 
 
 # --- config ---------------------------------------------------------------------------
@@ -129,8 +135,13 @@ def worker_cmd(**opts: Any) -> None:
     """
     s = settings_from(**opts)
     from .app import Application
+    from .demo import DemoError, check_model
     from .kafka import BrokerUnavailable
 
+    try:
+        check_model(s.model_spec)  # fail fast, before importing torch
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         app = Application(s)
         app.load_student()

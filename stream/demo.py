@@ -25,18 +25,25 @@ class DemoError(RuntimeError):
     pass
 
 
-def _check_model(spec: str) -> None:
-    from model.loading import DEFAULT_WEIGHTS, SpecError, parse_spec
+def check_model(spec: str) -> None:
+    """Fail with a clear message when ``spec`` is malformed or names the default student
+    whose weights are not there (before anything heavy is imported)."""
+    from model import loading
+    from model.loading import SpecError, parse_spec
+
+    DEFAULT_WEIGHTS = loading.DEFAULT_WEIGHTS
 
     try:
         kind, target, _ = parse_spec(spec)
     except SpecError as exc:
         raise DemoError(str(exc)) from None
+    if kind == "compact" and not Path(target).is_dir():
+        raise DemoError(f"student weights folder {target!r} (spec {spec!r}) does not exist")
     if kind == "default" and not DEFAULT_WEIGHTS.exists():
         raise DemoError(
             f"the default student is not available: {DEFAULT_WEIGHTS} does not exist. "
             "Its weights come from the training work (see docs/model.md and docs/training.md); "
-            "until they are there, run `mulcot demo --model noop` to see the pipeline with a model-free placeholder"
+            "until they are there, use --model noop to run the pipeline with a model-free placeholder"
         )
 
 
@@ -55,7 +62,7 @@ def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout
     from .settings import load_settings
 
     spec = model_spec or os.environ.get("MULCOT_MODEL_SPEC") or "default"
-    _check_model(spec)
+    check_model(spec)
     samples = samples or SAMPLES
     console = Console()
     base = load_settings(model_spec=spec)

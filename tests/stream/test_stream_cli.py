@@ -95,3 +95,19 @@ def test_results_when_redis_is_down(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "stream.cli", "results", "--json"], env=env, capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)  # fmt: skip
     assert p.returncode != 0 and "cannot reach Redis" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_missing_student_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model import loading
+    from stream.demo import DemoError, check_model
+
+    monkeypatch.setattr(loading, "DEFAULT_WEIGHTS", tmp_path / "no-weights")
+    with pytest.raises(DemoError, match="default student is not available.*no-weights"):
+        check_model("default")
+    check_model("noop")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_")}
+    for verb in (["worker"], ["demo"]):
+        p = subprocess.run([sys.executable, "-m", "stream.cli", *verb, "--model", f"compact:{tmp_path}/nothing"],
+                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        assert p.returncode != 0 and len(lines) == 1 and "does not exist" in lines[0], p.stderr
