@@ -187,7 +187,9 @@ class Application:
         t_proc = time.perf_counter()
         while True:
             try:
-                outcome = await self.processor.process(records)
+                outcome = await self.processor.process(
+                    records, on_labels=self._publish_early if self.settings.label_first else None
+                )
                 break
             except asyncio.CancelledError:
                 raise
@@ -216,6 +218,13 @@ class Application:
                 d.dead.error.value, d.dead.source.topic, d.dead.source.partition, d.dead.source.offset, d.dead.message,
             )  # fmt: skip
         return outcome
+
+    async def _publish_early(self, early: list) -> None:  # type: ignore[type-arg]
+        """Label-first mode: labels-only results to Kafka and Redis before the chains exist
+        (nothing is acknowledged yet; the full results follow with the same keys)."""
+        early_outcome = Outcome(results=early)
+        await asyncio.gather(self._publish(early_outcome), self._write_redis(early_outcome))
+        self.metrics.early_labels.inc(len(early))
 
     async def _publish(self, outcome: Outcome) -> None:
         s = self.settings

@@ -17,6 +17,9 @@ class WorkerMetrics:
         r = self.registry
         self.results = Counter("mulcot_results_total", "posts with a published result", ["label"], registry=r)
         self.dead_letters = Counter("mulcot_dead_letters_total", "posts sent to the dead-letter topic", ["code"], registry=r)
+        self.early_labels = Counter(
+            "mulcot_early_labels_total", "labels-only results published ahead of the chain (label-first mode)", registry=r
+        )
         self.batches = Counter("mulcot_batches_total", "batches processed", registry=r)
         self.batch_size = Histogram(
             "mulcot_batch_size", "posts per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r

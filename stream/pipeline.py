@@ -14,9 +14,9 @@ import base64
 import logging
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -72,6 +72,7 @@ class Outcome:
     dead: list[OutDead] = field(default_factory=list)
     inference_s: float = 0.0
     batch_size: int = 0
+    early: list[OutResult] = field(default_factory=list)
 
 
 @dataclass
@@ -214,7 +215,11 @@ class BatchProcessor:
                 return self.dead_letter(rec, ErrorCode.SCHEMA, f"image_b64: {exc}", post.id)
         return work
 
-    async def process(self, records: Sequence[InRecord]) -> Outcome:
+    async def process(
+        self, records: Sequence[InRecord], on_labels: Callable[[list[OutResult]], Awaitable[None]] | None = None
+    ) -> Outcome:
+        """Validate, fetch, decode, run the student. With ``on_labels`` (label-first mode) the
+        labels-only results are handed to it (and awaited) before the chains are generated."""
         t_start = time.time()
         outcome = Outcome(batch_size=len(records))
         work: list[_Work] = []
@@ -248,7 +253,16 @@ class BatchProcessor:
                 ready.extend(ok)
                 outcome.dead.extend(bad)
             ready.sort(key=lambda item: (item[0].rec.partition, item[0].rec.offset))
-            results, dead, infer_s = await loop.run_in_executor(self.executor, self._infer, ready, t_start)
+            if on_labels is not None and self.chain and ready:
+                # label first: publish labels-only results, then generate the chains
+                early, ok, dead1, label_s = await loop.run_in_executor(self.executor, self._classify, ready, t_start)
+                outcome.dead.extend(dead1)
+                outcome.early = early
+                if early:
+                    await on_labels(early)
+                results, dead, infer_s = await loop.run_in_executor(self.executor, self._explain, ok, t_start, label_s)
+            else:
+                results, dead, infer_s = await loop.run_in_executor(self.executor, self._infer, ready, t_start)
             outcome.results.extend(results)
             outcome.dead.extend(dead)
             outcome.inference_s = infer_s
@@ -290,24 +304,67 @@ class BatchProcessor:
         return results, dead, infer_s
 
     def _predict(self, inputs: list[PostInput]) -> list[Prediction | Exception]:
-        """Predict the batch; if it fails, predict post by post so only the bad ones fail."""
+        return self._isolated(lambda batch: self.student.predict(batch, chain=self.chain), inputs)
+
+    def _isolated(self, fn: Callable[[list[Any]], Sequence[Prediction]], items: list[Any]) -> list[Prediction | Exception]:
+        """Run ``fn`` on the batch; if it fails, run it item by item so only the bad ones fail."""
         try:
-            preds = list(self.student.predict(inputs, chain=self.chain))
-            if len(preds) != len(inputs):
-                raise RuntimeError(f"student returned {len(preds)} predictions for {len(inputs)} posts")
+            preds = list(fn(items))
+            if len(preds) != len(items):
+                raise RuntimeError(f"student returned {len(preds)} predictions for {len(items)} posts")
             return preds
         except Exception as exc:
-            if len(inputs) == 1:
+            if len(items) == 1:
                 return [exc]
-            log.warning("batch of %d failed in the model (%s); retrying post by post", len(inputs), exc)
+            log.warning("batch of %d failed in the model (%s); retrying post by post", len(items), exc)
         out: list[Prediction | Exception] = []
-        for post in inputs:
+        for item in items:
             try:
-                got = list(self.student.predict([post], chain=self.chain))
+                got = list(fn([item]))
                 out.append(got[0] if len(got) == 1 else RuntimeError(f"student returned {len(got)} predictions for 1 post"))
             except Exception as exc:  # noqa: BLE001 - any model failure is a dead letter
                 out.append(exc)
         return out
+
+    # --- label first: classify, publish, then explain -----------------------------------
+    def _classify(self, ready: list[tuple[_Work, PostInput]], t_start: float):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        preds = self._isolated(lambda batch: self.student.classify(batch), [p for _, p in ready])
+        label_s = time.perf_counter() - t0
+        early: list[OutResult] = []
+        ok: list[tuple[_Work, PostInput, Prediction]] = []
+        dead: list[OutDead] = []
+        for (w, inp), pred in zip(ready, preds):
+            if isinstance(pred, Exception):
+                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"{type(pred).__name__}: {pred}", w.post.id))
+                continue
+            try:
+                early.append(self._result(w, replace(pred, chain=None), t_start, label_s))
+                ok.append((w, inp, pred))
+            except (ValidationError, ValueError, KeyError) as exc:
+                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"bad model output: {exc}", w.post.id))
+        return early, ok, dead, label_s
+
+    def _explain(self, ok: list[tuple[_Work, PostInput, Prediction]], t_start: float, label_s: float):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        preds = self._isolated(
+            lambda pairs: self.student.explain([p for p, _ in pairs], [q for _, q in pairs]),
+            [(inp, pred) for _, inp, pred in ok],
+        )
+        infer_s = label_s + time.perf_counter() - t0
+        results: list[OutResult] = []
+        dead: list[OutDead] = []
+        for (w, _, _), pred in zip(ok, preds):
+            if isinstance(pred, Exception):
+                dead.append(self.dead_letter(
+                    w.rec, ErrorCode.MODEL_ERROR, f"chain generation failed (label already published): {type(pred).__name__}: {pred}", w.post.id
+                ))  # fmt: skip
+                continue
+            try:
+                results.append(self._result(w, pred, t_start, infer_s))
+            except (ValidationError, ValueError, KeyError) as exc:
+                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"bad model output: {exc}", w.post.id))
+        return results, dead, infer_s
 
     def _result(self, w: _Work, pred: Prediction, t_start: float, infer_s: float) -> OutResult:
         now = time.time()

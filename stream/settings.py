@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     model_spec: str = Field("default", description="student spec for model.load_student (default, noop, compact:DIR, hf:...)")
     model_device: str | None = Field(None, description="device option for the student (cpu, cuda, ...)")
     chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
+    label_first: bool = Field(
+        False, description="publish a labels-only result as soon as the label is known, then the full one"
+    )
     concurrency: int = Field(
         1, ge=1, le=64, description="batches in flight per worker (Faust agent concurrency; >1 overlaps publishing with the next batch)"
     )

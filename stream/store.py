@@ -19,8 +19,9 @@ key                                    type    content
 
 Event time is the input record's Kafka timestamp. Writes are one Lua script per post, so
 they are atomic and idempotent: a result for a post id that already holds a result of the
-same model name and version changes nothing (same post twice -> same state); a result of
-a different model replaces it and moves the counters from the old label to the new one.
+same model name and version changes nothing (same post twice -> same state) - except that
+a result with a chain replaces a labels-only one (label-first mode); a result of a
+different model replaces it and moves the counters from the old label to the new one.
 
 Usage::
 
@@ -43,7 +44,9 @@ local old_label = false
 if old then
   local ok, obj = pcall(cjson.decode, old)
   if ok and type(obj) == 'table' then
-    if (tostring(obj['model_name']) .. '/' .. tostring(obj['model_version'])) == ARGV[6] then
+    local old_chain = obj['chain'] ~= nil and obj['chain'] ~= cjson.null
+    if (tostring(obj['model_name']) .. '/' .. tostring(obj['model_version'])) == ARGV[6]
+       and (old_chain or ARGV[10] == '0') then
       return 0
     end
     old_label = obj['label']
@@ -62,7 +65,7 @@ for i = 4, #KEYS do
     if old_label then redis.call('HINCRBY', KEYS[i], old_label, -1) end
     redis.call('HINCRBY', KEYS[i], ARGV[5], 1)
   end
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[9 + i - 3]))
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[10 + i - 3]))
 end
 return 1
 """
@@ -124,6 +127,7 @@ class KeyLayout:
             self.recent_max,
             self.aspect_recent_max,
             "1" if has_aspect else "0",
+            "1" if result.chain is not None else "0",
             *ttls,
         ]
         return keys, args

@@ -75,3 +75,35 @@ def test_event_loop_keeps_running_during_inference() -> None:
 def test_labels_only_mode() -> None:
     out = asyncio.run(BatchProcessor(load_student("noop"), chain=False).process([_rec(0, {"id": "a", "text": "x"})]))
     assert out.results[0].result.chain is None
+
+
+def test_label_first_publishes_labels_before_chains() -> None:
+    order: list[str] = []
+
+    class Recording(BaseStudent):
+        name, version = "rec", "1"
+
+        def __init__(self) -> None:
+            self.inner = load_student("noop")
+
+        def classify(self, batch):  # type: ignore[no-untyped-def]
+            order.append("classify")
+            return self.inner.classify(batch)
+
+        def explain(self, batch, preds):  # type: ignore[no-untyped-def]
+            order.append("explain")
+            if any("boom" in p.text for p in batch):
+                raise RuntimeError("chain writer failed")
+            return self.inner.explain(batch, preds)
+
+    async def on_labels(early) -> None:  # type: ignore[no-untyped-def]
+        order.append(f"labels:{len(early)}")
+        assert all(r.result.chain is None for r in early)
+
+    recs = [_rec(i, {"id": f"p{i}", "text": "boom" if i == 3 else f"ok {i}"}) for i in range(5)]
+    out = asyncio.run(BatchProcessor(Recording()).process(recs, on_labels=on_labels))
+    assert order[:2] == ["classify", "labels:5"] and order[2] == "explain"
+    assert sorted(r.result.id for r in out.results) == ["p0", "p1", "p2", "p4"]
+    assert all(r.result.chain is not None and r.result.chain.prediction == r.result.label for r in out.results)
+    assert [d.dead.post_id for d in out.dead] == ["p3"] and "label already published" in out.dead[0].dead.message
+    assert len(out.early) == 5

@@ -95,3 +95,18 @@ def test_counts_api(store: ResultStore) -> None:
     assert [c["neutral"] for _, c in got] == [1, 1]
     with pytest.raises(ValueError):
         store.counts(5)
+
+
+def test_label_first_full_result_replaces_labels_only_never_the_reverse(store: ResultStore) -> None:
+    t = 1_700_000_000_000
+    label_only = _r("a", label="neutral").model_copy(update={"chain": None})
+    full = _r("a", label="neutral")
+    assert store.put(label_only, event_ms=t)
+    assert store.get("a").chain is None
+    assert store.put(full, event_ms=t)  # the chain arrives
+    assert store.get("a").chain is not None
+    assert not store.put(label_only, event_ms=t)  # a redelivered early label changes nothing
+    assert not store.put(full, event_ms=t)
+    assert store.get("a").chain is not None
+    sec = t // 1000
+    assert store.client.hgetall(f"{store.layout.prefix}counts:60s:{sec - sec % 60}") == {b"neutral": b"1"}

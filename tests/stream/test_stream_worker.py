@@ -275,3 +275,28 @@ def test_redis_outage_holds_offsets_until_written(make_settings, start_worker, t
         assert w.stop() == 0
     finally:
         own.stop()
+
+
+def test_label_first_mode(make_settings, start_worker) -> None:
+    """MULCOT_LABEL_FIRST: each post gets a labels-only record, then the full one (same key);
+    Redis ends with the full results."""
+    s = make_settings(label_first=True, max_batch=8)
+    create_topics(s)
+    worker = start_worker(s)
+    n = 12
+    produce(s, [post(i, image_b64=png_b64()) for i in range(n)])
+    ids = [f"p{i}" for i in range(n)]
+    assert not wait_redis(s, ids, timeout=60, worker=worker), worker.tail()
+    out = read_topic(s, s.output_topic, 2 * n)
+    by_key: dict[str, list[SentimentResult]] = {}
+    for m in out:  # per key, in partition (publish) order
+        by_key.setdefault(m.key.decode(), []).append(SentimentResult.model_validate_json(m.value))
+    assert set(by_key) == set(ids)
+    for key, recs in by_key.items():
+        assert recs[0].chain is None and recs[-1].chain is not None, key
+        assert recs[0].label == recs[-1].label
+    store = ResultStore.from_settings(s)
+    try:
+        wait_until(lambda: all(store.get(i).chain is not None for i in ids), 30, "full results in Redis", worker)
+    finally:
+        store.close()
