@@ -300,3 +300,28 @@ def test_label_first_mode(make_settings, start_worker) -> None:
         wait_until(lambda: all(store.get(i).chain is not None for i in ids), 30, "full results in Redis", worker)
     finally:
         store.close()
+
+
+@pytest.mark.slow  # builds a tiny random Qwen2.5-VL and runs it on CPU: about a minute on 2 cores
+def test_worker_with_a_real_torch_student(make_settings, start_worker, tmp_path) -> None:
+    """The worker with a real (tiny, random) HF student: torch runs in the model thread while
+    the Faust loop keeps the group alive; every post gets a label with a chain."""
+    from model.testing import build_tiny_qwen2_5_vl
+
+    path = build_tiny_qwen2_5_vl(tmp_path / "tiny-qwen")
+    s = make_settings(model_spec=f"hf:{path}", max_batch=4, max_latency_ms=100)
+    create_topics(s)
+    worker = start_worker(s)
+    n = 6
+    produce(s, [post(i, image_b64=png_b64((64, 48))) if i % 2 else post(i, aspect="sun") for i in range(n)])
+    ids = [f"p{i}" for i in range(n)]
+    assert not wait_redis(s, ids, timeout=240, worker=worker), worker.tail()
+    store = ResultStore.from_settings(s)
+    try:
+        for i in ids:
+            r = store.get(i)
+            assert r.model_name.startswith("hf:") and r.chain is not None and r.chain.prediction == r.label
+            assert r.chain.raw  # the model really generated text
+    finally:
+        store.close()
+    assert worker.stop() == 0
