@@ -204,3 +204,26 @@ def wait_until(cond, timeout: float, what: str, worker: "WorkerProc | None" = No
         time.sleep(0.1)
     if os.environ.get("MULCOT_TEST_TIMING"):
         print(f"[{time.monotonic() - t0:5.1f}s] {what}")
+
+
+def committed_total(settings: Settings) -> int:
+    """Sum over the input partitions of the worker group's committed offsets."""
+    from aiokafka import TopicPartition
+
+    async def run() -> int:
+        cons = consumer(settings, group_id=settings.group_id, enable_auto_commit=False)
+        await cons.start()
+        try:
+            parts = cons.partitions_for_topic(settings.input_topic) or set()
+            if not parts:
+                await cons._client.force_metadata_update()
+                parts = cons.partitions_for_topic(settings.input_topic) or set()
+            total = 0
+            for p in parts:
+                off = await cons.committed(TopicPartition(settings.input_topic, p))
+                total += off or 0
+            return total
+        finally:
+            await cons.stop()
+
+    return asyncio.run(run())

@@ -16,7 +16,7 @@ from PIL import Image
 
 from stream.protocol import DeadLetter, ErrorCode, SentimentResult
 from stream.store import ResultStore
-from stream_helpers import Feeder, create_topics, png_b64, post, produce, read_topic, results_by_worker, wait_redis, wait_until
+from stream_helpers import Feeder, committed_total, create_topics, png_b64, post, produce, read_topic, results_by_worker, wait_redis, wait_until
 
 
 class _ImageServer:
@@ -177,6 +177,8 @@ def test_redis_state_and_metrics(make_settings, start_worker) -> None:
         return metric(text, "mulcot_results_total{") == 20 and metric(text, "mulcot_dead_letters_total{") == 1
 
     wait_until(scraped, 30, "Prometheus counters to show 20 results and 1 dead letter", worker)
+    # offsets are committed once outputs are durable: all 21 records (20 posts + 1 dead letter)
+    wait_until(lambda: committed_total(s) == 21, 30, "the group's committed offsets to reach 21", worker)
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert 'mulcot_dead_letters_total{code="invalid_json"} 1.0' in text
     assert "mulcot_inference_seconds_count" in text and "mulcot_end_to_end_seconds_bucket" in text
