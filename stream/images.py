@@ -17,7 +17,6 @@ import asyncio
 import io
 import ipaddress
 import socket
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
@@ -45,22 +44,22 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 4
     if not data:
         raise ImageError(ErrorCode.IMAGE_UNREADABLE, "image is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    ErrorCode.IMAGE_TOO_LARGE,
-                    f"image is {width}x{height} = {width * height} pixels (limit {max_pixels})",
-                )
-            if img.format == "JPEG" and draft:
-                img.draft("RGB", (draft, draft))  # decode big JPEGs at a reduced scale (>= draft px)
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            return img
+        # no warnings.catch_warnings() here: it is not thread-safe and decoding runs in a pool;
+        # the pixel check below runs before any pixel is decoded, far under Pillow's own limit
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError(
+                ErrorCode.IMAGE_TOO_LARGE,
+                f"image is {width}x{height} = {width * height} pixels (limit {max_pixels})",
+            )
+        if img.format == "JPEG" and draft:
+            img.draft("RGB", (draft, draft))  # decode big JPEGs at a reduced scale (>= draft px)
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return img
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
