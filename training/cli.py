@@ -305,3 +305,17 @@ main.add_command(data)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@distill.command(
+    "compact",
+    context_settings={"ignore_unknown_options": True},
+    help="Train the compact CPU student (MiniLM+EfficientNet classifier, SmolLM2 chain writer) from a "
+    "recipe such as training/recipes/compact.toml; --export DIR writes a loadable student "
+    "(compact:DIR; model/weights/default is the shipped `default`). See `python -m training.compact -h`.",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def compact_cmd(args: tuple[str, ...]) -> None:
+    from .compact import main as compact_main
+
+    compact_main(list(args))

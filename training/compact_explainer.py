@@ -58,8 +58,19 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
+def answer_loss(model, ids, mask, labels):
+    """Next-token CE on answer positions only; the vocabulary projection runs only there
+    (a fifth of SmolLM2's compute is its 49k-word output layer)."""
+    base = model.get_base_model()
+    hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = base.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+
+
 def train_explainer(r, out: Path, log) -> dict:
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft import get_peft_model
     from safetensors.torch import save_file
     from transformers import get_linear_schedule_with_warmup
 
@@ -71,11 +82,7 @@ def train_explainer(r, out: Path, log) -> dict:
     pairs = chain_examples(r.chain_sets)
     feats = image_features([e for e, _ in pairs], out / "cache", r.image_size)
     model, tok = load_base(torch.float32)
-    model = get_peft_model(
-        model,
-        LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                   target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM"),
-    )
+    model = get_peft_model(model, cfg.lora_config())
     rows = []
     for e, fields in pairs:
         words = feats[str(e.image_path)][1] if e.image_path and str(e.image_path) in feats else None
@@ -100,7 +107,7 @@ def train_explainer(r, out: Path, log) -> dict:
         for b in batches:
             ids, mask, labels = collate([rows[j] for j in b], tok.pad_token_id)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = answer_loss(model, ids, mask, labels)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -22,6 +22,11 @@ def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
     clf = train_classifier(r, run, logs.append)
     assert clf["train_n"] == 36 and clf["best"]["epoch"] == 0
     assert 0.0 <= clf["best"]["dev_mean_accuracy"] <= 1.0
+    # distillation from a frozen assistant classifier (here: the run just trained)
+    r2 = CompactRecipe(out=str(tmp_path / "run2"), limit=12, epochs=1, batch_size=8, lam=0.3, temperature=2.0,
+                       assistant=str(run))
+    clf2 = train_classifier(r2, tmp_path / "run2", logs.append)
+    assert (tmp_path / "run2" / "classifier.safetensors").exists() and clf2["train_n"] == 36
     exp = train_explainer(r, run, logs.append)
     assert exp["train_n"] > 0
     assert any(rec["stage"] == "explainer" for rec in logs) or exp["train_n"] < 40
