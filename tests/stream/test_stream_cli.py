@@ -71,9 +71,12 @@ def test_produce_and_results_json(make_settings, start_worker, tmp_path: Path) -
     assert "produced 8 posts" in p.stdout
     ids = [f"demo-0{i}" for i in range(1, 7)] + ["demo-07"]  # line 7 of the samples is invalid JSON
     assert not wait_redis(s, ids, timeout=60, worker=worker), worker.tail()
-    cli = lambda *a: subprocess.run([sys.executable, "-m", "stream.cli", "results", *a], env=env, capture_output=True,  # noqa: E731
-                                    text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    runner = CliRunner()
+    # in-process (same code path, no interpreter start-up per call); env as the subprocess had it
+    only_ours = {k: None for k in os.environ if k.startswith("MULCOT_") or k == "REDIS_URL"}
+    cli = lambda *a: runner.invoke(main, ["results", *a], env={**only_ours, **{k: v for k, v in env.items() if k.startswith("MULCOT_")}})  # noqa: E731
     one = cli("--post", "demo-03", "--json")
+    assert one.exit_code == 0, one.output
     got = json.loads(one.stdout)
     assert isinstance(got, list) and len(got) == 1
     assert SentimentResult.model_validate(got[0]).id == "demo-03"
@@ -82,9 +85,9 @@ def test_produce_and_results_json(make_settings, start_worker, tmp_path: Path) -
     by_aspect = json.loads(cli("--aspect", "Cafe on Elm Street", "--json").stdout)
     assert [r["id"] for r in by_aspect] == ["demo-05"]
     table = cli("--post", "demo-03")
-    assert table.returncode == 0 and "demo-03" in table.stdout and "Prediction" in table.stdout
+    assert table.exit_code == 0 and "demo-03" in table.stdout and "Prediction" in table.stdout
     missing = cli("--post", "nope")
-    assert missing.returncode != 0 and "no result" in missing.stderr
+    assert missing.exit_code != 0 and "no result" in missing.output
 
 
 def test_results_when_redis_is_down(tmp_path: Path) -> None:
