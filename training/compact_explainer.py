@@ -26,10 +26,11 @@ from model.compact.explainer import (
 from .data import Example, data_dir, load_examples
 
 
-def chain_examples(paths: list[str]) -> list[tuple[Example, dict[str, str]]]:
+def chain_examples(paths: list[str], limit: int | None = None) -> list[tuple[Example, dict[str, str]]]:
+    """Posts with a parseable teacher chain whose prediction matches the gold label."""
     out = []
     for p in paths:
-        for e in load_examples(data_dir() / p):
+        for e in load_examples(data_dir() / p, limit=limit):
             if not e.teacher_cot:
                 continue
             chain = parse_chain(e.teacher_cot)
@@ -79,7 +80,7 @@ def train_explainer(r, out: Path, log) -> dict:
     cfg = ExplainerConfig(**getattr(r, "explainer", {}) or {})
     rng = random.Random(r.seed)
     torch.manual_seed(r.seed)
-    pairs = chain_examples(r.chain_sets)
+    pairs = chain_examples(r.chain_sets, getattr(r, "limit", None))
     feats = image_features([e for e, _ in pairs], out / "cache", r.image_size)
     model, tok = load_base(torch.float32)
     model = get_peft_model(model, cfg.lora_config())

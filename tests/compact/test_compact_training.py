@@ -13,23 +13,24 @@ from training.compact_explainer import train_explainer
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MULCOT_DATA_DIR", str(data_dir))
-    r = CompactRecipe(out=str(tmp_path / "run"), limit=12, epochs=1, batch_size=8, explainer_epochs=1,
+    r = CompactRecipe(out=str(tmp_path / "run"), limit=8, epochs=1, batch_size=8, explainer_epochs=1,
                       explainer_batch_size=4)
     logs = []
     run = tmp_path / "run"
     clf = train_classifier(r, run, logs.append)
-    assert clf["train_n"] == 36 and clf["best"]["epoch"] == 0
+    assert clf["train_n"] == 24 and clf["best"]["epoch"] == 0
     assert 0.0 <= clf["best"]["dev_mean_accuracy"] <= 1.0
     # distillation from a frozen assistant classifier (here: the run just trained)
-    r2 = CompactRecipe(out=str(tmp_path / "run2"), limit=12, epochs=1, batch_size=8, lam=0.3, temperature=2.0,
+    r2 = CompactRecipe(out=str(tmp_path / "run2"), limit=8, epochs=1, batch_size=8, lam=0.3, temperature=2.0,
                        assistant=str(run))
     clf2 = train_classifier(r2, tmp_path / "run2", logs.append)
-    assert (tmp_path / "run2" / "classifier.safetensors").exists() and clf2["train_n"] == 36
+    assert (tmp_path / "run2" / "classifier.safetensors").exists() and clf2["train_n"] == 24
     exp = train_explainer(r, run, logs.append)
     assert exp["train_n"] > 0
-    assert any(rec["stage"] == "explainer" for rec in logs) or exp["train_n"] < 40
+    assert 0 < exp["train_n"] <= 8
     dest = export_student(run, tmp_path / "student")
     assert json.loads((dest / "student.json").read_text())["image_size"] == 160
     student = load_student(f"compact:{dest}", max_new_tokens=24)

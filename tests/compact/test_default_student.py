@@ -23,7 +23,7 @@ def student():
 
 def _picture(color: str, size=(120, 90), mode="RGB") -> Image.Image:
     im = Image.new("RGB", size, color)
-    ImageDraw.Draw(im).ellipse((10, 10, size[0] - 10, size[1] - 10), fill="white")
+    ImageDraw.Draw(im).ellipse((size[0] // 8, size[1] // 8, size[0] - 1 - size[0] // 8, size[1] - 1 - size[1] // 8), fill="white")
     return im.convert(mode).convert("RGB")
 
 
