@@ -24,7 +24,7 @@ def test_bench_posts_have_20kb_images() -> None:
     assert "image_b64" not in json.loads(make_posts(1, 0)[0][1])
 
 
-@pytest.mark.slow  # embedded services, two loops, a worker start-up and a latency phase
+# default run (10-20 s on a quiet 2-core machine): embedded services, two loops, a worker start-up and a latency phase
 def test_bench_stream_runs() -> None:
     r = run_bench(posts=300, image_kb=20, max_batch=64, quiet=True, latency_seconds=2.0)
     for key in ("posts_per_s", "raw_posts_per_s", "ratio", "p50_ms", "p99_ms"):

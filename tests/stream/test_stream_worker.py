@@ -192,7 +192,7 @@ def _count(settings) -> int:  # type: ignore[no-untyped-def]
         store.close()
 
 
-@pytest.mark.slow  # two worker start-ups plus a session timeout: 15-40 s on 2 cores
+# default run (10-20 s on a quiet 2-core machine): two worker start-ups plus a session timeout: 15-40 s on 2 cores
 def test_restart_mid_stream_loses_nothing(make_settings, start_worker) -> None:
     """kill -9 the worker while posts are flowing; a new worker must finish every post."""
     s = make_settings(max_batch=8, max_latency_ms=20, commit_interval_s=0.5, session_timeout_s=3, heartbeat_s=0.5)
@@ -218,7 +218,7 @@ def test_restart_mid_stream_loses_nothing(make_settings, start_worker) -> None:
     assert w2.stop() == 0
 
 
-@pytest.mark.slow  # two worker start-ups plus two rebalances: 20-40 s on 2 cores
+# default run (10-20 s on a quiet 2-core machine): two worker start-ups plus two rebalances: 20-40 s on 2 cores
 def test_two_workers_share_partitions_through_join_and_leave(make_settings, start_worker) -> None:
     s = make_settings(
         max_batch=8, max_latency_ms=20, commit_interval_s=0.5, partitions=4, session_timeout_s=3, heartbeat_s=0.5
@@ -304,7 +304,7 @@ def test_label_first_mode(make_settings, start_worker) -> None:
         store.close()
 
 
-@pytest.mark.slow  # builds a tiny random Qwen2.5-VL and runs it on CPU: about a minute on 2 cores
+# default run (10-20 s on a quiet 2-core machine): builds a tiny random Qwen2.5-VL and runs it on CPU: about a minute on 2 cores
 def test_worker_with_a_real_torch_student(make_settings, start_worker, tmp_path) -> None:
     """The worker with a real (tiny, random) HF student: torch runs in the model thread while
     the Faust loop keeps the group alive; every post gets a label with a chain."""
