@@ -33,6 +33,7 @@ from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path,
 from model.compact.vision import ImageEncoder
 
 from .data import Example, data_dir, load_examples
+from .losses import kl_on_label_space
 
 LABEL_INDEX = {l: i for i, l in enumerate(LABELS)}
 
@@ -192,10 +193,9 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
             if teacher is not None:
                 with torch.inference_mode():
                     t_logits = _logits(teacher, enc, imgs, has).float()
-                kl = F.kl_div(
-                    F.log_softmax(logits / r.temperature, -1), F.log_softmax(t_logits / r.temperature, -1),
-                    reduction="batchmean", log_target=True,
-                ) * r.temperature**2
+                # lam=1 gives the pure T^2-scaled KL(assistant || student) of the shared loss;
+                # the CE side keeps this trainer's label smoothing
+                kl = kl_on_label_space(logits, t_logits, y, lam=1.0, T=r.temperature)
                 loss = (1 - r.lam) * loss + r.lam * kl
             opt.zero_grad()
             loss.backward()
