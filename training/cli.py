@@ -6,7 +6,6 @@ Also runnable alone: ``python -m training.cli distill ...``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import LABELS, Label
+from model import LABELS
 from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path, pair_inputs
 from model.compact.vision import ImageEncoder
 

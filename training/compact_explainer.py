@@ -72,7 +72,6 @@ def answer_loss(model, ids, mask, labels):
 
 def train_explainer(r, out: Path, log) -> dict:
     from peft import get_peft_model
-    from safetensors.torch import save_file
     from transformers import get_linear_schedule_with_warmup
 
     from .compact import image_features

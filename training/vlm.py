@@ -11,12 +11,11 @@ hold the token ids there and ``-100`` everywhere else (prompt, image tokens, pad
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from model import LABELS, Label, PostInput
+from model import LABELS, PostInput
 from model.prompts import LABEL_WORDS, label_prompt, reasoning_prompt
 
 from .data import Example

@@ -43,7 +43,6 @@ from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, labe
 from ..types import LABELS, BaseStudent, Label, PostInput, Prediction, probabilities_dict
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from PIL import Image
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.services import EmbeddedKafka, EmbeddedRedis, ServiceError, embedded_services, free_port, port_open
+from stream.services import EmbeddedKafka, ServiceError, embedded_services, free_port, port_open
 
 
 def _gone(pid: int) -> bool:

@@ -11,7 +11,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
 from PIL import Image
 
 from stream.protocol import DeadLetter, ErrorCode, SentimentResult

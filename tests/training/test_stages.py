@@ -13,11 +13,9 @@ from model import load_student
 from training.assistant import train_assistant
 from training.augment import augment, merge_chains
 from training.data import load_examples
-from training.losses import distill_loss
 from training.student import make_student_loss, train_student
 from training.trainer import TrainSettings
 from training.vlm import (
-    add_lora,
     check_shared_tokenizer,
     collate_items,
     chain_item,
