@@ -32,6 +32,9 @@ bench: setup
 	$(VENV)/bin/mulcot bench stream
 	$(VENV)/bin/mulcot bench model
 
+lint: setup
+	$(PY) -m ruff check --select F model stream training tests
+
 schemas: setup
 	$(PY) -m stream.protocol --write docs/schemas
 
