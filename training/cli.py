@@ -285,7 +285,7 @@ def run_cmd(recipe, dry_run, stages, overrides, schema) -> None:
     except Exception as e:  # pydantic ValidationError, YAML errors
         raise click.ClickException(f"invalid recipe {recipe}:\n{e}") from None
     try:
-        summary = run_recipe(r, dry_run=dry_run, stages=list(stages) or None, console=_console())
+        run_recipe(r, dry_run=dry_run, stages=list(stages) or None, console=_console())
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     if dry_run:
