@@ -294,14 +294,20 @@ class BatchProcessor:
         infer_s = time.perf_counter() - t0
         results: list[OutResult] = []
         for (w, _), pred in zip(ready, preds):
-            if isinstance(pred, Exception):
-                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"{type(pred).__name__}: {pred}", w.post.id))
-                continue
-            try:
-                results.append(self._result(w, pred, t_start, infer_s))
-            except (ValidationError, ValueError, KeyError) as exc:
-                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"bad model output: {exc}", w.post.id))
+            out = self._settle(w, pred, t_start, infer_s)
+            (dead if isinstance(out, OutDead) else results).append(out)
         return results, dead, infer_s
+
+    def _settle(self, w: _Work, pred: Prediction | Exception, t_start: float, infer_s: float, *,
+                failed: str = "") -> OutResult | OutDead:
+        """The result for one post, or its dead letter when the model failed (``failed`` prefixes
+        that message) or its output does not make a valid result."""
+        if isinstance(pred, Exception):
+            return self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"{failed}{type(pred).__name__}: {pred}", w.post.id)
+        try:
+            return self._result(w, pred, t_start, infer_s)
+        except (ValidationError, ValueError, KeyError) as exc:
+            return self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"bad model output: {exc}", w.post.id)
 
     def _predict(self, inputs: list[PostInput]) -> list[Prediction | Exception]:
         return self._isolated(lambda batch: self.student.predict(batch, chain=self.chain), inputs)
@@ -335,14 +341,12 @@ class BatchProcessor:
         ok: list[tuple[_Work, PostInput, Prediction]] = []
         dead: list[OutDead] = []
         for (w, inp), pred in zip(ready, preds):
-            if isinstance(pred, Exception):
-                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"{type(pred).__name__}: {pred}", w.post.id))
-                continue
-            try:
-                early.append(self._result(w, replace(pred, chain=None), t_start, label_s))
+            out = self._settle(w, pred if isinstance(pred, Exception) else replace(pred, chain=None), t_start, label_s)
+            if isinstance(out, OutDead):
+                dead.append(out)
+            else:
+                early.append(out)
                 ok.append((w, inp, pred))
-            except (ValidationError, ValueError, KeyError) as exc:
-                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"bad model output: {exc}", w.post.id))
         return early, ok, dead, label_s
 
     def _explain(self, ok: list[tuple[_Work, PostInput, Prediction]], t_start: float, label_s: float):  # type: ignore[no-untyped-def]
@@ -355,15 +359,8 @@ class BatchProcessor:
         results: list[OutResult] = []
         dead: list[OutDead] = []
         for (w, _, _), pred in zip(ok, preds):
-            if isinstance(pred, Exception):
-                dead.append(self.dead_letter(
-                    w.rec, ErrorCode.MODEL_ERROR, f"chain generation failed (label already published): {type(pred).__name__}: {pred}", w.post.id
-                ))  # fmt: skip
-                continue
-            try:
-                results.append(self._result(w, pred, t_start, infer_s))
-            except (ValidationError, ValueError, KeyError) as exc:
-                dead.append(self.dead_letter(w.rec, ErrorCode.MODEL_ERROR, f"bad model output: {exc}", w.post.id))
+            out = self._settle(w, pred, t_start, infer_s, failed="chain generation failed (label already published): ")
+            (dead if isinstance(out, OutDead) else results).append(out)
         return results, dead, infer_s
 
     def _result(self, w: _Work, pred: Prediction, t_start: float, infer_s: float) -> OutResult:
