@@ -160,6 +160,22 @@ class BaseStudent:
     def classify(self, batch: Sequence[PostInput]) -> list[Prediction]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def label_prediction(self, probs: Sequence[float], *, prompt_version: str, prompt_tokens: int = 0,
+                         label_ms: float = 0.0, extra: dict | None = None) -> Prediction:
+        """A chain-less prediction of this student from a probability vector in ``LABELS`` order
+        (the most probable label is the label)."""
+        probs = list(probs)
+        return Prediction(
+            label=LABELS[max(range(len(LABELS)), key=probs.__getitem__)],
+            probabilities=probabilities_dict(probs),
+            model_name=self.name,
+            model_version=self.version,
+            prompt_version=prompt_version,
+            prompt_tokens=prompt_tokens,
+            label_ms=label_ms,
+            extra=extra or {},
+        )
+
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
         raise NotImplementedError  # pragma: no cover - abstract
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 
 from ..chain import parse_chain
-from ..types import LABELS, BaseStudent, PostInput, Prediction, probabilities_dict
+from ..types import BaseStudent, PostInput, Prediction
 
 
 def _cpu_has_bf16() -> bool:
@@ -97,22 +97,13 @@ class CompactStudent(BaseStudent):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._label_bf16):
             probs, words, enc = self._label_pass(batch)
         ms = (time.perf_counter() - t0) * 1000  # wall time of the batch call, as every backend reports
-        out = []
-        for i, p in enumerate(probs.tolist()):
-            label = LABELS[max(range(3), key=p.__getitem__)]
-            out.append(
-                Prediction(
-                    label=label,
-                    probabilities=probabilities_dict(p),
-                    model_name=self.name,
-                    model_version=self.version,
-                    prompt_version=PROMPT_VERSION,
-                    prompt_tokens=int(enc["attention_mask"][i].sum()),
-                    label_ms=ms,
-                    extra={"image_words": words[i], "batch_size": len(batch)},
-                )
+        return [
+            self.label_prediction(
+                p, prompt_version=PROMPT_VERSION, prompt_tokens=int(enc["attention_mask"][i].sum()), label_ms=ms,
+                extra={"image_words": words[i], "batch_size": len(batch)},
             )
-        return out
+            for i, p in enumerate(probs.tolist())
+        ]
 
     def _label_pass(self, batch: list[PostInput]):
         from ..compact.text import pair_inputs

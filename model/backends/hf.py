@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..chain import chain_label, parse_chain
 from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
-from ..types import LABELS, BaseStudent, Label, PostInput, Prediction, probabilities_dict
+from ..types import BaseStudent, Label, PostInput, Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -517,22 +517,13 @@ class HFStudent(BaseStudent):
         scores, prompt_lens = self.label_logits(batch)
         probs = scores.softmax(-1).cpu().tolist()
         ms = (time.perf_counter() - t0) * 1000
-        out = []
-        for post, p, n in zip(batch, probs, prompt_lens):
-            label = LABELS[max(range(3), key=lambda i: p[i])]
-            out.append(
-                Prediction(
-                    label=label,
-                    probabilities=probabilities_dict(p),
-                    model_name=self.name,
-                    model_version=self.version,
-                    prompt_version=PROMPT_VERSION,
-                    prompt_tokens=int(n),
-                    label_ms=ms,
-                    extra={"batch_size": len(batch), "label_prompt_tokens": int(n)},
-                )
+        return [
+            self.label_prediction(
+                p, prompt_version=PROMPT_VERSION, prompt_tokens=int(n), label_ms=ms,
+                extra={"batch_size": len(batch), "label_prompt_tokens": int(n)},
             )
-        return out
+            for p, n in zip(probs, prompt_lens)
+        ]
 
     # ---- chain generation ---------------------------------------------------------------
     def generate_raw(self, batch: Sequence[PostInput], prompts: Sequence[str], *, stop_at_prediction: bool = True,

@@ -25,9 +25,8 @@ class NoopStudent(BaseStudent):
         out = []
         for post in batch:
             label = LABELS[hashlib.blake2b(post.text.encode(), digest_size=1).digest()[0] % 3]
-            probs = {l.value: (0.8 if l is label else 0.1) for l in LABELS}
-            out.append(Prediction(label=label, probabilities=probs, model_name=self.name,
-                                  model_version=self.version, prompt_version=PROMPT_VERSION))
+            probs = [0.8 if l is label else 0.1 for l in LABELS]
+            out.append(self.label_prediction(probs, prompt_version=PROMPT_VERSION))
         return out
 
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
