@@ -59,14 +59,18 @@ class CompactStudent(BaseStudent):
         self.version = meta.get("version", "0")
         self.device = torch.device(device)
         self.image = ImageEncoder(size=int(image_size or meta.get("image_size", 160)), device=device)
-        cfg = ClassifierConfig(**json.loads((self.path / "classifier.json").read_text()))
-        self.cfg = cfg
-        clf = CompactClassifier(cfg)
         from safetensors.torch import load_file
 
-        clf.load_trained_state({k: v.float() for k, v in load_file(self.path / "classifier.safetensors").items()})
-        clf.encoder = clf.encoder.merge_and_unload()
-        self.classifier = clf.eval().to(self.device)
+        # one classifier, or one per route: posts with an aspect -> "aspect", others -> "post"
+        names = meta.get("classifiers") or {"all": "classifier"}
+        self.classifiers: dict[str, CompactClassifier] = {}
+        for route, name in names.items():
+            cfg = ClassifierConfig(**json.loads((self.path / f"{name}.json").read_text()))
+            clf = CompactClassifier(cfg)
+            clf.load_trained_state({k: v.float() for k, v in load_file(self.path / f"{name}.safetensors").items()})
+            clf.encoder = clf.encoder.merge_and_unload()
+            self.classifiers[route] = clf.eval().to(self.device)
+        self.cfg = next(iter(self.classifiers.values())).cfg
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         self.chain_batch_size = chain_batch_size
         self._max_new_tokens = max_new_tokens
@@ -95,11 +99,11 @@ class CompactStudent(BaseStudent):
             return []
         t0 = time.perf_counter()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._label_bf16):
-            probs, words, enc = self._label_pass(batch)
+            probs, words, n_tokens = self._label_pass(batch)
         ms = (time.perf_counter() - t0) * 1000  # wall time of the batch call, as every backend reports
         return [
             self.label_prediction(
-                p, prompt_version=PROMPT_VERSION, prompt_tokens=int(enc["attention_mask"][i].sum()), label_ms=ms,
+                p, prompt_version=PROMPT_VERSION, prompt_tokens=n_tokens[i], label_ms=ms,
                 extra={"image_words": words[i], "batch_size": len(batch)},
             )
             for i, p in enumerate(probs.tolist())
@@ -117,15 +121,30 @@ class CompactStudent(BaseStudent):
             names = self.image.top_names(logits, self.cfg.image_words)
             for j, i in enumerate(with_img):
                 feats[i], has[i], words[i] = f[j], 1.0, names[j]
-        pairs = [pair_inputs(p.text, p.aspect, w) for p, w in zip(batch, words)]
-        enc = self.tokenizer(
-            [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation="only_second",
-            max_length=self.cfg.max_length, return_tensors="pt",
-        ).to(self.device)
-        probs = self.classifier(
-            enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), feats.to(self.device), has.to(self.device)
-        ).float().softmax(-1).cpu()
-        return probs, words, enc
+        probs = torch.zeros(len(batch), 3)
+        n_tokens = [0] * len(batch)
+        for route, clf in self.classifiers.items():
+            rows = [i for i, p in enumerate(batch) if self._route(p) == route]
+            if not rows:
+                continue
+            pairs = [pair_inputs(batch[i].text, batch[i].aspect, words[i]) for i in rows]
+            enc = self.tokenizer(
+                [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation="only_second",
+                max_length=self.cfg.max_length, return_tensors="pt",
+            ).to(self.device)
+            idx = torch.tensor(rows)
+            probs[idx] = clf(
+                enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), feats[idx].to(self.device),
+                has[idx].to(self.device),
+            ).float().softmax(-1).cpu()
+            for j, i in enumerate(rows):
+                n_tokens[i] = int(enc["attention_mask"][j].sum())
+        return probs, words, n_tokens
+
+    def _route(self, post: PostInput) -> str:
+        if "all" in self.classifiers:
+            return "all"
+        return "aspect" if post.aspect else "post"
 
     # ------------------------------------------------------------------ chains
     def _load_explainer(self):
@@ -133,7 +152,8 @@ class CompactStudent(BaseStudent):
             from peft import get_peft_model, set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            from ..compact.explainer import ExplainerConfig, load_base
+            from ..compact.decode import GreedyDecoder
+            from ..compact.explainer import ExplainerConfig, load_base, prompt_prefix
 
             cfg = ExplainerConfig(**json.loads((self.path / "explainer.json").read_text()))
             model, tok = load_base(torch.float32)
@@ -144,7 +164,8 @@ class CompactStudent(BaseStudent):
             if self.device.type == "cuda":
                 use_bf16 = self._chain_dtype != "fp32"
             model = model.to(self.device, dtype=torch.bfloat16 if use_bf16 else torch.float32).eval()
-            self._explainer = (model, tok, cfg)
+            model.set_attn_implementation("eager")  # CPU SDPA with a padding mask is about 2x slower per step
+            self._explainer = (GreedyDecoder(model, tok, prompt_prefix(tok)), tok, cfg)
         return self._explainer
 
     @torch.inference_mode()
@@ -154,7 +175,7 @@ class CompactStudent(BaseStudent):
         batch, predictions = list(batch), list(predictions)
         if len(batch) != len(predictions):
             raise ValueError("explain() needs one prediction per post")
-        model, tok, cfg = self._load_explainer()
+        decoder, tok, cfg = self._load_explainer()
         max_new = self._max_new_tokens or cfg.max_new_tokens
         out: list[Prediction] = []
         for s in range(0, len(batch), self.chain_batch_size):
@@ -164,13 +185,10 @@ class CompactStudent(BaseStudent):
                 chat_prompt(tok, user_prompt(p.text, p.aspect, pr.extra.get("image_words"), pr.label.value, cfg))
                 for p, pr in zip(posts, preds)
             ]
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            gen = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = decoder.generate(prompts, max_new)
             ms = (time.perf_counter() - t0) * 1000
             for row, pr in zip(new, preds):
-                n_tok = int((row != tok.pad_token_id).sum())
+                n_tok = len(row)
                 text = tok.decode(row, skip_special_tokens=True).strip()
                 chain = parse_chain(f"{text}\nPrediction: {pr.label.value}")
                 out.append(

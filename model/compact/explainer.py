@@ -90,13 +90,17 @@ def load_base(dtype: torch.dtype = torch.float32):
     return model, tok
 
 
+INSTRUCTION = (
+    "Explain the sentiment of this post toward the target in four short lines "
+    "(Text, Image, Conflict, Conclusion).\n"
+)
+
+
 def user_prompt(text: str, aspect: str | None, image_words: list[str] | None, label: str, cfg: ExplainerConfig) -> str:
     target = aspect or "the whole post"
     image = ", ".join(image_words) if image_words else "none"
     return (
-        "Explain the sentiment of this post toward the target in four short lines "
-        "(Text, Image, Conflict, Conclusion).\n"
-        f"Target: {target}\nPost: {clip_words(text, cfg.max_text_words)}\nImage shows: {image}\nSentiment: {label}"
+        INSTRUCTION + f"Target: {target}\nPost: {clip_words(text, cfg.max_text_words)}\nImage shows: {image}\nSentiment: {label}"
     )
 
 
@@ -106,6 +110,12 @@ SYSTEM = "You explain the sentiment of social-media posts."
 def chat_prompt(tok, user: str) -> str:
     msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_prefix(tok) -> str:
+    """The text every chain prompt starts with (system turn and instruction): cached once."""
+    probe = chat_prompt(tok, INSTRUCTION + "\x00")
+    return probe[: probe.index(INSTRUCTION) + len(INSTRUCTION)]
 
 
 def first_sentence(text: str, max_words: int) -> str:
