@@ -83,6 +83,13 @@ class CompactRecipe:
     dev_sets: list[str] = field(default_factory=lambda: ["t15/dev.jsonl", "mvsa_single/dev.jsonl"])
     chain_sets: list[str] = field(default_factory=lambda: ["t15/dev.jsonl"])
     """Files whose teacher chains train the explainer."""
+    routes: dict[str, str] = field(default_factory=lambda: {"aspect": "t15/dev.jsonl", "post": "mvsa_single/dev.jsonl"})
+    """One classifier per route, each the epoch that is best on its own dev set (one of
+    ``dev_sets``): posts with an aspect go to ``aspect``, the others to ``post``. Empty: one
+    classifier, chosen on the mean dev accuracy."""
+    calibrate: bool = True
+    """After training, tune each route's per-label logit offsets on its dev set (objective:
+    accuracy + macro F1 for ``aspect``, accuracy + weighted F1 for ``post``)."""
     classifier: dict = field(default_factory=dict)
     """Overrides of ``ClassifierConfig``."""
     epochs: int = 4
@@ -101,6 +108,8 @@ class CompactRecipe:
     """Read at most this many posts per file (smoke tests and dry runs)."""
     explainer: dict = field(default_factory=dict)
     """Overrides of ``ExplainerConfig`` (LoRA shape, words per field, max new tokens)."""
+    explainer_from: str | None = None
+    """Reuse the chain writer of this earlier run (its ``explainer.*`` files) instead of training one."""
     explainer_epochs: int = 2
     explainer_batch_size: int = 8
     explainer_lr: float = 3e-4
@@ -137,18 +146,45 @@ def _logits(model, enc, imgs, has):
 
 
 def evaluate_classifier(model, batches: _Batches, exs: list[Example], bs: int = 64) -> tuple[float, float, np.ndarray]:
+    """Accuracy, macro F1 and the logits of ``model`` on ``exs``."""
     from sklearn.metrics import f1_score
 
     model.eval()
-    probs = []
+    logits = []
     with torch.inference_mode():
         for i in range(0, len(exs), bs):
             enc, imgs, has = batches.encode(exs[i : i + bs])
-            probs.append(_logits(model, enc, imgs, has).softmax(-1))
-    p = torch.cat(probs).numpy()
+            logits.append(_logits(model, enc, imgs, has).float())
+    p = torch.cat(logits).numpy()
     y = np.array([LABEL_INDEX[e.label] for e in exs])
     pred = p.argmax(-1)
     return float((pred == y).mean()), float(f1_score(y, pred, average="macro")), p
+
+
+ROUTE_F1 = {"aspect": "macro", "post": "weighted"}
+
+
+def calibrate_bias(logits: np.ndarray, y: np.ndarray, average: str = "macro",
+                   grid: np.ndarray = np.round(np.arange(-1.5, 1.51, 0.1), 2)) -> tuple[tuple[float, float, float], float]:
+    """Logit offsets (positive, 0, negative) maximising accuracy + F1 on (dev) logits.
+
+    Neutral, the majority class of the aspect-level sets, stays the reference at 0; ties keep
+    the smallest offsets, so a calibration that does not help leaves the classifier as it was.
+    """
+    from sklearn.metrics import f1_score
+
+    def score(b) -> float:
+        pred = (logits + np.asarray(b)).argmax(-1)
+        return float((pred == y).mean() + f1_score(y, pred, average=average))
+
+    best, best_s = (0.0, 0.0, 0.0), score((0.0, 0.0, 0.0))
+    for bp in grid:
+        for bn in grid:
+            b = (float(bp), 0.0, float(bn))
+            sc = score(b)
+            if sc > best_s + 1e-9 or (abs(sc - best_s) <= 1e-9 and abs(bp) + abs(bn) < sum(map(abs, best))):
+                best, best_s = b, sc
+    return best, best_s
 
 
 def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
@@ -175,7 +211,10 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
     )
     steps = r.epochs * math.ceil(len(train) / r.batch_size)
     sched = get_linear_schedule_with_warmup(opt, int(r.warmup * steps), steps)
-    best, history = None, []
+    missing = set(r.routes.values()) - set(r.dev_sets)
+    if missing:
+        raise ValueError(f"routes name dev sets that are not in dev_sets: {sorted(missing)}")
+    best, history, route_best = None, [], {}
     step = 0
     for epoch in range(r.epochs):
         model.train()
@@ -221,42 +260,85 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
         if best is None or (mean_acc, mean_f1) > (best["dev_mean_accuracy"], best["dev_mean_f1"]):
             best = rec
             save_classifier(model, cfg, out)
-    return {"best": best, "history": history, "train_n": len(train)}
+        for route, dev in r.routes.items():
+            key = (scores[dev]["accuracy"], scores[dev]["macro_f1"])
+            if route not in route_best or key > route_best[route]["key"]:
+                route_best[route] = {"key": key, "epoch": epoch, "dev": dev, **scores[dev]}
+                save_classifier(model, cfg, out, name=f"classifier_{route}")
+    result = {"best": best, "history": history, "train_n": len(train)}
+    if r.routes:
+        result["routes"] = {k: {kk: vv for kk, vv in v.items() if kk != "key"} for k, v in route_best.items()}
+        if r.calibrate:
+            for route, info in result["routes"].items():
+                info["calibration"] = calibrate_classifier(out, f"classifier_{route}", devs[info["dev"]], batches,
+                                                           ROUTE_F1.get(route, "macro"))
+                log({"stage": "calibrate", "route": route, **info["calibration"]})
+    return result
 
 
-def save_classifier(model: CompactClassifier, cfg: ClassifierConfig, out: Path) -> None:
+def calibrate_classifier(out: Path, name: str, dev: list[Example], batches: _Batches, average: str) -> dict:
+    """Tune a saved classifier's logit offsets on ``dev`` and store them in its json."""
+    from sklearn.metrics import f1_score
+
+    model = load_classifier(out, name)
+    _, _, logits = evaluate_classifier(model, batches, dev)
+    y = np.array([LABEL_INDEX[e.label] for e in dev])
+    bias, _ = calibrate_bias(logits, y, average)
+    cfg = model.cfg
+    cfg.label_bias = bias
+    (out / f"{name}.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    def metrics(b) -> dict:
+        pred = (logits + np.asarray(b)).argmax(-1)
+        return {"accuracy": float((pred == y).mean()), f"{average}_f1": float(f1_score(y, pred, average=average))}
+
+    return {"label_bias": list(bias), "dev_before": metrics((0.0, 0.0, 0.0)), "dev_after": metrics(bias)}
+
+
+def save_classifier(model: CompactClassifier, cfg: ClassifierConfig, out: Path, name: str = "classifier") -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in model.trained_state().items()}
-    save_file(state, out / "classifier.safetensors")
-    (out / "classifier.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    save_file(state, out / f"{name}.safetensors")
+    (out / f"{name}.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
 
-def load_classifier(path: Path) -> CompactClassifier:
+def load_classifier(path: Path, name: str = "classifier") -> CompactClassifier:
     from safetensors.torch import load_file
 
-    cfg = ClassifierConfig(**json.loads((path / "classifier.json").read_text()))
+    cfg = ClassifierConfig(**json.loads((path / f"{name}.json").read_text()))
     model = CompactClassifier(cfg)
-    model.load_trained_state({k: v.float() for k, v in load_file(path / "classifier.safetensors").items()})
+    model.load_trained_state({k: v.float() for k, v in load_file(path / f"{name}.safetensors").items()})
     return model.eval()
 
 
 # --------------------------------------------------------------------------- export
 STUDENT_FILES = ("classifier.safetensors", "classifier.json", "explainer.safetensors", "explainer.json")
+ROUTES = ("aspect", "post")
 
 
 def export_student(run: Path, dest: Path, *, name: str = "mulcot-compact", version: str | None = None,
                    image_size: int = 160) -> Path:
-    """Copy a run's trained parts into a loadable student directory (``compact:<dest>``)."""
+    """Copy a run's trained parts into a loadable student directory (``compact:<dest>``).
+
+    When the run has a classifier per route (``classifier_aspect``, ``classifier_post``), those
+    are exported and named in ``student.json``; otherwise the single ``classifier``.
+    """
     import shutil
 
     dest.mkdir(parents=True, exist_ok=True)
-    for f in STUDENT_FILES:
+    routes = {r: f"classifier_{r}" for r in ROUTES if (run / f"classifier_{r}.safetensors").exists()}
+    files = [f for f in STUDENT_FILES if not (routes and f.startswith("classifier."))]
+    files += [f"{n}.{ext}" for n in routes.values() for ext in ("safetensors", "json")]
+    for f in files:
         shutil.copy2(run / f, dest / f)
     card = json.loads((run / "model_card.json").read_text()) if (run / "model_card.json").exists() else {}
     version = version or time.strftime("%Y.%m.%d")
-    (dest / "student.json").write_text(json.dumps({"name": name, "version": version, "image_size": image_size}, indent=2))
+    meta = {"name": name, "version": version, "image_size": image_size}
+    if routes:
+        meta["classifiers"] = routes
+    (dest / "student.json").write_text(json.dumps(meta, indent=2))
     (dest / "model_card.json").write_text(json.dumps(card, indent=2))
     return dest
 
@@ -316,7 +398,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("classifier", "all"):
         card["classifier"] = train_classifier(r, out, log)
         card_path.write_text(json.dumps(card, indent=2))
-    if args.stage in ("explainer", "all"):
+    if args.stage in ("explainer", "all") and r.explainer_from:
+        import shutil
+
+        src = Path(r.explainer_from)
+        for f in ("explainer.safetensors", "explainer.json"):
+            shutil.copy2(src / f, out / f)
+        prev = json.loads((src / "model_card.json").read_text()) if (src / "model_card.json").exists() else {}
+        card["explainer"] = {"from": str(src), **(prev.get("explainer") or {})}
+        card_path.write_text(json.dumps(card, indent=2))
+    elif args.stage in ("explainer", "all"):
         from .compact_explainer import train_explainer
 
         card["explainer"] = train_explainer(r, out, log)

@@ -38,9 +38,16 @@ class ClassifierConfig:
     dropout: float = 0.1
     max_length: int = 96
     image_words: int = 3
+    label_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Offsets added to the logits (positive, neutral, negative), tuned on dev after training."""
+
+    def __post_init__(self) -> None:
+        self.label_bias = tuple(float(b) for b in self.label_bias)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["label_bias"] = list(self.label_bias)
+        return d
 
 
 def pair_inputs(text: str, aspect: str | None, image_words: list[str] | None) -> tuple[str, str]:
@@ -75,6 +82,7 @@ class CompactClassifier(nn.Module):
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, 3),
         )
+        self.register_buffer("label_bias", torch.tensor(cfg.label_bias, dtype=torch.float32), persistent=False)
 
     def forward(
         self,
@@ -90,7 +98,7 @@ class CompactClassifier(nn.Module):
         mean = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
         cls = h[:, 0]
         img = self.image_proj(image_feats) * has_image.unsqueeze(-1)
-        return self.head(torch.cat([cls, mean, img, has_image.unsqueeze(-1)], dim=-1))
+        return self.head(torch.cat([cls, mean, img, has_image.unsqueeze(-1)], dim=-1)) + self.label_bias
 
     # ---- trained parts only (the pretrained encoder comes from its PyPI package) ----
     def trained_state(self) -> dict[str, torch.Tensor]:

@@ -23,6 +23,11 @@ def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
     clf = train_classifier(r, run, logs.append)
     assert clf["train_n"] == 24 and clf["best"]["epoch"] == 0
     assert 0.0 <= clf["best"]["dev_mean_accuracy"] <= 1.0
+    # one classifier per route, each chosen on its own dev set, with calibrated logit offsets
+    assert set(clf["routes"]) == {"aspect", "post"}
+    for route in ("aspect", "post"):
+        saved = json.loads((run / f"classifier_{route}.json").read_text())
+        assert saved["label_bias"] == clf["routes"][route]["calibration"]["label_bias"]
     # distillation from a frozen assistant classifier (here: the run just trained)
     r2 = CompactRecipe(out=str(tmp_path / "run2"), limit=8, epochs=1, batch_size=8, lam=0.3, temperature=2.0,
                        assistant=str(run))
@@ -32,7 +37,9 @@ def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
     assert exp["train_n"] > 0
     assert 0 < exp["train_n"] <= 8
     dest = export_student(run, tmp_path / "student")
-    assert json.loads((dest / "student.json").read_text())["image_size"] == 160
+    meta = json.loads((dest / "student.json").read_text())
+    assert meta["image_size"] == 160
+    assert meta["classifiers"] == {"aspect": "classifier_aspect", "post": "classifier_post"}
     student = load_student(f"compact:{dest}", max_new_tokens=24)
     from training.data import load_examples
 
