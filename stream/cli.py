@@ -330,17 +330,28 @@ def bench_stream(posts: int, image_kb: int, max_batch: int, as_json: bool) -> No
               help="use real posts (t15 test) from this data folder instead of synthetic ones")  # fmt: skip
 @click.option("--image-size", type=int, help="image side passed to the student")
 @click.option("--max-new-tokens", type=int, help="chain token budget passed to the student")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="other load_student option, e.g. chain_decoder=generate (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
 def bench_model(spec: str, batch_size: int, n_posts: int, data_dir: Path | None, image_size: int | None,
-                max_new_tokens: int | None, as_json: bool) -> None:  # fmt: skip
+                max_new_tokens: int | None, options: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
     """The student alone: labels-only and label+chain posts/s, tokens, agreement, memory
     (model.bench.run_model_bench; see docs/model.md)."""
     from model.bench import data_posts, run_model_bench
 
+    opts = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        try:  # numbers, true/false and null as JSON; anything else is a string
+            opts[key.strip()] = json.loads(value)
+        except ValueError:
+            opts[key.strip()] = value.strip()
     posts = data_posts(data_dir, n_posts) if data_dir else None
     try:
         result = run_model_bench(spec, posts, batch_size=batch_size, n_posts=n_posts, image_size=image_size,
-                                 max_new_tokens=max_new_tokens, print_table=not as_json)  # fmt: skip
+                                 max_new_tokens=max_new_tokens, print_table=not as_json, **opts)  # fmt: skip
     except Exception as exc:
         raise click.ClickException(_model_load_message(spec, exc)) from None
     if as_json:

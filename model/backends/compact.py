@@ -46,6 +46,7 @@ class CompactStudent(BaseStudent):
         chain_dtype: str = "auto",
         label_dtype: str = "auto",
         image_size: int | None = None,
+        chain_decoder: str = "greedy",
         **_: object,
     ) -> None:
         from transformers import AutoTokenizer
@@ -75,6 +76,9 @@ class CompactStudent(BaseStudent):
         self.chain_batch_size = chain_batch_size
         self._max_new_tokens = max_new_tokens
         self._chain_dtype = chain_dtype
+        if chain_decoder not in ("greedy", "generate"):
+            raise ValueError(f"chain_decoder must be 'greedy' or 'generate', not {chain_decoder!r}")
+        self._chain_decoder = chain_decoder
         self._explainer = None  # loaded on first explain(): labels-only users never pay for it
         # bf16 autocast doubles labels-only speed on CPUs with AVX512-BF16/AMX (same test accuracy: docs/results.md)
         self._label_bf16 = label_dtype == "bf16" or (label_dtype == "auto" and (self.device.type == "cuda" or _cpu_has_bf16()))
@@ -164,8 +168,11 @@ class CompactStudent(BaseStudent):
             if self.device.type == "cuda":
                 use_bf16 = self._chain_dtype != "fp32"
             model = model.to(self.device, dtype=torch.bfloat16 if use_bf16 else torch.float32).eval()
-            model.set_attn_implementation("eager")  # CPU SDPA with a padding mask is about 2x slower per step
-            self._explainer = (GreedyDecoder(model, tok, prompt_prefix(tok)), tok, cfg)
+            if self._chain_decoder == "generate":  # the reference path: transformers' generate, SDPA
+                self._explainer = (_Generate(model, tok), tok, cfg)
+            else:
+                model.set_attn_implementation("eager")  # CPU SDPA with a padding mask is ~2x slower per step
+                self._explainer = (GreedyDecoder(model, tok, prompt_prefix(tok)), tok, cfg)
         return self._explainer
 
     @torch.inference_mode()
@@ -198,3 +205,20 @@ class CompactStudent(BaseStudent):
                     )
                 )
         return out
+
+
+class _Generate:
+    """``transformers.generate`` behind the ``GreedyDecoder.generate`` interface (option
+    ``chain_decoder="generate"``): the plain path the greedy decoder is measured against."""
+
+    def __init__(self, model, tok) -> None:
+        self.model, self.tok = model, tok
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+        tok = self.tok
+        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        rows = gen[:, enc["input_ids"].shape[1]:].tolist()
+        return [r[: r.index(tok.eos_token_id)] if tok.eos_token_id in r else
+                [t for t in r if t != tok.pad_token_id] for r in rows]
