@@ -16,7 +16,7 @@ Keyword options are passed to the backend (``device``, ``dtype``, ``image_size``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .types import Student
 
@@ -53,6 +53,20 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     raise SpecError(f"unknown student kind {kind!r} in {spec!r} (known: default, noop, compact, hf)")
 
 
+def parse_options(pairs: "Iterable[str]") -> dict[str, Any]:
+    """``KEY=VALUE`` strings (CLI ``--option``) as load_student keyword options; each value is
+    read as YAML, so numbers, true/false and null keep their type. ValueError on a bad pair."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{pair!r} is not key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def load_student(spec: str = "default", **options: Any) -> Student:
     """Load the student named by ``spec`` (see module docstring)."""
     kind, target, adapter = parse_spec(spec)
@@ -70,4 +84,4 @@ def load_student(spec: str = "default", **options: Any) -> Student:
     return HFStudent.from_pretrained(target, adapter=adapter, **options)
 
 
-__all__ = ["load_student", "parse_spec", "SpecError", "DEFAULT_WEIGHTS", "ALIASES"]
+__all__ = ["load_student", "parse_options", "parse_spec", "SpecError", "DEFAULT_WEIGHTS", "ALIASES"]

@@ -339,15 +339,12 @@ def bench_model(spec: str, batch_size: int, n_posts: int, data_dir: Path | None,
     (model.bench.run_model_bench; see docs/model.md)."""
     from model.bench import data_posts, run_model_bench
 
-    opts = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
-        try:  # numbers, true/false and null as JSON; anything else is a string
-            opts[key.strip()] = json.loads(value)
-        except ValueError:
-            opts[key.strip()] = value.strip()
+    from model.loading import parse_options
+
+    try:
+        opts = parse_options(options)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--option") from None
     posts = data_posts(data_dir, n_posts) if data_dir else None
     try:
         result = run_model_bench(spec, posts, batch_size=batch_size, n_posts=n_posts, image_size=image_size,

@@ -19,15 +19,12 @@ def _console():
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    import yaml
+    from model.loading import parse_options
 
-    out: dict[str, Any] = {}
-    for p in pairs:
-        k, sep, v = p.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{p!r} is not key=value")
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    try:
+        return parse_options(pairs)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--option") from None
 
 
 # ------------------------------------------------------------------------------ data

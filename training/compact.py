@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from model import LABELS
-from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path, pair_inputs
+from model.compact.text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path, pair_inputs
 from model.compact.vision import ImageEncoder
 
 from .data import Example, data_dir, load_examples
@@ -304,15 +304,6 @@ def save_classifier(model: CompactClassifier, cfg: ClassifierConfig, out: Path, 
     (out / f"{name}.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
 
-def load_classifier(path: Path, name: str = "classifier") -> CompactClassifier:
-    from safetensors.torch import load_file
-
-    cfg = ClassifierConfig(**json.loads((path / f"{name}.json").read_text()))
-    model = CompactClassifier(cfg)
-    model.load_trained_state({k: v.float() for k, v in load_file(path / f"{name}.safetensors").items()})
-    return model.eval()
-
-
 # --------------------------------------------------------------------------- export
 STUDENT_FILES = ("classifier.safetensors", "classifier.json", "explainer.safetensors", "explainer.json")
 ROUTES = ("aspect", "post")
@@ -398,19 +389,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("classifier", "all"):
         card["classifier"] = train_classifier(r, out, log)
         card_path.write_text(json.dumps(card, indent=2))
-    if args.stage in ("explainer", "all") and r.explainer_from:
-        import shutil
+    if args.stage in ("explainer", "all"):
+        if r.explainer_from:
+            import shutil
 
-        src = Path(r.explainer_from)
-        for f in ("explainer.safetensors", "explainer.json"):
-            shutil.copy2(src / f, out / f)
-        prev = json.loads((src / "model_card.json").read_text()) if (src / "model_card.json").exists() else {}
-        card["explainer"] = {"from": str(src), **(prev.get("explainer") or {})}
-        card_path.write_text(json.dumps(card, indent=2))
-    elif args.stage in ("explainer", "all"):
-        from .compact_explainer import train_explainer
+            src = Path(r.explainer_from)
+            for f in ("explainer.safetensors", "explainer.json"):
+                shutil.copy2(src / f, out / f)
+            prev = json.loads((src / "model_card.json").read_text()) if (src / "model_card.json").exists() else {}
+            card["explainer"] = {"from": str(src), **(prev.get("explainer") or {})}
+        else:
+            from .compact_explainer import train_explainer
 
-        card["explainer"] = train_explainer(r, out, log)
+            card["explainer"] = train_explainer(r, out, log)
         card_path.write_text(json.dumps(card, indent=2))
     if args.export:
         export_student(out, Path(args.export), image_size=r.image_size)

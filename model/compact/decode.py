@@ -18,7 +18,6 @@ path that made each decode step about twice as long (measured in docs/benchmarks
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -82,12 +81,12 @@ class GreedyDecoder:
             (torch.cat([c[i][0] for c in kv]), torch.cat([c[i][1] for c in kv])) for i in range(len(kv[0]))
         ]) if len(kv) > 1 else o.past_key_values
         del kv, o
-        out = SimpleNamespace(logits=torch.cat(logits))
+        logits = torch.cat(logits)
         alive = torch.arange(b)
         next_pos = pos[:, -1] + 1
         result: list[list[int]] = [[] for _ in range(b)]
         for _ in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = logits[:, -1].argmax(-1)
             done = nxt == self.eos
             for row, tok_id, fin in zip(alive.tolist(), nxt.tolist(), done.tolist()):
                 if not fin:
@@ -99,7 +98,7 @@ class GreedyDecoder:
                 cache.batch_select_indices(keep)
                 alive, nxt, mask, next_pos = alive[keep.cpu()], nxt[keep], mask[keep], next_pos[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], 1)
-            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                             past_key_values=cache, use_cache=True)
+            logits = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                                past_key_values=cache, use_cache=True).logits
             next_pos = next_pos + 1
         return result

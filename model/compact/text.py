@@ -118,3 +118,15 @@ class CompactClassifier(nn.Module):
             raise ValueError(f"unexpected adapter keys: {res.unexpected_keys[:5]}")
         self.image_proj.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("image_proj.")})
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+
+
+def load_classifier(path: str | Path, name: str = "classifier") -> CompactClassifier:
+    """The classifier saved as ``<path>/<name>.json`` + ``<name>.safetensors``, in eval mode."""
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    model = CompactClassifier(ClassifierConfig(**json.loads((path / f"{name}.json").read_text())))
+    model.load_trained_state({k: v.float() for k, v in load_file(path / f"{name}.safetensors").items()})
+    return model.eval()
