@@ -143,6 +143,9 @@ class Student(Protocol):
 
     name: str
     version: str
+    reads_pixels: bool
+    """False for students that never look at an image's pixels (the no-op student): the
+    stream then checks image headers only instead of decoding every image."""
 
     def classify(self, batch: Sequence[PostInput]) -> list[Prediction]: ...
 
@@ -156,6 +159,7 @@ class BaseStudent:
 
     name: str = "student"
     version: str = "0"
+    reads_pixels: bool = True
 
     def classify(self, batch: Sequence[PostInput]) -> list[Prediction]:  # pragma: no cover - abstract
         raise NotImplementedError

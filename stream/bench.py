@@ -190,6 +190,31 @@ async def _latency(settings, records, rate: float) -> tuple[list[float], list[fl
     return lat, worker_e2e
 
 
+def _start_worker(s, log_dir: Path, max_batch: int, image_decode: str) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    """The real worker process (``python -m stream.cli worker``) with the no-op student."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_") and k != "REDIS_URL"}
+    env.update(
+        MULCOT_BROKER=s.broker, MULCOT_REDIS_URL=s.redis_url_value, MULCOT_MODEL_SPEC="noop",
+        MULCOT_GROUP_ID=s.group_id, MULCOT_INPUT_TOPIC=s.input_topic, MULCOT_OUTPUT_TOPIC=s.output_topic,
+        MULCOT_DLQ_TOPIC=s.dlq_topic, MULCOT_REDIS_PREFIX=s.redis_prefix, MULCOT_METRICS_PORT="0",
+        MULCOT_MAX_BATCH=str(max_batch), MULCOT_MAX_LATENCY_MS="50", MULCOT_WORK_DIR=str(log_dir),
+        MULCOT_LOG_LEVEL="warn", MULCOT_IMAGE_DECODE=image_decode,
+        MULCOT_CONCURRENCY=os.environ.get("MULCOT_CONCURRENCY", "1"),
+    )  # fmt: skip
+    with open(log_dir / "worker.log", "ab") as wlog:
+        return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=wlog,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
 def _pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -230,38 +255,35 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         raw_rate = asyncio.run(_raw_loop(raw_s, raw_s.input_topic, raw_s.output_topic, posts))
         raw_cpu_ms = (time.process_time() - cpu0) * 1000 / posts  # includes reading the timestamps back
 
-        console.print("worker (noop student) ...")
-        asyncio.run(produce_records(s, records, s.input_topic))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_") and k != "REDIS_URL"}
-        env.update(
-            MULCOT_BROKER=s.broker, MULCOT_REDIS_URL=s.redis_url_value, MULCOT_MODEL_SPEC="noop",
-            MULCOT_GROUP_ID=s.group_id, MULCOT_INPUT_TOPIC=s.input_topic, MULCOT_OUTPUT_TOPIC=s.output_topic,
-            MULCOT_DLQ_TOPIC=s.dlq_topic, MULCOT_METRICS_PORT="0", MULCOT_MAX_BATCH=str(max_batch),
-            MULCOT_MAX_LATENCY_MS="50", MULCOT_WORK_DIR=str(log_dir), MULCOT_LOG_LEVEL="warn",
-            MULCOT_CONCURRENCY=os.environ.get("MULCOT_CONCURRENCY", "1"),
-        )  # fmt: skip
-        wlog = open(log_dir / "worker.log", "ab")
-        worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=wlog,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
-        try:
-            first: dict = {}
-            got = asyncio.run(_wait_redis(s, posts, 300, worker, first))
-            worker_cpu_ms = (_proc_cpu_s(worker.pid) - first["cpu"]) * 1000 / max(1, posts - first["count"])
-            if got < posts:
-                raise RuntimeError(f"only {got}/{posts} results in Redis; see {log_dir / 'worker.log'}")
-            rate = asyncio.run(_rate_from_timestamps(s, s.output_topic, posts))
-            lat_rate = max(1.0, rate / 2)
-            n_lat = max(50, min(int(lat_rate * latency_seconds), 20_000))
-            console.print(f"latency at {lat_rate:.0f} posts/s ({n_lat} posts) ...")
-            lat, worker_e2e = asyncio.run(_latency(s, make_posts(n_lat, image_kb, prefix="L"), lat_rate))
-        finally:
-            worker.send_signal(signal.SIGTERM)
+        # the worker twice over the same posts: decoding every image's pixels (image_decode=full,
+        # what a student that reads pixels costs) and the default (auto: the no-op student does
+        # not read pixels, so image headers are checked only) - the latency phase runs on the latter
+        workers: dict[str, dict[str, float]] = {}
+        for mode in ("full", "auto"):
+            ws = s if mode == "auto" else s.model_copy(update={
+                "input_topic": "bench.full.posts", "output_topic": "bench.full.results", "dlq_topic": "bench.full.dlq",
+                "group_id": "bench-full", "redis_prefix": "full:"})  # fmt: skip
+            asyncio.run(ensure_topics(ws))
+            console.print(f"worker (noop student, image_decode={mode}) ...")
+            asyncio.run(produce_records(ws, records, ws.input_topic))
+            worker = _start_worker(ws, log_dir, max_batch, mode)
             try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-            wlog.close()
+                first: dict = {}
+                got = asyncio.run(_wait_redis(ws, posts, 300, worker, first))
+                cpu_ms = (_proc_cpu_s(worker.pid) - first["cpu"]) * 1000 / max(1, posts - first["count"])
+                if got < posts:
+                    raise RuntimeError(f"only {got}/{posts} results in Redis; see {log_dir / 'worker.log'}")
+                workers[mode] = {"rate": asyncio.run(_rate_from_timestamps(ws, ws.output_topic, posts)), "cpu_ms": cpu_ms}
+                if mode == "auto":
+                    rate = workers[mode]["rate"]
+                    lat_rate = max(1.0, rate / 2)
+                    n_lat = max(50, min(int(lat_rate * latency_seconds), 20_000))
+                    console.print(f"latency at {lat_rate:.0f} posts/s ({n_lat} posts) ...")
+                    lat, worker_e2e = asyncio.run(_latency(ws, make_posts(n_lat, image_kb, prefix="L"), lat_rate))
+            finally:
+                _stop(worker)
+    rate, worker_cpu_ms = workers["auto"]["rate"], workers["auto"]["cpu_ms"]
+    full_rate = workers["full"]["rate"]
     result = {
         "posts": posts,
         "post_bytes_avg": round(avg_bytes),
@@ -275,6 +297,9 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         "p50_ms": round(_pct(lat, 0.50), 1),
         "p99_ms": round(_pct(lat, 0.99), 1),
         "worker_cpu_ms_per_post": round(worker_cpu_ms, 3),
+        "full_decode_posts_per_s": round(full_rate, 1),
+        "full_decode_ratio": round(full_rate / raw_rate, 3) if raw_rate else None,
+        "full_decode_worker_cpu_ms_per_post": round(workers["full"]["cpu_ms"], 3),
         "raw_cpu_ms_per_post": round(raw_cpu_ms, 3),
         "load_avg_at_start": round(load0, 2),
         "worker_e2e_p50_ms": round(_pct(worker_e2e, 0.50), 1),
@@ -291,10 +316,13 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         table.add_row("raw aiokafka consume->produce, posts/s", f"{raw_rate:,.0f}")
         table.add_row("worker (Kafka -> worker -> Kafka + Redis), posts/s", f"{rate:,.0f}")
         table.add_row("ratio worker / raw", f"{result['ratio']}")
+        table.add_row("worker decoding every image (image_decode=full), posts/s", f"{full_rate:,.0f}")
+        table.add_row("ratio worker decoding every image / raw", f"{result['full_decode_ratio']}")
         table.add_row(f"end-to-end p50 at {lat_rate:,.0f} posts/s, ms", f"{result['p50_ms']}")
         table.add_row(f"end-to-end p99 at {lat_rate:,.0f} posts/s, ms", f"{result['p99_ms']}")
         table.add_row("worker-side e2e p50 / p99, ms", f"{result['worker_e2e_p50_ms']} / {result['worker_e2e_p99_ms']}")
-        table.add_row("worker CPU ms per post", f"{result['worker_cpu_ms_per_post']}")
+        table.add_row("worker CPU ms per post (auto / full decode)",
+                      f"{result['worker_cpu_ms_per_post']} / {result['full_decode_worker_cpu_ms_per_post']}")
         table.add_row("raw loop CPU ms per post", f"{result['raw_cpu_ms_per_post']}")
         table.add_row("load average at start (other jobs)", f"{result['load_avg_at_start']}")
         Console().print(table)

@@ -37,8 +37,14 @@ class ImageError(Exception):
         self.message = message
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 448) -> Image.Image:
-    """Decode ``data`` into an RGB image, oriented by EXIF; raises :class:`ImageError`."""
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 448, pixels: bool = True) -> Image.Image:
+    """Decode ``data`` into an RGB image, oriented by EXIF; raises :class:`ImageError`.
+
+    With ``pixels=False`` only the header is read and checked (a known format, size and
+    pixel limits) and the image is returned unloaded: for students that do not read pixels
+    (``Student.reads_pixels``), which skips the decoding, most of the worker's CPU per post.
+    Data that is corrupt after a valid header then passes, as the student never reads it.
+    """
     if len(data) > max_bytes:
         raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"image is {len(data)} bytes (limit {max_bytes})")
     if not data:
@@ -53,6 +59,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 4
                 ErrorCode.IMAGE_TOO_LARGE,
                 f"image is {width}x{height} = {width * height} pixels (limit {max_pixels})",
             )
+        if not pixels:
+            return img
         if img.format == "JPEG" and draft:
             img.draft("RGB", (draft, draft))  # decode big JPEGs at a reduced scale (>= draft px)
         img.load()

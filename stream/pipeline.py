@@ -109,6 +109,7 @@ class BatchProcessor:
         dlq_inline_max_bytes: int = 256 * 1024,
         worker: str = "",
         decode_threads: int = 2,
+        image_decode: str = "auto",
     ) -> None:
         self.student = student
         self.executor = executor
@@ -122,6 +123,8 @@ class BatchProcessor:
         # Pillow releases the GIL while decoding, so a small pool decodes images in parallel
         self.decode_threads = max(1, decode_threads)
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="mulcot-decode")
+        # students that never read pixels (the no-op one) get header-checked, undecoded images
+        self.decode_pixels = image_decode == "full" or getattr(student, "reads_pixels", True)
 
     @classmethod
     def from_settings(cls, settings, student: Student, executor: Executor | None = None, worker: str = "") -> "BatchProcessor":
@@ -143,6 +146,7 @@ class BatchProcessor:
             dlq_inline_max_bytes=settings.dlq_inline_max_bytes,
             worker=worker,
             decode_threads=settings.decode_threads,
+            image_decode=settings.image_decode,
         )
 
     async def aclose(self) -> None:
@@ -276,7 +280,8 @@ class BatchProcessor:
             image = None
             if w.image_bytes is not None:
                 try:
-                    image = decode_image(w.image_bytes, max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels)
+                    image = decode_image(w.image_bytes, max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels,
+                                         pixels=self.decode_pixels)
                 except ImageError as exc:
                     dead.append(self.dead_letter(w.rec, exc.code, exc.message, w.post.id))
                     continue

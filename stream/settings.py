@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # --- images -------------------------------------------------------------------------
     image_max_bytes: int = Field(5 * 1024 * 1024, ge=1, description="largest encoded image (inline or fetched)")
     image_max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (decompression-bomb guard)")
+    image_decode: Literal["auto", "full"] = Field(
+        "auto",
+        description="auto: decode the pixels only for students that read them (the no-op student checks "
+        "image headers only); full: always decode, so every undecodable image goes to the dead-letter topic",
+    )
     image_fetch_timeout_s: float = Field(5.0, gt=0, description="timeout of an image URL fetch")
     image_fetch_concurrency: int = Field(16, ge=1, description="concurrent image fetches per worker")
     image_allow_file_urls: bool = Field(False, description="allow file:// image URLs (local trusted input only)")

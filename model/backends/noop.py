@@ -17,6 +17,7 @@ from ..types import LABELS, BaseStudent, PostInput, Prediction, ReasoningChain
 class NoopStudent(BaseStudent):
     name = "noop"
     version = "0"
+    reads_pixels = False  # the stream checks image headers only (stream.images.decode_image)
 
     def __init__(self, **_: object) -> None:
         pass

@@ -26,7 +26,7 @@ def test_bench_posts_have_20kb_images() -> None:
 # default run (10-20 s on a quiet 2-core machine): embedded services, two loops, a worker start-up and a latency phase
 def test_bench_stream_runs() -> None:
     r = run_bench(posts=300, image_kb=20, max_batch=64, quiet=True, latency_seconds=2.0)
-    for key in ("posts_per_s", "raw_posts_per_s", "ratio", "p50_ms", "p99_ms"):
+    for key in ("posts_per_s", "raw_posts_per_s", "ratio", "p50_ms", "p99_ms", "full_decode_posts_per_s", "full_decode_ratio"):
         assert key in r and isinstance(r[key], float) and not math.isnan(r[key]) and r[key] > 0, (key, r.get(key))
     assert r["p50_ms"] <= r["p99_ms"]
     assert r["latency_posts"] >= 50

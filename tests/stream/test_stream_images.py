@@ -48,6 +48,23 @@ def test_decode_limits() -> None:
     assert e.value.code is ErrorCode.IMAGE_UNREADABLE
 
 
+def test_header_only_check_for_students_that_do_not_read_pixels() -> None:
+    """``pixels=False`` (``Student.reads_pixels`` False): format and limits are still checked
+    from the header; the pixels are not decoded."""
+    jpeg = _encode(Image.new("RGB", (64, 48), "red"), "JPEG")
+    img = decode_image(jpeg, max_bytes=10**6, max_pixels=10**6, pixels=False)
+    assert img.size == (64, 48) and img.format == "JPEG"
+    assert img._im is None  # not decoded (Pillow keeps the pixels in _im once loaded)
+    for junk in (b"GIF89a garbage", b"hello"):
+        with pytest.raises(ImageError) as e:
+            decode_image(junk, max_bytes=10**6, max_pixels=10**6, pixels=False)
+        assert e.value.code is ErrorCode.IMAGE_UNREADABLE
+    png = _encode(Image.new("L", (3000, 3000), 0))
+    with pytest.raises(ImageError) as e:
+        decode_image(png, max_bytes=10**7, max_pixels=1_000_000, pixels=False)
+    assert e.value.code is ErrorCode.IMAGE_TOO_LARGE
+
+
 @pytest.mark.parametrize(
     "ip", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.5", "169.254.169.254", "::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "100.64.0.1"]
 )

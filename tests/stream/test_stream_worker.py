@@ -68,6 +68,7 @@ def test_happy_path_and_every_dead_letter_code(make_settings, start_worker) -> N
             image_max_bytes=200_000,
             image_max_pixels=50_000_000,
             max_batch=16,
+            image_decode="full",  # decode pixels although the no-op student does not read them
         )
         create_topics(s)
         worker = start_worker(s)
