@@ -145,7 +145,7 @@ class Student(Protocol):
     version: str
     reads_pixels: bool
     """False for students that never look at an image's pixels (the no-op student): the
-    stream then checks image headers only instead of decoding every image."""
+    stream then checks image headers only, decodes nothing and passes ``image=None``."""
 
     def classify(self, batch: Sequence[PostInput]) -> list[Prediction]: ...
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from model import PostInput, Prediction, Student
 
-from .images import FetchPolicy, ImageError, ImageFetcher, decode_image
+from .images import FetchPolicy, ImageError, ImageFetcher, check_image, decode_image
 from .protocol import (
     SCHEMA_VERSION,
     Chain,
@@ -123,7 +123,7 @@ class BatchProcessor:
         # Pillow releases the GIL while decoding, so a small pool decodes images in parallel
         self.decode_threads = max(1, decode_threads)
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="mulcot-decode")
-        # students that never read pixels (the no-op one) get header-checked, undecoded images
+        # students that never read pixels (the no-op one): image headers are checked, not decoded
         self.decode_pixels = image_decode == "full" or getattr(student, "reads_pixels", True)
 
     @classmethod
@@ -280,8 +280,10 @@ class BatchProcessor:
             image = None
             if w.image_bytes is not None:
                 try:
-                    image = decode_image(w.image_bytes, max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels,
-                                         pixels=self.decode_pixels)
+                    if self.decode_pixels:
+                        image = decode_image(w.image_bytes, max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels)
+                    else:  # the student does not read pixels: check the header only, pass no image
+                        check_image(w.image_bytes, max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels)
                 except ImageError as exc:
                     dead.append(self.dead_letter(w.rec, exc.code, exc.message, w.post.id))
                     continue

@@ -11,21 +11,20 @@ a test checks they are current).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 MAX_ID = 256
 MAX_TEXT = 10_000
 MAX_METADATA_KEYS = 32
 MAX_METADATA_BYTES = 4096
+_BASE64 = TypeAdapter(bytes, config=ConfigDict(val_json_bytes="base64"))
 
 LabelName = Literal["positive", "neutral", "negative"]
 
@@ -50,7 +49,7 @@ class ErrorCode(str, enum.Enum):
 class Post(BaseModel):
     """An image-text post on the input topic.
 
-    The image is exactly one of: inline bytes (``image_b64``, standard base64), a URL
+    The image is exactly one of: inline bytes (``image_b64``, base64), a URL
     (``image_url``; ``https``/``http``, ``file`` only where the worker allows it), or none
     (a text-only post). A post needs text or an image.
     """
@@ -61,7 +60,9 @@ class Post(BaseModel):
     id: str = Field(..., min_length=1, max_length=MAX_ID, description="unique post id (also the Kafka key)")
     text: str = Field("", max_length=MAX_TEXT, description="the post's text")
     aspect: str | None = Field(None, max_length=MAX_ID, description="target of the sentiment (aspect-level), or null")
-    image_b64: str | None = Field(None, description="inline image bytes, base64 (JPEG/PNG/WebP/GIF)")
+    image_b64: str | None = Field(
+        None, description="inline image bytes, base64 (standard or URL-safe alphabet, padding optional; JPEG/PNG/WebP/GIF)"
+    )
     image_url: str | None = Field(None, max_length=2048, description="image URL (https/http; file where enabled)")
     author: str | None = Field(None, max_length=MAX_ID)
     created_at: datetime | None = Field(None, description="when the post was written (ISO 8601)")
@@ -121,8 +122,10 @@ class Post(BaseModel):
         if data.startswith("data:"):
             data = data.partition(",")[2]
         try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
+            # pydantic-core decodes in Rust, about 10x faster than the base64 module on 20 KB
+            # images (docs/benchmarks.md); the quotes are safe: no base64 character needs escaping
+            return _BASE64.validate_json(b'"' + data.encode("ascii") + b'"')
+        except (UnicodeEncodeError, ValidationError):
             raise ValueError("image_b64 is not valid base64") from None
 
     @property

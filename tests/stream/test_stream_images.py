@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from stream.images import FetchPolicy, ImageError, ImageFetcher, address_forbidden, check_url, decode_image, host_allowed
+from stream.images import FetchPolicy, ImageError, ImageFetcher, address_forbidden, check_image, check_url, decode_image, host_allowed
 from stream.protocol import ErrorCode
 
 
@@ -48,21 +48,29 @@ def test_decode_limits() -> None:
     assert e.value.code is ErrorCode.IMAGE_UNREADABLE
 
 
-def test_header_only_check_for_students_that_do_not_read_pixels() -> None:
-    """``pixels=False`` (``Student.reads_pixels`` False): format and limits are still checked
-    from the header; the pixels are not decoded."""
-    jpeg = _encode(Image.new("RGB", (64, 48), "red"), "JPEG")
-    img = decode_image(jpeg, max_bytes=10**6, max_pixels=10**6, pixels=False)
-    assert img.size == (64, 48) and img.format == "JPEG"
-    assert img._im is None  # not decoded (Pillow keeps the pixels in _im once loaded)
-    for junk in (b"GIF89a garbage", b"hello"):
+@pytest.mark.parametrize("fmt,kw", [("JPEG", {}), ("JPEG", {"progressive": True}), ("JPEG", {"exif": b"Exif\0\0" + b"\0" * 40}),
+                                     ("PNG", {}), ("GIF", {}), ("WEBP", {})])
+def test_header_check_reads_the_size_without_decoding(fmt: str, kw: dict) -> None:
+    """``check_image`` (students that do not read pixels): the size from the header, as Pillow has it."""
+    data = _encode(Image.new("RGB", (64, 48), "red"), fmt, **kw)
+    assert check_image(data, max_bytes=10**6, max_pixels=10**6) == (64, 48)
+    with pytest.raises(ImageError) as e:
+        check_image(data, max_bytes=10**6, max_pixels=64 * 48 - 1)
+    assert e.value.code is ErrorCode.IMAGE_TOO_LARGE and "pixels" in e.value.message
+
+
+def test_header_check_rejects_what_is_not_an_image() -> None:
+    for junk in (b"GIF89a garbage", b"hello", b"\xff\xd8\xff\xe0\x00", b"\xff\xd8" + b"\0" * 30):
         with pytest.raises(ImageError) as e:
-            decode_image(junk, max_bytes=10**6, max_pixels=10**6, pixels=False)
-        assert e.value.code is ErrorCode.IMAGE_UNREADABLE
+            check_image(junk, max_bytes=10**6, max_pixels=10**6)
+        assert e.value.code is ErrorCode.IMAGE_UNREADABLE, junk
+    with pytest.raises(ImageError) as e:
+        check_image(b"", max_bytes=10**6, max_pixels=10**6)
+    assert e.value.code is ErrorCode.IMAGE_UNREADABLE
     png = _encode(Image.new("L", (3000, 3000), 0))
     with pytest.raises(ImageError) as e:
-        decode_image(png, max_bytes=10**7, max_pixels=1_000_000, pixels=False)
-    assert e.value.code is ErrorCode.IMAGE_TOO_LARGE
+        check_image(png, max_bytes=100, max_pixels=10**8)
+    assert e.value.code is ErrorCode.IMAGE_TOO_LARGE and "bytes" in e.value.message
 
 
 @pytest.mark.parametrize(
