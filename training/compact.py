@@ -90,6 +90,12 @@ class CompactRecipe:
     calibrate: bool = True
     """After training, tune each route's per-label logit offsets on its dev set (objective:
     accuracy + macro F1 for ``aspect``, accuracy + weighted F1 for ``post``)."""
+    specialise: dict[str, list[str]] = field(default_factory=dict)
+    """Route -> train sets: after the joint training, continue that route's classifier on its
+    own domain only (e.g. ``post = ["mvsa_single/train.jsonl"]``) for ``specialise_epochs``,
+    keeping an epoch only when its calibrated dev score beats the classifier it started from."""
+    specialise_epochs: int = 3
+    specialise_lr: float = 3e-4
     classifier: dict = field(default_factory=dict)
     """Overrides of ``ClassifierConfig``."""
     epochs: int = 4
@@ -164,6 +170,14 @@ def evaluate_classifier(model, batches: _Batches, exs: list[Example], bs: int = 
 ROUTE_F1 = {"aspect": "macro", "post": "weighted"}
 
 
+def bias_metrics(logits: np.ndarray, y: np.ndarray, bias, average: str = "macro") -> tuple[float, float]:
+    """Accuracy and ``average`` F1 of ``logits + bias``."""
+    from sklearn.metrics import f1_score
+
+    pred = (logits + np.asarray(bias)).argmax(-1)
+    return float((pred == y).mean()), float(f1_score(y, pred, average=average))
+
+
 def calibrate_bias(logits: np.ndarray, y: np.ndarray, average: str = "macro",
                    grid: np.ndarray = np.round(np.arange(-1.5, 1.51, 0.1), 2)) -> tuple[tuple[float, float, float], float]:
     """Logit offsets (positive, 0, negative) maximising accuracy + F1 on (dev) logits.
@@ -171,11 +185,9 @@ def calibrate_bias(logits: np.ndarray, y: np.ndarray, average: str = "macro",
     Neutral, the majority class of the aspect-level sets, stays the reference at 0; ties keep
     the smallest offsets, so a calibration that does not help leaves the classifier as it was.
     """
-    from sklearn.metrics import f1_score
 
     def score(b) -> float:
-        pred = (logits + np.asarray(b)).argmax(-1)
-        return float((pred == y).mean() + f1_score(y, pred, average=average))
+        return sum(bias_metrics(logits, y, b, average))
 
     best, best_s = (0.0, 0.0, 0.0), score((0.0, 0.0, 0.0))
     for bp in grid:
@@ -185,6 +197,61 @@ def calibrate_bias(logits: np.ndarray, y: np.ndarray, average: str = "macro",
             if sc > best_s + 1e-9 or (abs(sc - best_s) <= 1e-9 and abs(bp) + abs(bn) < sum(map(abs, best))):
                 best, best_s = b, sc
     return best, best_s
+
+
+def calibrated(model: CompactClassifier, batches: _Batches, dev: list[Example], average: str) -> dict:
+    """Dev metrics of ``model`` before and after tuning its logit offsets on ``dev`` (the
+    offsets it has are set aside for this); ``key`` = (accuracy, F1) after tuning."""
+    saved = model.label_bias.clone()
+    model.label_bias.zero_()
+    try:
+        _, _, logits = evaluate_classifier(model, batches, dev)
+    finally:
+        model.label_bias.copy_(saved)
+    y = np.array([LABEL_INDEX[e.label] for e in dev])
+    bias, _ = calibrate_bias(logits, y, average)
+    f1 = f"{average}_f1"
+    before, after = bias_metrics(logits, y, (0.0, 0.0, 0.0), average), bias_metrics(logits, y, bias, average)
+    return {"label_bias": list(bias), "dev_before": {"accuracy": before[0], f1: before[1]},
+            "dev_after": {"accuracy": after[0], f1: after[1]}, "key": after}
+
+
+def _train_epoch(model, teacher, batches: _Batches, train: list[Example], opt, sched, r: CompactRecipe, log,
+                 epoch: int, stage: str = "classifier") -> float:
+    """One shuffled pass over ``train``: CE (label smoothing 0.05), plus the method's
+    (1 - lambda) CE + lambda T^2 KL(assistant || student) when ``teacher`` is given.
+    Returns the epoch's start time."""
+    model.train()
+    order = list(range(len(train)))
+    random.shuffle(order)
+    t0, run_loss = time.time(), 0.0
+    params = [p for p in model.parameters() if p.requires_grad]
+    for n, bi in enumerate(range(0, len(order), r.batch_size), start=1):
+        exs = [train[i] for i in order[bi : bi + r.batch_size]]
+        enc, imgs, has = batches.encode(exs)
+        y = torch.tensor([LABEL_INDEX[e.label] for e in exs])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = _logits(model, enc, imgs, has)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+        if teacher is not None:
+            with torch.inference_mode():
+                t_logits = _logits(teacher, enc, imgs, has).float()
+            # lam=1 gives the pure T^2-scaled KL(assistant || student) of the shared loss;
+            # the CE side keeps this trainer's label smoothing
+            kl = kl_on_label_space(logits, t_logits, y, lam=1.0, T=r.temperature)
+            loss = (1 - r.lam) * loss + r.lam * kl
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        run_loss += loss.item()
+        if n % 20 == 0:
+            log({"stage": stage, "epoch": epoch, "step": n, "loss": run_loss / 20,
+                 "ex_per_s": (bi + len(exs)) / (time.time() - t0)})
+            run_loss = 0.0
+    return t0
 
 
 def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
@@ -215,38 +282,8 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
     if missing:
         raise ValueError(f"routes name dev sets that are not in dev_sets: {sorted(missing)}")
     best, history, route_best = None, [], {}
-    step = 0
     for epoch in range(r.epochs):
-        model.train()
-        order = list(range(len(train)))
-        random.shuffle(order)
-        t0, run_loss = time.time(), 0.0
-        for bi in range(0, len(order), r.batch_size):
-            exs = [train[i] for i in order[bi : bi + r.batch_size]]
-            enc, imgs, has = batches.encode(exs)
-            y = torch.tensor([LABEL_INDEX[e.label] for e in exs])
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = _logits(model, enc, imgs, has)
-            logits = logits.float()
-            loss = F.cross_entropy(logits, y, label_smoothing=0.05)
-            if teacher is not None:
-                with torch.inference_mode():
-                    t_logits = _logits(teacher, enc, imgs, has).float()
-                # lam=1 gives the pure T^2-scaled KL(assistant || student) of the shared loss;
-                # the CE side keeps this trainer's label smoothing
-                kl = kl_on_label_space(logits, t_logits, y, lam=1.0, T=r.temperature)
-                loss = (1 - r.lam) * loss + r.lam * kl
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            run_loss += loss.item()
-            if step % 20 == 0:
-                log({"stage": "classifier", "epoch": epoch, "step": step, "loss": run_loss / 20,
-                     "ex_per_s": (bi + r.batch_size) / (time.time() - t0)})
-                run_loss = 0.0
+        t0 = _train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch)
         scores = {}
         for p, exs in devs.items():
             acc, f1, _ = evaluate_classifier(model, batches, exs)
@@ -278,21 +315,55 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
 
 def calibrate_classifier(out: Path, name: str, dev: list[Example], batches: _Batches, average: str) -> dict:
     """Tune a saved classifier's logit offsets on ``dev`` and store them in its json."""
-    from sklearn.metrics import f1_score
-
     model = load_classifier(out, name)
-    _, _, logits = evaluate_classifier(model, batches, dev)
-    y = np.array([LABEL_INDEX[e.label] for e in dev])
-    bias, _ = calibrate_bias(logits, y, average)
-    cfg = model.cfg
-    cfg.label_bias = bias
-    (out / f"{name}.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    cal = calibrated(model, batches, dev, average)
+    model.cfg.label_bias = tuple(cal["label_bias"])
+    (out / f"{name}.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    return {k: v for k, v in cal.items() if k != "key"}
 
-    def metrics(b) -> dict:
-        pred = (logits + np.asarray(b)).argmax(-1)
-        return {"accuracy": float((pred == y).mean()), f"{average}_f1": float(f1_score(y, pred, average=average))}
 
-    return {"label_bias": list(bias), "dev_before": metrics((0.0, 0.0, 0.0)), "dev_after": metrics(bias)}
+def specialise_routes(r: CompactRecipe, out: Path, log) -> dict:
+    """Continue each route of ``r.specialise`` on its own train sets (see the recipe field).
+
+    Starts from the run's ``classifier_<route>``; after every epoch the offsets are tuned on
+    the route's dev set, and the classifier is replaced only when its tuned (accuracy, F1)
+    beats the best so far, starting with the classifier's own.
+    """
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    report = {}
+    for route, sets in r.specialise.items():
+        if route not in r.routes:
+            raise ValueError(f"specialise names route {route!r}, which is not in routes {sorted(r.routes)}")
+        torch.manual_seed(r.seed)
+        random.seed(r.seed)
+        name, average = f"classifier_{route}", ROUTE_F1.get(route, "macro")
+        train, dev = _load(sets, r.limit), _load([r.routes[route]], r.limit)
+        feats = image_features(train + dev, out / "cache", r.image_size)
+        model = load_classifier(out, name)
+        batches = _Batches(train, feats, AutoTokenizer.from_pretrained(minilm_path()), model.cfg)
+        start = calibrated(model, batches, dev, average)
+        best = {"epoch": None, **start}
+        teacher = load_classifier(Path(r.assistant)).eval() if r.lam > 0 and r.assistant else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=r.specialise_lr, weight_decay=r.weight_decay)
+        steps = r.specialise_epochs * math.ceil(len(train) / r.batch_size)
+        sched = get_linear_schedule_with_warmup(opt, int(r.warmup * steps), steps)
+        model.label_bias.zero_()
+        for epoch in range(r.specialise_epochs):
+            t0 = _train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch, stage=f"specialise_{route}")
+            cal = calibrated(model, batches, dev, average)
+            log({"stage": f"specialise_{route}", "epoch": epoch, "epoch_s": time.time() - t0,
+                 **{k: v for k, v in cal.items() if k != "key"}})
+            if cal["key"] > best["key"]:
+                best = {"epoch": epoch, **cal}
+                model.cfg.label_bias = tuple(cal["label_bias"])
+                save_classifier(model, model.cfg, out, name=name)
+        best.pop("key")
+        report[route] = {"train_sets": list(sets), "train_n": len(train), "dev": r.routes[route],
+                         "start": {k: v for k, v in start.items() if k != "key"}, "kept_epoch": best["epoch"],
+                         "result": best}
+    return report
 
 
 def save_classifier(model: CompactClassifier, cfg: ClassifierConfig, out: Path, name: str = "classifier") -> None:
@@ -362,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", nargs="?", help="TOML or YAML recipe (fields of CompactRecipe)")
-    ap.add_argument("--stage", choices=["classifier", "explainer", "all"], default="all")
+    ap.add_argument("--stage", choices=["classifier", "specialise", "explainer", "all"], default="all")
     ap.add_argument("--out", help="override the recipe's output directory")
     ap.add_argument("--threads", type=int, help="override the recipe's torch thread count")
     ap.add_argument("--export", metavar="DIR", help="after training, write a loadable student to DIR")
@@ -388,6 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     card.update({"recipe": asdict(r), "git_commit": git_commit()})
     if args.stage in ("classifier", "all"):
         card["classifier"] = train_classifier(r, out, log)
+        card_path.write_text(json.dumps(card, indent=2))
+    if args.stage in ("specialise", "all") and r.specialise:
+        card["specialise"] = specialise_routes(r, out, log)
         card_path.write_text(json.dumps(card, indent=2))
     if args.stage in ("explainer", "all"):
         if r.explainer_from:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from model import load_student
-from training.compact import CompactRecipe, export_student, train_classifier
+from training.compact import CompactRecipe, export_student, specialise_routes, train_classifier
 from training.compact_explainer import train_explainer
 
 
@@ -28,6 +28,15 @@ def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
     for route in ("aspect", "post"):
         saved = json.loads((run / f"classifier_{route}.json").read_text())
         assert saved["label_bias"] == clf["routes"][route]["calibration"]["label_bias"]
+    # a route continued on its own domain: kept only if its tuned dev score improves
+    r.specialise, r.specialise_epochs = {"post": ["mvsa_single/train.jsonl"]}, 1
+    spec = specialise_routes(r, run, logs.append)
+    post = spec["post"]
+    assert post["train_n"] == 8 and post["kept_epoch"] in (None, 0)
+    assert tuple(post["result"]["dev_after"].values()) >= tuple(post["start"]["dev_after"].values())
+    saved = json.loads((run / "classifier_post.json").read_text())
+    assert saved["label_bias"] == post["result"]["label_bias"]
+    assert any(rec.get("stage") == "specialise_post" and "dev_after" in rec for rec in logs)
     # distillation from a frozen assistant classifier (here: the run just trained)
     r2 = CompactRecipe(out=str(tmp_path / "run2"), limit=8, epochs=1, batch_size=8, lam=0.3, temperature=2.0,
                        assistant=str(run))
