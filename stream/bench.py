@@ -243,7 +243,6 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
             max_batch=max_batch, max_latency_ms=50, work_dir=str(log_dir), partitions=4, log_level="warn",
         )  # fmt: skip
         raw_s = s.model_copy(update={"input_topic": "raw.in", "output_topic": "raw.out", "dlq_topic": "raw.dlq"})
-        asyncio.run(ensure_topics(s))
         asyncio.run(ensure_topics(raw_s))
         console.print(f"generating {posts} posts with ~{image_kb} KB images ..." if image_kb else f"generating {posts} text-only posts ...")
         records = make_posts(posts, image_kb)
@@ -282,8 +281,7 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
                     lat, worker_e2e = asyncio.run(_latency(ws, make_posts(n_lat, image_kb, prefix="L"), lat_rate))
             finally:
                 _stop(worker)
-    rate, worker_cpu_ms = workers["auto"]["rate"], workers["auto"]["cpu_ms"]
-    full_rate = workers["full"]["rate"]
+    worker_cpu_ms, full_rate = workers["auto"]["cpu_ms"], workers["full"]["rate"]
     result = {
         "posts": posts,
         "post_bytes_avg": round(avg_bytes),

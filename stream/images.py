@@ -18,6 +18,7 @@ import asyncio
 import io
 import ipaddress
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
@@ -82,6 +83,17 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+@contextmanager
+def _pillow_errors():
+    """Pillow's errors while opening or decoding, as :class:`ImageError` with their code."""
+    try:
+        yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"image rejected as a decompression bomb: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(ErrorCode.IMAGE_UNREADABLE, f"image cannot be decoded: {exc}") from None
+
+
 def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
     """Check an image from its header only - a known format, the byte and pixel limits - and
     return ``(width, height)``; raises :class:`ImageError`. The pixels are not decoded.
@@ -94,13 +106,8 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, i
     _check_bytes(data, max_bytes)
     size = _jpeg_size(data)
     if size is None:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                size = img.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError(ErrorCode.IMAGE_UNREADABLE, f"image cannot be decoded: {exc}") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"image rejected as a decompression bomb: {exc}") from None
+        with _pillow_errors(), Image.open(io.BytesIO(data)) as img:
+            size = img.size
     _check_pixels(*size, max_pixels)
     return size
 
@@ -108,7 +115,7 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, i
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 448) -> Image.Image:
     """Decode ``data`` into an RGB image, oriented by EXIF; raises :class:`ImageError`."""
     _check_bytes(data, max_bytes)
-    try:
+    with _pillow_errors():
         # no warnings.catch_warnings() here: it is not thread-safe and decoding runs in a pool;
         # the pixel check below runs before any pixel is decoded, far under Pillow's own limit
         img = Image.open(io.BytesIO(data))
@@ -120,12 +127,6 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 4
         if img.mode != "RGB":
             img = img.convert("RGB")
         return img
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"image rejected as a decompression bomb: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(ErrorCode.IMAGE_UNREADABLE, f"image cannot be decoded: {exc}") from None
 
 
 @dataclass(frozen=True)

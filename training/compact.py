@@ -201,7 +201,7 @@ def calibrate_bias(logits: np.ndarray, y: np.ndarray, average: str = "macro",
 
 def calibrated(model: CompactClassifier, batches: _Batches, dev: list[Example], average: str) -> dict:
     """Dev metrics of ``model`` before and after tuning its logit offsets on ``dev`` (the
-    offsets it has are set aside for this); ``key`` = (accuracy, F1) after tuning."""
+    offsets it has are set aside for this)."""
     saved = model.label_bias.clone()
     model.label_bias.zero_()
     try:
@@ -213,7 +213,21 @@ def calibrated(model: CompactClassifier, batches: _Batches, dev: list[Example], 
     f1 = f"{average}_f1"
     before, after = bias_metrics(logits, y, (0.0, 0.0, 0.0), average), bias_metrics(logits, y, bias, average)
     return {"label_bias": list(bias), "dev_before": {"accuracy": before[0], f1: before[1]},
-            "dev_after": {"accuracy": after[0], f1: after[1]}, "key": after}
+            "dev_after": {"accuracy": after[0], f1: after[1]}}
+
+
+def _assistant(r: CompactRecipe) -> CompactClassifier | None:
+    """The frozen assistant classifier to distil from, or None when ``lam`` is 0."""
+    if r.lam <= 0:
+        return None
+    if not r.assistant:
+        raise ValueError("lam > 0 needs an assistant classifier (recipe field 'assistant')")
+    return load_classifier(Path(r.assistant)).eval()
+
+
+def _tuned(cal: dict) -> tuple[float, float]:
+    """(accuracy, F1) after the offsets were tuned, from a :func:`calibrated` record."""
+    return tuple(cal["dev_after"].values())
 
 
 def _train_epoch(model, teacher, batches: _Batches, train: list[Example], opt, sched, r: CompactRecipe, log,
@@ -266,11 +280,7 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
     tok = AutoTokenizer.from_pretrained(minilm_path())
     batches = _Batches(train, feats, tok, cfg)
     model = CompactClassifier(cfg)
-    teacher = None
-    if r.lam > 0:
-        if not r.assistant:
-            raise ValueError("lam > 0 needs an assistant classifier (recipe field 'assistant')")
-        teacher = load_classifier(Path(r.assistant)).eval()
+    teacher = _assistant(r)
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
     head_params = list(model.image_proj.parameters()) + list(model.head.parameters())
     opt = torch.optim.AdamW(
@@ -319,7 +329,7 @@ def calibrate_classifier(out: Path, name: str, dev: list[Example], batches: _Bat
     cal = calibrated(model, batches, dev, average)
     model.cfg.label_bias = tuple(cal["label_bias"])
     (out / f"{name}.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
-    return {k: v for k, v in cal.items() if k != "key"}
+    return cal
 
 
 def specialise_routes(r: CompactRecipe, out: Path, log) -> dict:
@@ -344,7 +354,7 @@ def specialise_routes(r: CompactRecipe, out: Path, log) -> dict:
         batches = _Batches(train, feats, AutoTokenizer.from_pretrained(minilm_path()), model.cfg)
         start = calibrated(model, batches, dev, average)
         best = {"epoch": None, **start}
-        teacher = load_classifier(Path(r.assistant)).eval() if r.lam > 0 and r.assistant else None
+        teacher = _assistant(r)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=r.specialise_lr, weight_decay=r.weight_decay)
         steps = r.specialise_epochs * math.ceil(len(train) / r.batch_size)
@@ -353,16 +363,13 @@ def specialise_routes(r: CompactRecipe, out: Path, log) -> dict:
         for epoch in range(r.specialise_epochs):
             t0 = _train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch, stage=f"specialise_{route}")
             cal = calibrated(model, batches, dev, average)
-            log({"stage": f"specialise_{route}", "epoch": epoch, "epoch_s": time.time() - t0,
-                 **{k: v for k, v in cal.items() if k != "key"}})
-            if cal["key"] > best["key"]:
+            log({"stage": f"specialise_{route}", "epoch": epoch, "epoch_s": time.time() - t0, **cal})
+            if _tuned(cal) > _tuned(best):
                 best = {"epoch": epoch, **cal}
                 model.cfg.label_bias = tuple(cal["label_bias"])
                 save_classifier(model, model.cfg, out, name=name)
-        best.pop("key")
         report[route] = {"train_sets": list(sets), "train_n": len(train), "dev": r.routes[route],
-                         "start": {k: v for k, v in start.items() if k != "key"}, "kept_epoch": best["epoch"],
-                         "result": best}
+                         "start": start, "kept_epoch": best["epoch"], "result": best}
     return report
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from functools import lru_cache
 from typing import Sequence
 
 from ..chain import parse_chain
@@ -19,7 +18,7 @@ from ..types import LABELS, BaseStudent, Label, PostInput, Prediction, Reasoning
 class NoopStudent(BaseStudent):
     name = "noop"
     version = "0"
-    reads_pixels = False  # the stream checks image headers only (stream.images.decode_image)
+    reads_pixels = False  # the stream checks image headers only (stream.images.check_image)
 
     def __init__(self, **_: object) -> None:
         # one (frozen) prediction per label, with and without its chain, shared by every post:
@@ -37,10 +36,8 @@ class NoopStudent(BaseStudent):
         return [self._explained[pred.label] for pred in predictions]
 
 
-@lru_cache(maxsize=None)
 def _chain(label: Label) -> ReasoningChain:
-    """The fixed chain of a label, rendered and parsed like a model's output (once per label:
-    parsing is most of this student's own time)."""
+    """The fixed chain of a label, rendered and parsed like a model's output."""
     chain = ReasoningChain(
         text_analysis="no-op model: the text was not analysed",
         image_analysis="no-op model: the image was not analysed",
