@@ -134,17 +134,24 @@ class _Batches:
     def __init__(self, examples, feats, tokenizer, cfg: ClassifierConfig):
         self.examples, self.feats, self.tok, self.cfg = examples, feats, tokenizer, cfg
 
-    def encode(self, exs: list[Example]):
+    def encode(self, exs: list[Example], cfg: ClassifierConfig | None = None):
+        """Tokenised pairs, image features and image flags of ``exs``, in the input format of
+        ``cfg`` (default: the model being trained)."""
+        cfg = cfg or self.cfg
         firsts, seconds, imgs, has = [], [], [], []
         for e in exs:
             f = self.feats.get(str(e.image_path)) if e.image_path else None
-            a, b = pair_inputs(e.text, e.aspect, f[1][: self.cfg.image_words] if f else None)
+            a, b = pair_inputs(e.text, e.aspect, f[1][: cfg.image_words] if f else None, cfg.mark_target)
             firsts.append(a)
             seconds.append(b)
-            imgs.append(f[0].astype(np.float32) if f else np.zeros(self.cfg.image_dim, np.float32))
+            imgs.append(f[0].astype(np.float32) if f else np.zeros(cfg.image_dim, np.float32))
             has.append(1.0 if f else 0.0)
-        enc = self.tok(firsts, seconds, padding=True, truncation="only_second", max_length=self.cfg.max_length, return_tensors="pt")
+        enc = self.tok(firsts, seconds, padding=True, truncation="only_second", max_length=cfg.max_length, return_tensors="pt")
         return enc, torch.from_numpy(np.stack(imgs)), torch.tensor(has)
+
+
+def _same_input(a: ClassifierConfig, b: ClassifierConfig) -> bool:
+    return (a.mark_target, a.image_words, a.max_length) == (b.mark_target, b.image_words, b.max_length)
 
 
 def _logits(model, enc, imgs, has):
@@ -250,7 +257,9 @@ def _train_epoch(model, teacher, batches: _Batches, train: list[Example], opt, s
         loss = F.cross_entropy(logits, y, label_smoothing=0.05)
         if teacher is not None:
             with torch.inference_mode():
-                t_logits = _logits(teacher, enc, imgs, has).float()
+                # the assistant reads the posts in its own input format (e.g. without target marks)
+                t_enc = enc if _same_input(teacher.cfg, batches.cfg) else batches.encode(exs, teacher.cfg)[0]
+                t_logits = _logits(teacher, t_enc, imgs, has).float()
             # lam=1 gives the pure T^2-scaled KL(assistant || student) of the shared loss;
             # the CE side keeps this trainer's label smoothing
             kl = kl_on_label_space(logits, t_logits, y, lam=1.0, T=r.temperature)

@@ -66,11 +66,36 @@ def _canonical(text_or_chain: str | ReasoningChain) -> str:
     return chain.render()
 
 
+def bootstrap_ci(gold: Sequence[str], pred: Sequence[str], *, resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of accuracy, weighted F1 and macro F1: the posts are
+    resampled with replacement ``resamples`` times. On a few hundred posts the interval is
+    several points wide, which is what a difference between two models has to beat."""
+    import numpy as np
+
+    k = len(LABEL_NAMES)
+    idx = {name: i for i, name in enumerate(LABEL_NAMES)}
+    g = np.array([idx[x] for x in gold])
+    p = np.array([idx[x] for x in pred])
+    rows = np.random.default_rng(seed).integers(0, len(g), (resamples, len(g)))
+    cells = g[rows] * k + p[rows]  # (resamples, n) cell of the confusion matrix
+    conf = np.stack([(cells == c).sum(1) for c in range(k * k)], 1).reshape(resamples, k, k).astype(float)
+    tp = conf[:, np.arange(k), np.arange(k)]
+    support, predicted = conf.sum(2), conf.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * tp / (support + predicted))  # F1 = 2TP / (2TP + FP + FN)
+    n = len(g)
+    stats = {"accuracy": tp.sum(1) / n, "weighted_f1": (f1 * support).sum(1) / n, "macro_f1": f1.mean(1)}
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {key: [float(v) for v in np.percentile(vals, q)] for key, vals in stats.items()}
+
+
 def classification_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     if not gold:
-        return {"accuracy": None, "weighted_f1": None, "macro_f1": None, "confusion": None, "per_class": {}}
+        return {"accuracy": None, "weighted_f1": None, "macro_f1": None, "confusion": None, "per_class": {},
+                "ci95": None}
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=LABEL_NAMES, zero_division=0)
     return {
         "accuracy": float(accuracy_score(gold, pred)),
@@ -81,6 +106,7 @@ def classification_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict[str
             name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, name in enumerate(LABEL_NAMES)
         },
+        "ci95": bootstrap_ci(gold, pred),
     }
 
 
@@ -231,6 +257,8 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     t = Table(title=f"evaluation of {report.get('student')} on {report['n']} posts")
     t.add_column("metric")
     t.add_column("value", justify="right")
+    t.add_column("95% CI (bootstrap)", justify="right")
+    ci = report.get("ci95") or {}
 
     def fmt(v: Any) -> str:
         if v is None:
@@ -240,7 +268,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     for key in ("accuracy", "weighted_f1", "macro_f1", "chain_parse_rate", "label_chain_agreement",
                 "bleu4", "rouge_l", "embedding_cosine", "distinct_1", "distinct_2", "posts_per_s"):
         if key in report:
-            t.add_row(key, fmt(report[key]))
+            t.add_row(key, fmt(report[key]), " - ".join(f"{v:.4f}" for v in ci[key]) if key in ci else "")
     console.print(t)
     if report.get("confusion"):
         c = Table(title="confusion (rows gold, columns predicted)")

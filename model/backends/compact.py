@@ -133,7 +133,7 @@ class CompactStudent(BaseStudent):
             rows = [i for i, p in enumerate(batch) if self._route(p) == route]
             if not rows:
                 continue
-            pairs = [pair_inputs(batch[i].text, batch[i].aspect, words[i]) for i in rows]
+            pairs = [pair_inputs(batch[i].text, batch[i].aspect, words[i], clf.cfg.mark_target) for i in rows]
             enc = self.tokenizer(
                 [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation="only_second",
                 max_length=clf.cfg.max_length, return_tensors="pt",

@@ -10,6 +10,7 @@ encoder can relate to the words of the post.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class ClassifierConfig:
     image_words: int = 3
     label_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Offsets added to the logits (positive, neutral, negative), tuned on dev after training."""
+    mark_target: bool = False
+    """Wrap the aspect's mentions in the text in ``<< >>``, so that posts naming several
+    targets with different sentiments read differently for each (aspect-level posts only)."""
 
     def __post_init__(self) -> None:
         self.label_bias = tuple(float(b) for b in self.label_bias)
@@ -50,8 +54,18 @@ class ClassifierConfig:
         return d
 
 
-def pair_inputs(text: str, aspect: str | None, image_words: list[str] | None) -> tuple[str, str]:
+def mark_target(text: str, aspect: str) -> str:
+    """``text`` with every mention of ``aspect`` wrapped in ``<< >>`` (case-insensitive;
+    unchanged when the aspect is not mentioned)."""
+    if not aspect.strip():
+        return text
+    return re.sub(re.escape(aspect), lambda m: f"<< {m.group(0)} >>", text, flags=re.IGNORECASE)
+
+
+def pair_inputs(text: str, aspect: str | None, image_words: list[str] | None, mark: bool = False) -> tuple[str, str]:
     target = aspect or POST_TARGET
+    if mark and aspect:
+        text = mark_target(text, aspect)
     if image_words:
         text = f"{text} [image: {', '.join(image_words)}]"
     return target, text

@@ -150,3 +150,37 @@ def test_bit_parallel_lcs_matches_dynamic_programming():
         a = [rng.choice("abcde") for _ in range(rng.randint(0, 80))]
         b = [rng.choice("abcdef") for _ in range(rng.randint(0, 80))]
         assert _lcs(a, b) == _lcs_dp(a, b)
+
+
+def test_bootstrap_intervals_match_sklearn_on_each_resample():
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from training.evaluate import LABEL_NAMES, bootstrap_ci
+
+    rng = np.random.default_rng(7)
+    gold = list(rng.choice(LABEL_NAMES, 300, p=[0.3, 0.55, 0.15]))
+    pred = [g if rng.random() < 0.7 else rng.choice(LABEL_NAMES) for g in gold]
+    ci = bootstrap_ci(gold, pred, resamples=50, seed=3)
+    rows = np.random.default_rng(3).integers(0, 300, (50, 300))  # the same resamples
+    g, p = np.array(gold), np.array(pred)
+    want = {
+        "accuracy": [accuracy_score(g[r], p[r]) for r in rows],
+        "weighted_f1": [f1_score(g[r], p[r], labels=LABEL_NAMES, average="weighted", zero_division=0) for r in rows],
+        "macro_f1": [f1_score(g[r], p[r], labels=LABEL_NAMES, average="macro", zero_division=0) for r in rows],
+    }
+    for key, vals in want.items():
+        assert ci[key] == pytest.approx(list(np.percentile(vals, [2.5, 97.5])), abs=1e-9), key
+        assert ci[key][0] < ci[key][1]
+
+
+def test_bootstrap_interval_width_and_perfect_predictions():
+    from training.evaluate import bootstrap_ci, classification_metrics
+
+    gold = ["positive", "neutral", "negative"] * 100
+    assert bootstrap_ci(gold, gold) == {k: [1.0, 1.0] for k in ("accuracy", "weighted_f1", "macro_f1")}
+    pred = gold[:225] + ["neutral"] * 75  # 250 of 300 right
+    m = classification_metrics(gold, pred)
+    lo, hi = m["ci95"]["accuracy"]
+    assert lo < m["accuracy"] < hi
+    assert 0.06 < hi - lo < 0.11  # about 2 x 1.96 x sqrt(p(1-p)/n) = 0.084

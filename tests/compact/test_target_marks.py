@@ -1,0 +1,78 @@
+"""Target marks of the compact classifier (``ClassifierConfig.mark_target``): the aspect's
+mentions are wrapped in ``<< >>`` for classifiers trained that way, and only for them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from model.compact.text import ClassifierConfig, mark_target, minilm_path, pair_inputs
+from training.compact import _Batches, _same_input
+from training.data import Example
+
+
+def test_every_mention_is_marked_case_insensitively():
+    text = "Charlotte hornets visit Greensboro ; charlotte fans cheer"
+    assert mark_target(text, "Charlotte") == "<< Charlotte >> hornets visit Greensboro ; << charlotte >> fans cheer"
+
+
+def test_regex_characters_in_the_aspect_are_literal():
+    assert mark_target("Loving C++ (and C) today", "C++") == "Loving << C++ >> (and C) today"
+    assert mark_target("price $5.00 now", "$5.00") == "price << $5.00 >> now"
+
+
+def test_unmentioned_or_empty_aspect_leaves_the_text_alone():
+    assert mark_target("nothing here", "Paris") == "nothing here"
+    assert mark_target("nothing here", "  ") == "nothing here"
+
+
+def test_pair_inputs_marks_only_when_asked_and_only_aspect_posts():
+    assert pair_inputs("I love Paris", "Paris", None) == ("Paris", "I love Paris")
+    assert pair_inputs("I love Paris", "Paris", ["tower"], True) == ("Paris", "I love << Paris >> [image: tower]")
+    assert pair_inputs("I love Paris", None, None, True) == ("the whole post", "I love Paris")
+
+
+def test_classifier_json_without_the_field_reads_as_unmarked():
+    old = ClassifierConfig().to_dict()
+    del old["mark_target"]  # classifiers saved before the field existed
+    cfg = ClassifierConfig(**json.loads(json.dumps(old)))
+    assert cfg.mark_target is False
+
+
+def test_assistant_reads_posts_in_its_own_format():
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    student_cfg, assistant_cfg = ClassifierConfig(mark_target=True), ClassifierConfig()
+    assert not _same_input(student_cfg, assistant_cfg)
+    assert _same_input(assistant_cfg, ClassifierConfig(label_bias=(1.0, 0.0, 0.0)))
+    ex = Example(id="x", text="I love Paris but not London", aspect="London", label="negative", image_path=None)
+    b = _Batches([ex], {}, tok, student_cfg)
+    marked, imgs, has = b.encode([ex])
+    plain, _, _ = b.encode([ex], assistant_cfg)
+    words = tok.convert_ids_to_tokens(marked["input_ids"][0])
+    assert words.count("<") == 2 and words.count(">") == 2
+    assert "<" not in tok.convert_ids_to_tokens(plain["input_ids"][0])
+    assert imgs.shape == (1, student_cfg.image_dim) and np.all(has.numpy() == 0.0)
+
+
+def test_served_classifier_marks_only_when_its_config_says_so(tmp_path):
+    """The compact backend reads ``mark_target`` from each route's classifier json."""
+    import shutil
+
+    from model import PostInput, load_student
+    from model.loading import DEFAULT_WEIGHTS
+
+    marked = tmp_path / "marked"
+    shutil.copytree(DEFAULT_WEIGHTS, marked)
+    cfg_path = marked / "classifier_aspect.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["mark_target"] = True
+    cfg_path.write_text(json.dumps(cfg))
+    plain, marked_student = load_student("default"), load_student(f"compact:{marked}")
+    post = PostInput("Charlotte hornets visit Greensboro for the league meeting", aspect="Charlotte", id="m1")
+    whole = PostInput("Charlotte hornets visit Greensboro", id="m2")  # post level: the unmarked post route
+    (p_plain, w_plain), (p_marked, w_marked) = plain.classify([post, whole]), marked_student.classify([post, whole])
+    # one mention, four more word pieces: "<", "<", ">", ">"
+    assert p_marked.prompt_tokens == p_plain.prompt_tokens + 4
+    assert w_marked.prompt_tokens == w_plain.prompt_tokens
