@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-all bench lint schemas clean
+.PHONY: setup demo test test-all bench student lint schemas clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,12 @@ test-all: setup
 bench: setup
 	$(VENV)/bin/mulcot bench stream
 	$(VENV)/bin/mulcot bench model
+
+# Retrain the default student from ../shared/data and export it over model/weights/default:
+# the assistant recipe, then the student recipe (about 2 hours on 2 CPU cores; docs/results.md)
+student: setup
+	$(VENV)/bin/mulcot distill compact training/recipes/compact-assistant.toml
+	$(VENV)/bin/mulcot distill compact training/recipes/compact.toml --export model/weights/default
 
 lint: setup
 	$(PY) -m ruff check --select F model stream training tests
