@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from model import LABELS
-from model.compact.text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path, pair_inputs
+from model.compact.text import ClassifierConfig, CompactClassifier, encode_pairs, load_classifier, minilm_path, pair_inputs
 from model.compact.vision import ImageEncoder
 
 from .data import Example, data_dir, load_examples
@@ -138,24 +138,22 @@ class _Batches:
         """Tokenised pairs, image features and image flags of ``exs``, in the input format of
         ``cfg`` (default: the model being trained)."""
         cfg = cfg or self.cfg
-        firsts, seconds, imgs, has = [], [], [], []
+        pairs, imgs, has = [], [], []
         for e in exs:
             f = self.feats.get(str(e.image_path)) if e.image_path else None
-            a, b = pair_inputs(e.text, e.aspect, f[1][: cfg.image_words] if f else None, cfg.mark_target)
-            firsts.append(a)
-            seconds.append(b)
+            pairs.append(pair_inputs(e.text, e.aspect, f[1][: cfg.image_words] if f else None, cfg.mark_target))
             imgs.append(f[0].astype(np.float32) if f else np.zeros(cfg.image_dim, np.float32))
             has.append(1.0 if f else 0.0)
-        enc = self.tok(firsts, seconds, padding=True, truncation="only_second", max_length=cfg.max_length, return_tensors="pt")
+        enc = encode_pairs(self.tok, pairs, [e.aspect for e in exs], cfg)
         return enc, torch.from_numpy(np.stack(imgs)), torch.tensor(has)
 
 
 def _same_input(a: ClassifierConfig, b: ClassifierConfig) -> bool:
-    return (a.mark_target, a.image_words, a.max_length) == (b.mark_target, b.image_words, b.max_length)
+    return (a.mark_target, a.target_pool, a.image_words, a.max_length) == (b.mark_target, b.target_pool, b.image_words, b.max_length)
 
 
 def _logits(model, enc, imgs, has):
-    return model(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), imgs, has)
+    return model(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), imgs, has, enc.get("target_mask"))
 
 
 def evaluate_classifier(model, batches: _Batches, exs: list[Example], bs: int = 64) -> tuple[float, float, np.ndarray]:
@@ -453,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", help="override the recipe's output directory")
     ap.add_argument("--threads", type=int, help="override the recipe's torch thread count")
     ap.add_argument("--export", metavar="DIR", help="after training, write a loadable student to DIR")
+    ap.add_argument("--version", help="version written into the exported student.json (default: today's date)")
     args = ap.parse_args(argv)
     r = load_recipe(args.recipe)
     if args.out:
@@ -494,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
             card["explainer"] = train_explainer(r, out, log)
         card_path.write_text(json.dumps(card, indent=2))
     if args.export:
-        export_student(out, Path(args.export), image_size=r.image_size)
+        export_student(out, Path(args.export), image_size=r.image_size, version=args.version)
 
 
 if __name__ == "__main__":

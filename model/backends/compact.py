@@ -115,7 +115,7 @@ class CompactStudent(BaseStudent):
         ]
 
     def _label_pass(self, batch: list[PostInput]):
-        from ..compact.text import pair_inputs
+        from ..compact.text import encode_pairs, pair_inputs
 
         with_img = [i for i, p in enumerate(batch) if p.image is not None]
         feats = torch.zeros(len(batch), self.cfg.image_dim)
@@ -134,14 +134,11 @@ class CompactStudent(BaseStudent):
             if not rows:
                 continue
             pairs = [pair_inputs(batch[i].text, batch[i].aspect, words[i], clf.cfg.mark_target) for i in rows]
-            enc = self.tokenizer(
-                [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation="only_second",
-                max_length=clf.cfg.max_length, return_tensors="pt",
-            ).to(self.device)
+            enc = encode_pairs(self.tokenizer, pairs, [batch[i].aspect for i in rows], clf.cfg).to(self.device)
             idx = torch.tensor(rows)
             probs[idx] = clf(
                 enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), feats[idx].to(self.device),
-                has[idx].to(self.device),
+                has[idx].to(self.device), enc.get("target_mask"),
             ).float().softmax(-1).cpu()
             for j, i in enumerate(rows):
                 n_tokens[i] = int(enc["attention_mask"][j].sum())

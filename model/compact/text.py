@@ -44,6 +44,9 @@ class ClassifierConfig:
     mark_target: bool = False
     """Wrap the aspect's mentions in the text in ``<< >>``, so that posts naming several
     targets with different sentiments read differently for each (aspect-level posts only)."""
+    target_pool: bool = False
+    """Also pool the encoder states at the aspect's mentions in the text (posts without an
+    aspect, or whose aspect is not mentioned, use the mean over the pair instead)."""
 
     def __post_init__(self) -> None:
         self.label_bias = tuple(float(b) for b in self.label_bias)
@@ -71,6 +74,29 @@ def pair_inputs(text: str, aspect: str | None, image_words: list[str] | None, ma
     return target, text
 
 
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], aspects: list[str | None], cfg: ClassifierConfig):
+    """Tokenised ``(target, text)`` pairs as the classifier reads them; with
+    ``cfg.target_pool`` also ``target_mask``: 1 at the word pieces of the text that belong to a
+    mention of the aspect."""
+    enc = tokenizer(
+        [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation="only_second",
+        max_length=cfg.max_length, return_tensors="pt", return_offsets_mapping=cfg.target_pool,
+    )
+    if cfg.target_pool:
+        offsets = enc.pop("offset_mapping").tolist()
+        mask = torch.zeros(enc["input_ids"].shape, dtype=torch.float32)
+        for i, ((_, text), aspect) in enumerate(zip(pairs, aspects)):
+            if not aspect or not aspect.strip():
+                continue
+            spans = [m.span() for m in re.finditer(re.escape(aspect), text, flags=re.IGNORECASE)]
+            for j, seq in enumerate(enc.sequence_ids(i)):
+                start, end = offsets[i][j]
+                if seq == 1 and end > start and any(start < e and end > s for s, e in spans):
+                    mask[i, j] = 1.0
+        enc["target_mask"] = mask
+    return enc
+
+
 class CompactClassifier(nn.Module):
     def __init__(self, cfg: ClassifierConfig, *, encoder: nn.Module | None = None) -> None:
         super().__init__()
@@ -91,7 +117,7 @@ class CompactClassifier(nn.Module):
         self.image_proj = nn.Sequential(nn.Linear(cfg.image_dim, cfg.image_proj), nn.LayerNorm(cfg.image_proj), nn.GELU())
         self.head = nn.Sequential(
             nn.Dropout(cfg.dropout),
-            nn.Linear(2 * hid + cfg.image_proj + 1, cfg.hidden),
+            nn.Linear((3 if cfg.target_pool else 2) * hid + cfg.image_proj + 1, cfg.hidden),
             nn.GELU(),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, 3),
@@ -105,14 +131,21 @@ class CompactClassifier(nn.Module):
         token_type_ids: torch.Tensor | None,
         image_feats: torch.Tensor,
         has_image: torch.Tensor,
+        target_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         h = out.last_hidden_state
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         mean = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-        cls = h[:, 0]
+        parts = [h[:, 0], mean]
+        if self.cfg.target_pool:
+            if target_mask is None:
+                raise ValueError("this classifier pools at the target: pass target_mask (see encode_pairs)")
+            t = target_mask.unsqueeze(-1).to(h.dtype)
+            n = t.sum(1)
+            parts.append(torch.where(n > 0, (h * t).sum(1) / n.clamp(min=1.0), mean))
         img = self.image_proj(image_feats) * has_image.unsqueeze(-1)
-        return self.head(torch.cat([cls, mean, img, has_image.unsqueeze(-1)], dim=-1)) + self.label_bias
+        return self.head(torch.cat([*parts, img, has_image.unsqueeze(-1)], dim=-1)) + self.label_bias
 
     # ---- trained parts only (the pretrained encoder comes from its PyPI package) ----
     def trained_state(self) -> dict[str, torch.Tensor]:

@@ -1,11 +1,13 @@
-"""Target marks of the compact classifier (``ClassifierConfig.mark_target``): the aspect's
-mentions are wrapped in ``<< >>`` for classifiers trained that way, and only for them."""
+"""Target-aware inputs of the compact classifier: target marks (``ClassifierConfig.mark_target``:
+the aspect's mentions wrapped in ``<< >>``) and target pooling (``target_pool``: the encoder
+states at those mentions pooled), each only for classifiers trained that way."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 from transformers import AutoTokenizer
 
 from model.compact.text import ClassifierConfig, mark_target, minilm_path, pair_inputs
@@ -36,9 +38,9 @@ def test_pair_inputs_marks_only_when_asked_and_only_aspect_posts():
 
 def test_classifier_json_without_the_field_reads_as_unmarked():
     old = ClassifierConfig().to_dict()
-    del old["mark_target"]  # classifiers saved before the field existed
+    del old["mark_target"], old["target_pool"]  # classifiers saved before the fields existed
     cfg = ClassifierConfig(**json.loads(json.dumps(old)))
-    assert cfg.mark_target is False
+    assert cfg.mark_target is False and cfg.target_pool is False
 
 
 def test_assistant_reads_posts_in_its_own_format():
@@ -76,3 +78,44 @@ def test_served_classifier_marks_only_when_its_config_says_so(tmp_path):
     # one mention, four more word pieces: "<", "<", ">", ">"
     assert p_marked.prompt_tokens == p_plain.prompt_tokens + 4
     assert w_marked.prompt_tokens == w_plain.prompt_tokens
+
+
+# ---- target pooling (ClassifierConfig.target_pool)
+
+def _tok():
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+def test_target_mask_covers_the_mentions_in_the_text_only():
+    from model.compact.text import encode_pairs
+
+    cfg = ClassifierConfig(target_pool=True)
+    text = "Emma Watson , Jennifer Lawrence and EMMA WATSON again"
+    pairs = [pair_inputs(text, "Emma Watson", ["hat"]), pair_inputs("no aspect here", None, None)]
+    enc = encode_pairs(_tok(), pairs, ["Emma Watson", None], cfg)
+    pieces = _tok().convert_ids_to_tokens(enc["input_ids"][0])
+    marked = [(j, p) for j, p in enumerate(pieces) if enc["target_mask"][0, j] > 0]
+    assert [p for _, p in marked] == ["emma", "watson", "emma", "watson"]
+    first_sep = pieces.index("[SEP]")
+    assert all(j > first_sep for j, _ in marked)  # the target segment itself is not pooled
+    assert enc["target_mask"][1].sum() == 0
+    assert "target_mask" not in encode_pairs(_tok(), pairs, ["Emma Watson", None], ClassifierConfig())
+
+
+def test_posts_without_a_mention_pool_the_mean_instead():
+    import torch
+
+    from model.compact.text import CompactClassifier, encode_pairs
+
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(target_pool=True, dropout=0.0)
+    model = CompactClassifier(cfg).eval()
+    enc = encode_pairs(_tok(), [pair_inputs("a quiet day in town", "Paris", None)], ["Paris"], cfg)
+    assert enc["target_mask"].sum() == 0
+    args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], torch.zeros(1, 1280), torch.zeros(1))
+    with torch.inference_mode():
+        fallback = model(*args, enc["target_mask"])
+        whole = model(*args, enc["attention_mask"].float())  # pooling "at" every token = the mean
+    assert torch.allclose(fallback, whole, atol=1e-5)
+    with pytest.raises(ValueError, match="target_mask"):
+        model(*args)
