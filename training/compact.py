@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from model import LABELS
-from model.compact.text import ClassifierConfig, CompactClassifier, encode_pairs, load_classifier, minilm_path, pair_inputs
+from model.compact.text import ClassifierConfig, CompactClassifier, encode_pairs, load_classifier, minilm_path
 from model.compact.vision import ImageEncoder
 
 from .data import Example, data_dir, load_examples
@@ -138,18 +138,14 @@ class _Batches:
         """Tokenised pairs, image features and image flags of ``exs``, in the input format of
         ``cfg`` (default: the model being trained)."""
         cfg = cfg or self.cfg
-        pairs, imgs, has = [], [], []
+        posts, imgs, has = [], [], []
         for e in exs:
             f = self.feats.get(str(e.image_path)) if e.image_path else None
-            pairs.append(pair_inputs(e.text, e.aspect, f[1][: cfg.image_words] if f else None, cfg.mark_target))
+            posts.append((e.text, e.aspect, f[1][: cfg.image_words] if f else None))
             imgs.append(f[0].astype(np.float32) if f else np.zeros(cfg.image_dim, np.float32))
             has.append(1.0 if f else 0.0)
-        enc = encode_pairs(self.tok, pairs, [e.aspect for e in exs], cfg)
+        enc = encode_pairs(self.tok, posts, cfg)
         return enc, torch.from_numpy(np.stack(imgs)), torch.tensor(has)
-
-
-def _same_input(a: ClassifierConfig, b: ClassifierConfig) -> bool:
-    return (a.mark_target, a.target_pool, a.image_words, a.max_length) == (b.mark_target, b.target_pool, b.image_words, b.max_length)
 
 
 def _logits(model, enc, imgs, has):
@@ -256,7 +252,7 @@ def _train_epoch(model, teacher, batches: _Batches, train: list[Example], opt, s
         if teacher is not None:
             with torch.inference_mode():
                 # the assistant reads the posts in its own input format (e.g. without target marks)
-                t_enc = enc if _same_input(teacher.cfg, batches.cfg) else batches.encode(exs, teacher.cfg)[0]
+                t_enc = enc if teacher.cfg.input_format() == batches.cfg.input_format() else batches.encode(exs, teacher.cfg)[0]
                 t_logits = _logits(teacher, t_enc, imgs, has).float()
             # lam=1 gives the pure T^2-scaled KL(assistant || student) of the shared loss;
             # the CE side keeps this trainer's label smoothing

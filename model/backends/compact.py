@@ -115,7 +115,7 @@ class CompactStudent(BaseStudent):
         ]
 
     def _label_pass(self, batch: list[PostInput]):
-        from ..compact.text import encode_pairs, pair_inputs
+        from ..compact.text import encode_pairs
 
         with_img = [i for i, p in enumerate(batch) if p.image is not None]
         feats = torch.zeros(len(batch), self.cfg.image_dim)
@@ -133,8 +133,8 @@ class CompactStudent(BaseStudent):
             rows = [i for i, p in enumerate(batch) if self._route(p) == route]
             if not rows:
                 continue
-            pairs = [pair_inputs(batch[i].text, batch[i].aspect, words[i], clf.cfg.mark_target) for i in rows]
-            enc = encode_pairs(self.tokenizer, pairs, [batch[i].aspect for i in rows], clf.cfg).to(self.device)
+            enc = encode_pairs(self.tokenizer, [(batch[i].text, batch[i].aspect, words[i]) for i in rows], clf.cfg)
+            enc = enc.to(self.device)
             idx = torch.tensor(rows)
             probs[idx] = clf(
                 enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), feats[idx].to(self.device),

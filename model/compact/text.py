@@ -51,18 +51,31 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         self.label_bias = tuple(float(b) for b in self.label_bias)
 
+    def input_format(self) -> tuple:
+        """What decides how a post is turned into the classifier's input: two classifiers with
+        the same format can share one tokenised batch."""
+        return (self.mark_target, self.target_pool, self.image_words, self.max_length)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["label_bias"] = list(self.label_bias)
         return d
 
 
+def _mentions(text: str, aspect: str | None) -> list[tuple[int, int]]:
+    """Character spans of the aspect's mentions in ``text`` (case-insensitive; none for a
+    missing or blank aspect)."""
+    if not aspect or not aspect.strip():
+        return []
+    return [m.span() for m in re.finditer(re.escape(aspect), text, flags=re.IGNORECASE)]
+
+
 def mark_target(text: str, aspect: str) -> str:
     """``text`` with every mention of ``aspect`` wrapped in ``<< >>`` (case-insensitive;
     unchanged when the aspect is not mentioned)."""
-    if not aspect.strip():
-        return text
-    return re.sub(re.escape(aspect), lambda m: f"<< {m.group(0)} >>", text, flags=re.IGNORECASE)
+    for start, end in reversed(_mentions(text, aspect)):
+        text = f"{text[:start]}<< {text[start:end]} >>{text[end:]}"
+    return text
 
 
 def pair_inputs(text: str, aspect: str | None, image_words: list[str] | None, mark: bool = False) -> tuple[str, str]:
@@ -74,10 +87,11 @@ def pair_inputs(text: str, aspect: str | None, image_words: list[str] | None, ma
     return target, text
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]], aspects: list[str | None], cfg: ClassifierConfig):
-    """Tokenised ``(target, text)`` pairs as the classifier reads them; with
-    ``cfg.target_pool`` also ``target_mask``: 1 at the word pieces of the text that belong to a
-    mention of the aspect."""
+def encode_pairs(tokenizer, posts: list[tuple[str, str | None, list[str] | None]], cfg: ClassifierConfig):
+    """``(text, aspect, image words)`` posts tokenised as the classifier of ``cfg`` reads them
+    (sentence pairs from :func:`pair_inputs`); with ``cfg.target_pool`` also ``target_mask``: 1 at
+    the word pieces of the text that belong to a mention of the aspect."""
+    pairs = [pair_inputs(text, aspect, words, cfg.mark_target) for text, aspect, words in posts]
     enc = tokenizer(
         [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation="only_second",
         max_length=cfg.max_length, return_tensors="pt", return_offsets_mapping=cfg.target_pool,
@@ -85,10 +99,10 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]], aspects: list[str | No
     if cfg.target_pool:
         offsets = enc.pop("offset_mapping").tolist()
         mask = torch.zeros(enc["input_ids"].shape, dtype=torch.float32)
-        for i, ((_, text), aspect) in enumerate(zip(pairs, aspects)):
-            if not aspect or not aspect.strip():
+        for i, ((_, text), (_, aspect, _)) in enumerate(zip(pairs, posts)):
+            spans = _mentions(text, aspect)
+            if not spans:
                 continue
-            spans = [m.span() for m in re.finditer(re.escape(aspect), text, flags=re.IGNORECASE)]
             for j, seq in enumerate(enc.sequence_ids(i)):
                 start, end = offsets[i][j]
                 if seq == 1 and end > start and any(start < e and end > s for s, e in spans):

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from model.compact.text import ClassifierConfig, mark_target, minilm_path, pair_inputs
-from training.compact import _Batches, _same_input
+from training.compact import _Batches
 from training.data import Example
 
 
@@ -46,8 +46,8 @@ def test_classifier_json_without_the_field_reads_as_unmarked():
 def test_assistant_reads_posts_in_its_own_format():
     tok = AutoTokenizer.from_pretrained(minilm_path())
     student_cfg, assistant_cfg = ClassifierConfig(mark_target=True), ClassifierConfig()
-    assert not _same_input(student_cfg, assistant_cfg)
-    assert _same_input(assistant_cfg, ClassifierConfig(label_bias=(1.0, 0.0, 0.0)))
+    assert student_cfg.input_format() != assistant_cfg.input_format()
+    assert assistant_cfg.input_format() == ClassifierConfig(label_bias=(1.0, 0.0, 0.0)).input_format()
     ex = Example(id="x", text="I love Paris but not London", aspect="London", label="negative", image_path=None)
     b = _Batches([ex], {}, tok, student_cfg)
     marked, imgs, has = b.encode([ex])
@@ -91,15 +91,15 @@ def test_target_mask_covers_the_mentions_in_the_text_only():
 
     cfg = ClassifierConfig(target_pool=True)
     text = "Emma Watson , Jennifer Lawrence and EMMA WATSON again"
-    pairs = [pair_inputs(text, "Emma Watson", ["hat"]), pair_inputs("no aspect here", None, None)]
-    enc = encode_pairs(_tok(), pairs, ["Emma Watson", None], cfg)
+    posts = [(text, "Emma Watson", ["hat"]), ("no aspect here", None, None)]
+    enc = encode_pairs(_tok(), posts, cfg)
     pieces = _tok().convert_ids_to_tokens(enc["input_ids"][0])
     marked = [(j, p) for j, p in enumerate(pieces) if enc["target_mask"][0, j] > 0]
     assert [p for _, p in marked] == ["emma", "watson", "emma", "watson"]
     first_sep = pieces.index("[SEP]")
     assert all(j > first_sep for j, _ in marked)  # the target segment itself is not pooled
     assert enc["target_mask"][1].sum() == 0
-    assert "target_mask" not in encode_pairs(_tok(), pairs, ["Emma Watson", None], ClassifierConfig())
+    assert "target_mask" not in encode_pairs(_tok(), posts, ClassifierConfig())
 
 
 def test_posts_without_a_mention_pool_the_mean_instead():
@@ -110,7 +110,7 @@ def test_posts_without_a_mention_pool_the_mean_instead():
     torch.manual_seed(0)
     cfg = ClassifierConfig(target_pool=True, dropout=0.0)
     model = CompactClassifier(cfg).eval()
-    enc = encode_pairs(_tok(), [pair_inputs("a quiet day in town", "Paris", None)], ["Paris"], cfg)
+    enc = encode_pairs(_tok(), [("a quiet day in town", "Paris", None)], cfg)
     assert enc["target_mask"].sum() == 0
     args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], torch.zeros(1, 1280), torch.zeros(1))
     with torch.inference_mode():
