@@ -9,6 +9,10 @@ batch of real posts with images from ``../shared/data`` (or synthetic ones):
 * labels-only (one scoring forward pass per batch),
 * label + chain (scoring + generation, the batched predict path),
 * a plain ``model.generate`` baseline on the same reasoning prompts and token budget,
+* with ``--compare``, labels-only passes with the packed vision attention (the default) and
+  with the model's own per-window loop, alternated A B A B after a warm-up of both over every
+  post (the first pass over new image shapes is slower), so the speed-up is measured side by
+  side on one card in one process,
 
 then prints card, date, batch size, image size, tokens, posts/s and peak memory, and writes
 JSON with ``--json-out``. The weights are random, so the chains are gibberish: this checks
@@ -105,7 +109,7 @@ def build(tiny: bool, device: str, dtype, image_size: int):
 
 def baseline_generate(student, posts, batch_size: int, max_new_tokens: int) -> dict:
     """Plain ``model.generate`` on the reasoning prompts: same inputs, no scoring pass, no
-    stop strings, no parsing (what a hand-written loop would do)."""
+    stop strings, no parsing, the model's own attention (what a hand-written loop would do)."""
     import torch
 
     from model.backends.hf import encode_batch
@@ -139,6 +143,44 @@ def baseline_generate(student, posts, batch_size: int, max_new_tokens: int) -> d
     }
 
 
+def compare_vision_attention(model, processor, posts, batch_size: int, image_size: int, stock: str,
+                             rounds: int = 3) -> dict:
+    """Labels-only posts/s with the packed vision attention and with the model's own (``stock``),
+    alternated ``rounds`` times after an untimed warm-up pass of each; medians are reported."""
+    import statistics
+
+    import torch
+
+    from model.backends.hf import HFStudent
+
+    def student(kind: str) -> HFStudent:
+        model.set_attn_implementation({"vision_config": stock})
+        return HFStudent(model, processor, image_size=image_size, chain=False, vision_attention=kind)
+
+    def timed(st: HFStudent) -> float:
+        if torch.cuda.is_available() and st.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(0, len(posts), batch_size):
+            st.classify(posts[i : i + batch_size])
+        if torch.cuda.is_available() and st.device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(posts) / (time.perf_counter() - t0)
+
+    kinds = ("packed", "model")
+    for kind in kinds:
+        timed(student(kind))  # warm-up: every image shape once
+    runs: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            runs[kind].append(round(timed(student(kind)), 2))
+    out = {k: {"posts_per_s_median": statistics.median(v), "runs": v} for k, v in runs.items()}
+    out["speedup"] = round(out["packed"]["posts_per_s_median"] / out["model"]["posts_per_s_median"], 2)
+    print(f"labels-only, vision attention packed vs the model's own ({stock}), {rounds} alternated rounds: "
+          f"{out['packed']['runs']} vs {out['model']['runs']} posts/s -> x{out['speedup']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny config instead of the 3B shape (CPU test)")
@@ -152,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
                     help="default: bf16 on cuda, fp32 on cpu")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--compare", action="store_true",
+                    help="also time labels-only with packed vs per-window vision attention, alternated")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
 
@@ -171,15 +215,22 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     model, processor = build(args.tiny, device, dtype, args.image_size)
     build_s = time.perf_counter() - t0
-    student = HFStudent(model, processor, name="qwen2.5-vl-3b-shape(random)" if not args.tiny else "qwen2.5-vl-tiny",
-                        image_size=args.image_size, max_new_tokens=args.max_new_tokens,
-                        info={"dtype": str(dtype).replace("torch.", ""),
-                              "parameters": sum(p.numel() for p in model.parameters())})
+    stock_attention = model.config.vision_config._attn_implementation
+    info = {"dtype": str(dtype).replace("torch.", ""), "parameters": sum(p.numel() for p in model.parameters())}
+    name = "qwen2.5-vl-3b-shape(random)" if not args.tiny else "qwen2.5-vl-tiny"
+
+    student = HFStudent(model, processor, name=name, image_size=args.image_size,
+                        max_new_tokens=args.max_new_tokens, info=info)
     result = run_model_bench("check_hf", posts, student=student, batch_size=args.batch_size, print_table=False)
-    result.update(build_seconds=round(build_s, 1), posts_source=source, shape="tiny" if args.tiny else "Qwen2.5-VL-3B",
-                  date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  torch=torch.__version__)
+    result.update(vision_attention=student.info.get("vision_attention", stock_attention),
+                  build_seconds=round(build_s, 1), posts_source=source, shape="tiny" if args.tiny else "Qwen2.5-VL-3B",
+                  date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), torch=torch.__version__)
     print_bench_table(result)
+    if args.compare:
+        result["compare_vision_attention"] = compare_vision_attention(
+            model, processor, posts, args.batch_size, args.image_size, stock_attention)
+    # the baseline is what a hand-written loop gets: the model's own attention
+    model.set_attn_implementation({"vision_config": stock_attention})
     if not args.no_baseline:
         result["baseline_generate"] = base = baseline_generate(student, posts, args.batch_size, args.max_new_tokens)
         print(f"baseline model.generate: {base['posts_per_s']} posts/s, {base['generated_tokens']} tokens "

@@ -379,10 +379,13 @@ class HFStudent(BaseStudent):
         chain: bool = True,
         chain_prompt: str = "reasoning",
         label_scoring: str = "auto",
+        vision_attention: str = "packed",
         info: dict | None = None,
     ) -> None:
         if chain_prompt not in ("reasoning", "guided"):
             raise ValueError("chain_prompt must be 'reasoning' or 'guided'")
+        if vision_attention not in ("packed", "model"):
+            raise ValueError("vision_attention must be 'packed' or 'model'")
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -400,6 +403,11 @@ class HFStudent(BaseStudent):
         self.chain = bool(chain)
         self.chain_prompt = chain_prompt
         self.info = dict(info or {})
+        if vision_attention == "packed":
+            from .attention import PACKED_SDPA, use_packed_vision_attention
+
+            if use_packed_vision_attention(model):
+                self.info["vision_attention"] = PACKED_SDPA
         if label_scoring not in ("auto", "first_token", "sequence"):
             raise ValueError("label_scoring must be 'auto', 'first_token' or 'sequence'")
         self.label_scoring = label_scoring
@@ -421,12 +429,14 @@ class HFStudent(BaseStudent):
         labels-only: ``predict`` never generates), ``chain_prompt`` ("reasoning" | "guided"),
         ``label_scoring`` ("auto": first-token logits when the label words' first tokens differ,
         else full-word log-probabilities; "first_token"; "sequence"), ``merge_adapter`` (True),
-        ``attn_implementation``, ``name``, ``version``.
+        ``attn_implementation``, ``vision_attention`` ("packed": Qwen-VL vision towers run all
+        their windows in one attention call instead of one call per window, unless flash-attn is
+        in use; "model": leave the model's own), ``name``, ``version``.
         Unknown options are ignored with a log line (settings objects pass extra keys).
         """
         load_keys = ("device", "dtype", "merge_adapter", "attn_implementation")
         init_keys = ("name", "version", "image_size", "max_new_tokens", "do_sample", "temperature", "top_p",
-                     "seed", "chain", "chain_prompt", "label_scoring")
+                     "seed", "chain", "chain_prompt", "label_scoring", "vision_attention")
         unknown = sorted(set(options) - set(load_keys) - set(init_keys))
         if unknown:
             log.info("HFStudent ignores options %s", unknown)

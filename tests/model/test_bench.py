@@ -67,6 +67,15 @@ def test_gpu_check_script_bf16_path(tmp_path):
     assert result["label_chain"]["posts"] == 2 and result["label_chain"]["label_chain_agreement"] == 1.0
 
 
+def test_gpu_check_compare_alternates_both_vision_attentions(tmp_path):
+    mod = _load_script("check_hf")
+    result = mod.main(["--tiny", "--device", "cpu", "--n-posts", "4", "--batch-size", "2", "--image-size", "112",
+                       "--max-new-tokens", "2", "--data-dir", str(tmp_path), "--no-baseline", "--compare"])
+    assert result["vision_attention"] == "flash_packed_sdpa"
+    cmp = result["compare_vision_attention"]
+    assert len(cmp["packed"]["runs"]) == len(cmp["model"]["runs"]) == 3 and cmp["speedup"] > 0
+
+
 def test_gpu_check_config_is_the_3b_shape():
     """The hand-written config has Qwen2.5-VL-3B's parameter count (~3.75B) without allocating it."""
     import torch

@@ -1,0 +1,99 @@
+"""Packed attention for Qwen2-VL / Qwen2.5-VL vision towers without flash-attn.
+
+The Qwen vision towers attend within windows (and, every few blocks, within each image). With
+``flash_attention_*`` they pass the window boundaries (``cu_seqlens``) to one variable-length
+kernel; with ``sdpa`` or ``eager`` transformers instead loops in Python over every window of
+every image and calls attention once per window: about 2,000 small calls per batch of 8 images
+at 280 x 280 on the 3B shape, which made the vision tower the slowest part of a labels-only
+batch on an H100 (docs/benchmarks.md).
+
+:func:`packed_sdpa_forward` takes the same ``cu_seqlens`` and runs **one** scaled-dot-product
+attention call: each window is padded to the longest one, the padded keys are masked out, and
+the outputs are unpacked again, so the result equals the per-window loop (a test checks it on
+tiny models). It needs no extra package, runs on CPU and GPU, and is registered with
+transformers' ``AttentionInterface`` under :data:`PACKED_SDPA`. The name contains "flash"
+because that is how the Qwen vision code decides to pass ``cu_seqlens`` in one call; it only
+ever receives vision-tower calls (:func:`use_packed_vision_attention` sets it on the vision
+sub-config alone, and the text model keeps its own implementation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: Name under which :func:`packed_sdpa_forward` is registered with transformers.
+PACKED_SDPA = "flash_packed_sdpa"
+
+#: Families whose vision tower takes ``cu_seqlens`` (window / per-image attention).
+PACKED_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+
+
+def packed_sdpa_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention over packed sequences in one SDPA call.
+
+    ``query``/``key``/``value``: ``(1, heads, total, dim)``, the sequences given by
+    ``cu_seq_lens_q`` (cumulative lengths, starting at 0) laid end to end. Returns
+    ``(output (1, total, heads, dim), None)``, the layout transformers' attention functions use.
+    """
+    if cu_seq_lens_q is None:
+        raise ValueError(f"{PACKED_SDPA} is for vision towers that pass cu_seqlens; "
+                         "use it on the vision sub-config only")
+    if cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_q, cu_seq_lens_k):
+        raise ValueError(f"{PACKED_SDPA} needs the same query and key segments")
+    _, heads, total, dim = query.shape
+    cu = cu_seq_lens_q.to(device=query.device, dtype=torch.long)
+    lengths = cu[1:] - cu[:-1]
+    n, width = lengths.numel(), int(lengths.max())
+    # token t belongs to segment seg[t] at offset t - cu[seg[t]]; slot = seg * width + offset
+    seg = torch.repeat_interleave(torch.arange(n, device=query.device), lengths, output_size=total)
+    slot = seg * width + torch.arange(total, device=query.device) - cu[seg]
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        buf = x.new_zeros(n * width, heads, dim)
+        buf[slot] = x[0].transpose(0, 1)
+        return buf.view(n, width, heads, dim).transpose(1, 2)  # (n, heads, width, dim)
+
+    valid = torch.arange(width, device=query.device)[None, :] < lengths[:, None]  # (n, width)
+    out = F.scaled_dot_product_attention(
+        pack(query), pack(key), pack(value), attn_mask=valid[:, None, None, :],
+        dropout_p=dropout if module.training else 0.0, scale=scaling,
+    )
+    out = out.transpose(1, 2).reshape(n * width, heads, dim)[slot]  # (total, heads, dim)
+    return out.unsqueeze(0), None
+
+
+def register() -> str:
+    """Register :func:`packed_sdpa_forward` with transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
+    return PACKED_SDPA
+
+
+def use_packed_vision_attention(model: Any) -> bool:
+    """Switch a Qwen-VL model's vision tower to :data:`PACKED_SDPA` when it would otherwise loop
+    over windows (``sdpa`` / ``eager``); flash-attn and other choices are left alone. Returns
+    whether it switched."""
+    config = getattr(model, "config", None)
+    vision = getattr(config, "vision_config", None)
+    if getattr(config, "model_type", None) not in PACKED_FAMILIES or vision is None:
+        return False
+    current = getattr(vision, "_attn_implementation", None)
+    if current not in (None, "sdpa", "eager"):
+        return False
+    model.set_attn_implementation({"vision_config": register()})
+    return model.config.vision_config._attn_implementation == PACKED_SDPA
