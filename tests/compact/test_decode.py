@@ -85,3 +85,27 @@ def test_prompt_must_start_with_prefix(tiny_llama):
     with pytest.raises(ValueError, match="prefix"):
         GreedyDecoder(model, tok, PREFIX).generate(["something else entirely"], 4)
     assert GreedyDecoder(model, tok, PREFIX).generate([], 4) == []
+
+
+def test_grouped_eager_attention_matches_eager(tiny_llama):
+    """The chain writer's attention (model/backends/attention.py: no per-head copy of the
+    key/value cache) gives eager attention's logits, with padding, and the same greedy tokens."""
+    from model.backends.attention import GROUPED_EAGER, register
+
+    model, tok = tiny_llama
+    prompts = [f"{PREFIX}{p}<|im_end|>\n<|im_start|>assistant\n" for p in POSTS]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert (enc["attention_mask"] == 0).any()
+    with torch.inference_mode():
+        ref = model(**enc).logits
+    want = GreedyDecoder(model, tok, PREFIX).generate(prompts, 16)
+    register()
+    model.set_attn_implementation(GROUPED_EAGER)
+    assert model.config._attn_implementation == GROUPED_EAGER
+    try:
+        with torch.inference_mode():
+            got = model(**enc).logits
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        assert GreedyDecoder(model, tok, PREFIX).generate(prompts, 16) == want
+    finally:
+        model.set_attn_implementation("eager")
