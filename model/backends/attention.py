@@ -1,27 +1,21 @@
 """Attention functions registered with transformers' ``AttentionInterface``.
 
-* :data:`PACKED_SDPA`: packed windows for Qwen-VL vision towers without flash-attn (the HF
-  backend);
-* :data:`GROUPED_EAGER`: eager attention for grouped-query decoders without copying the
-  key/value cache per head (the compact chain writer).
+* :data:`PACKED_SDPA` (the HF backend): Qwen2-VL / Qwen2.5-VL vision towers attend within
+  windows (and, every few blocks, within each image). With ``flash_attention_*`` they pass the
+  window boundaries (``cu_seqlens``) to one variable-length kernel; with ``sdpa`` or ``eager``
+  transformers loops in Python over every window of every image, about 2,000 small attention
+  calls per batch of 8 images at 280 x 280 on the 3B shape. :func:`packed_sdpa_forward` takes the
+  same ``cu_seqlens`` and runs **one** SDPA call: each window padded to the longest one, the
+  padded keys masked out, the outputs unpacked again, so the result equals the loop (tests check
+  it). On an H100 at the 3B shape that gave 1.36-1.42x labels-only posts/s (docs/benchmarks.md).
+  The name contains "flash" because that is how the Qwen vision code decides to pass
+  ``cu_seqlens`` in one call; it only ever receives vision-tower calls
+  (:func:`use_packed_vision_attention` sets it on the vision sub-config alone, and the text model
+  keeps its own implementation).
+* :data:`GROUPED_EAGER` (the compact chain writer): eager attention for grouped-query decoders
+  without copying the key/value cache for each query head (:func:`grouped_eager_forward`).
 
-Packed attention for Qwen2-VL / Qwen2.5-VL vision towers without flash-attn.
-
-The Qwen vision towers attend within windows (and, every few blocks, within each image). With
-``flash_attention_*`` they pass the window boundaries (``cu_seqlens``) to one variable-length
-kernel; with ``sdpa`` or ``eager`` transformers instead loops in Python over every window of
-every image and calls attention once per window: about 2,000 small calls per batch of 8 images
-at 280 x 280 on the 3B shape, which made the vision tower the slowest part of a labels-only
-batch on an H100 (docs/benchmarks.md).
-
-:func:`packed_sdpa_forward` takes the same ``cu_seqlens`` and runs **one** scaled-dot-product
-attention call: each window is padded to the longest one, the padded keys are masked out, and
-the outputs are unpacked again, so the result equals the per-window loop (a test checks it on
-tiny models). It needs no extra package, runs on CPU and GPU, and is registered with
-transformers' ``AttentionInterface`` under :data:`PACKED_SDPA`. The name contains "flash"
-because that is how the Qwen vision code decides to pass ``cu_seqlens`` in one call; it only
-ever receives vision-tower calls (:func:`use_packed_vision_attention` sets it on the vision
-sub-config alone, and the text model keeps its own implementation).
+Both need no extra package and run on CPU and GPU.
 """
 
 from __future__ import annotations
