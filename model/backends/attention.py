@@ -121,16 +121,15 @@ def grouped_eager_forward(
     return out, weights.view(b, heads, q_len, k_len)
 
 
-def register() -> str:
+def register() -> None:
     """Register :func:`packed_sdpa_forward` and :func:`grouped_eager_forward` with transformers
-    (idempotent); returns the packed one's name."""
+    (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
     AttentionInterface.register(GROUPED_EAGER, grouped_eager_forward)
     AttentionMaskInterface.register(GROUPED_EAGER, eager_mask)  # the additive mask eager attention takes
-    return PACKED_SDPA
 
 
 def use_packed_vision_attention(model: Any) -> bool:
@@ -144,5 +143,6 @@ def use_packed_vision_attention(model: Any) -> bool:
     current = getattr(vision, "_attn_implementation", None)
     if current not in (None, "sdpa", "eager"):
         return False
-    model.set_attn_implementation({"vision_config": register()})
+    register()
+    model.set_attn_implementation({"vision_config": PACKED_SDPA})
     return model.config.vision_config._attn_implementation == PACKED_SDPA
