@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--compare", action="store_true",
                     help="also time labels-only with packed vs per-window vision attention, alternated")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="HFStudent option for the timed runs, e.g. cache_implementation=static (repeatable)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
 
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from model.backends.hf import HFStudent
     from model.bench import data_posts, print_bench_table, run_model_bench, synthetic_posts
+    from model.loading import parse_options
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
@@ -219,10 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
     info = {"dtype": str(dtype).replace("torch.", ""), "parameters": sum(p.numel() for p in model.parameters())}
     name = "qwen2.5-vl-3b-shape(random)" if not args.tiny else "qwen2.5-vl-tiny"
 
+    options = parse_options(args.option)
     student = HFStudent(model, processor, name=name, image_size=args.image_size,
-                        max_new_tokens=args.max_new_tokens, info=info)
+                        max_new_tokens=args.max_new_tokens, info=info, **options)
     result = run_model_bench("check_hf", posts, student=student, batch_size=args.batch_size, print_table=False)
-    result.update(vision_attention=student.info.get("vision_attention", stock_attention),
+    result.update(vision_attention=student.info.get("vision_attention", stock_attention), options=options,
                   build_seconds=round(build_s, 1), posts_source=source, shape="tiny" if args.tiny else "Qwen2.5-VL-3B",
                   date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), torch=torch.__version__)
     print_bench_table(result)

@@ -380,6 +380,7 @@ class HFStudent(BaseStudent):
         chain_prompt: str = "reasoning",
         label_scoring: str = "auto",
         vision_attention: str = "packed",
+        cache_implementation: str | None = None,
         info: dict | None = None,
     ) -> None:
         if chain_prompt not in ("reasoning", "guided"):
@@ -403,6 +404,7 @@ class HFStudent(BaseStudent):
         self.chain = bool(chain)
         self.chain_prompt = chain_prompt
         self.info = dict(info or {})
+        self.cache_implementation = cache_implementation
         if vision_attention == "packed":
             from .attention import PACKED_SDPA, use_packed_vision_attention
 
@@ -431,12 +433,13 @@ class HFStudent(BaseStudent):
         else full-word log-probabilities; "first_token"; "sequence"), ``merge_adapter`` (True),
         ``attn_implementation``, ``vision_attention`` ("packed": Qwen-VL vision towers run all
         their windows in one attention call instead of one call per window, unless flash-attn is
-        in use; "model": leave the model's own), ``name``, ``version``.
+        in use; "model": leave the model's own), ``cache_implementation`` (passed to
+        ``generate``, e.g. "static"; default: transformers' dynamic cache), ``name``, ``version``.
         Unknown options are ignored with a log line (settings objects pass extra keys).
         """
         load_keys = ("device", "dtype", "merge_adapter", "attn_implementation")
         init_keys = ("name", "version", "image_size", "max_new_tokens", "do_sample", "temperature", "top_p",
-                     "seed", "chain", "chain_prompt", "label_scoring", "vision_attention")
+                     "seed", "chain", "chain_prompt", "label_scoring", "vision_attention", "cache_implementation")
         unknown = sorted(set(options) - set(load_keys) - set(init_keys))
         if unknown:
             log.info("HFStudent ignores options %s", unknown)
@@ -553,6 +556,8 @@ class HFStudent(BaseStudent):
             gen.update(temperature=None, top_p=None, top_k=None)
         if stop_at_prediction:
             gen.update(stop_strings=["Prediction", "prediction\""], tokenizer=self.tokenizer)
+        if self.cache_implementation:
+            gen["cache_implementation"] = self.cache_implementation
         if self.seed is not None:
             torch.manual_seed(self.seed)
         with self._inference():

@@ -76,6 +76,15 @@ def test_gpu_check_compare_alternates_both_vision_attentions(tmp_path):
     assert len(cmp["packed"]["runs"]) == len(cmp["model"]["runs"]) == 3 and cmp["speedup"] > 0
 
 
+def test_gpu_check_passes_student_options(tmp_path):
+    mod = _load_script("check_hf")
+    result = mod.main(["--tiny", "--device", "cpu", "--n-posts", "2", "--batch-size", "2", "--image-size", "56",
+                       "--max-new-tokens", "3", "--data-dir", str(tmp_path), "--no-baseline",
+                       "--option", "cache_implementation=static"])
+    assert result["options"] == {"cache_implementation": "static"}
+    assert result["label_chain"]["posts"] == 2
+
+
 def test_gpu_check_config_is_the_3b_shape():
     """The hand-written config has Qwen2.5-VL-3B's parameter count (~3.75B) without allocating it."""
     import torch

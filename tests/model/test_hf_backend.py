@@ -385,3 +385,13 @@ def test_big_photos_are_shrunk_before_preprocessing(tiny_qwen_student):
     b = encode_batch(tiny_qwen_student.processor, [PostInput("x", image=same_shape)], ["x"], family="qwen2_5_vl",
                      image_size=56)
     assert a["image_grid_thw"].tolist() == b["image_grid_thw"].tolist()
+
+
+def test_static_cache_option_gives_the_same_chains(tiny_qwen_dir):
+    posts = _posts()[:3]
+    dynamic = load_student(f"hf:{tiny_qwen_dir}", image_size=56, max_new_tokens=12)
+    static = load_student(f"hf:{tiny_qwen_dir}", image_size=56, max_new_tokens=12, cache_implementation="static")
+    assert static.cache_implementation == "static"
+    want, got = dynamic.predict(posts), static.predict(posts)
+    assert [p.chain.raw for p in got] == [p.chain.raw for p in want]
+    assert [p.generated_tokens for p in got] == [p.generated_tokens for p in want]
