@@ -28,3 +28,18 @@ def test_no_gain_keeps_zero_offsets():
     bias, score = calibrate_bias(logits, y, "weighted")
     assert bias == (0.0, 0.0, 0.0)
     assert score == 2.0
+
+
+def test_average_of_trained_states():
+    import pytest
+    import torch
+
+    from training.compact import average_states
+
+    a = {"lora.x": torch.tensor([1.0, 2.0]), "head.w": torch.tensor([[0.0]], dtype=torch.float16)}
+    b = {"lora.x": torch.tensor([3.0, 6.0]), "head.w": torch.tensor([[2.0]], dtype=torch.float16)}
+    avg = average_states([a, b])
+    assert torch.equal(avg["lora.x"], torch.tensor([2.0, 4.0]))
+    assert avg["head.w"].dtype == torch.float32 and avg["head.w"].item() == 1.0
+    with pytest.raises(ValueError):
+        average_states([])

@@ -29,10 +29,13 @@ def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
         saved = json.loads((run / f"classifier_{route}.json").read_text())
         assert saved["label_bias"] == clf["routes"][route]["calibration"]["label_bias"]
     # a route continued on its own domain: kept only if its tuned dev score improves
-    r.specialise, r.specialise_epochs = {"post": ["mvsa_single/train.jsonl"]}, 1
+    # (2 epochs, and the average of both tried as a third candidate)
+    r.specialise, r.specialise_epochs, r.average_last = {"post": ["mvsa_single/train.jsonl"]}, 2, 2
     spec = specialise_routes(r, run, logs.append)
     post = spec["post"]
-    assert post["train_n"] == 8 and post["kept_epoch"] in (None, 0)
+    assert post["train_n"] == 8 and post["kept_epoch"] in (None, 0, 1, "average of the last 2")
+    assert post["average"]["epochs_averaged"] == 2
+    assert post["average"]["kept"] == (post["kept_epoch"] == "average of the last 2")
     assert tuple(post["result"]["dev_after"].values()) >= tuple(post["start"]["dev_after"].values())
     saved = json.loads((run / "classifier_post.json").read_text())
     assert saved["label_bias"] == post["result"]["label_bias"]
