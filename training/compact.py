@@ -243,23 +243,28 @@ def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     return {k: torch.stack([st[k].float() for st in states]).mean(0) for k in states[0]}
 
 
-def _try_average(model: CompactClassifier, states: list[dict], n: int, batches: _Batches, dev: list[Example],
-                 average: str, beat: tuple[float, float], out: Path, name: str, log, stage: str) -> dict | None:
-    """Load the average of the last ``n`` ``states`` into ``model`` and tune its offsets on
-    ``dev``; saved as ``name`` only when its tuned (accuracy, F1) beats ``beat``. None when
-    fewer than two states are there to average."""
-    n = min(n, len(states))
+def _keep_last(states: list[dict], model: CompactClassifier, n: int) -> list[dict]:
+    """``states`` with a copy of ``model``'s trained state appended, the last ``n`` kept (none
+    kept when ``n`` < 2: nothing to average)."""
     if n < 2:
+        return []
+    return [*states[-(n - 1):], {k: v.float().clone() for k, v in model.trained_state().items()}]
+
+
+def _try_average(model: CompactClassifier, states: list[dict], batches: _Batches, dev: list[Example],
+                 average: str, beat: tuple[float, float], out: Path, name: str, log, stage: str) -> dict | None:
+    """Load the average of ``states`` (from :func:`_keep_last`) into ``model`` and tune its
+    offsets on ``dev``; saved as ``name`` only when its tuned (accuracy, F1) beats ``beat``.
+    None when fewer than two states are there to average."""
+    if len(states) < 2:
         return None
-    model.load_trained_state(average_states(states[-n:]))
-    model.label_bias.zero_()
+    model.load_trained_state(average_states(states))
     cal = calibrated(model, batches, dev, average)
-    kept = _tuned(cal) > tuple(beat)
+    kept = _tuned(cal) > beat
     if kept:
         model.cfg.label_bias = tuple(cal["label_bias"])
-        model.label_bias.copy_(torch.tensor(cal["label_bias"]))
         save_classifier(model, model.cfg, out, name=name)
-    rec = {"epochs_averaged": n, "kept": kept, **cal}
+    rec = {"epochs_averaged": len(states), "kept": kept, **cal}
     log({"stage": stage, "average": rec})
     return rec
 
@@ -330,8 +335,7 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
     best, history, route_best, states = None, [], {}, []
     for epoch in range(r.epochs):
         t0 = _train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch)
-        if r.average_last > 1:
-            states = [*states[-(r.average_last - 1):], {k: v.float().clone() for k, v in model.trained_state().items()}]
+        states = _keep_last(states, model, r.average_last)
         scores = {}
         for p, exs in devs.items():
             acc, f1, _ = evaluate_classifier(model, batches, exs)
@@ -358,7 +362,7 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
                 info["calibration"] = calibrate_classifier(out, f"classifier_{route}", devs[info["dev"]], batches,
                                                            ROUTE_F1.get(route, "macro"))
                 log({"stage": "calibrate", "route": route, **info["calibration"]})
-                avg = _try_average(model, states, r.average_last, batches, devs[info["dev"]], ROUTE_F1.get(route, "macro"),
+                avg = _try_average(model, states, batches, devs[info["dev"]], ROUTE_F1.get(route, "macro"),
                                    _tuned(info["calibration"]), out, f"classifier_{route}", log, f"average_{route}")
                 if avg is not None:
                     info["average"] = avg
@@ -405,16 +409,14 @@ def specialise_routes(r: CompactRecipe, out: Path, log) -> dict:
         states = []
         for epoch in range(r.specialise_epochs):
             t0 = _train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch, stage=f"specialise_{route}")
-            if r.average_last > 1:
-                states = [*states[-(r.average_last - 1):], {k: v.float().clone() for k, v in model.trained_state().items()}]
+            states = _keep_last(states, model, r.average_last)
             cal = calibrated(model, batches, dev, average)
             log({"stage": f"specialise_{route}", "epoch": epoch, "epoch_s": time.time() - t0, **cal})
             if _tuned(cal) > _tuned(best):
                 best = {"epoch": epoch, **cal}
                 model.cfg.label_bias = tuple(cal["label_bias"])
                 save_classifier(model, model.cfg, out, name=name)
-        avg = _try_average(model, states, r.average_last, batches, dev, average, _tuned(best), out, name, log,
-                           f"specialise_{route}")
+        avg = _try_average(model, states, batches, dev, average, _tuned(best), out, name, log, f"specialise_{route}")
         if avg is not None and avg["kept"]:
             best = {"epoch": f"average of the last {avg['epochs_averaged']}",
                     **{k: v for k, v in avg.items() if k not in ("epochs_averaged", "kept")}}
