@@ -1,13 +1,15 @@
+"""Every 1-, 2- and 3-member logit ensemble (mean log-probabilities) of the classifiers in an npz
+from mvsa_logits.py, offsets tuned on the same split: the best 25 and each classifier alone."""
 import itertools, sys, numpy as np
-sys.path.insert(0, "/work/main")
+from scipy.special import log_softmax
+sys.path.insert(0, ".")  # run from the repository root
 from training.compact import calibrate_bias, bias_metrics
 d = np.load(sys.argv[1]); ds = sys.argv[2]; avg = sys.argv[3]
 y = d[f"{ds}:y"]; keys = [k.split(":")[1] for k in d if k.startswith(ds) and not k.endswith(":y")]
-ls = lambda z: z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
 res = []
 for r in range(1, 4):
     for c in itertools.combinations(keys, r):
-        z = np.mean([ls(d[f"{ds}:{k}"]) for k in c], 0)
+        z = np.mean([log_softmax(d[f"{ds}:{k}"], axis=-1) for k in c], 0)
         b, _ = calibrate_bias(z, y, avg)
         a, f = bias_metrics(z, y, b, avg)
         res.append((a, f, c, b))

@@ -1,6 +1,9 @@
+"""A frozen view: MiniLM sentence embedding (no LoRA) + EfficientNet-Lite0 feature, logistic
+regression on MVSA-Single train; alone and mixed with the served post classifier on dev."""
 import sys, numpy as np, torch
+from scipy.special import log_softmax
 from pathlib import Path
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer, AutoModel
 from model.compact.text import minilm_path
 from training.compact import _load, image_features, LABEL_INDEX, calibrate_bias, bias_metrics
@@ -20,12 +23,11 @@ for split in ["train", "dev"]:
                 np.array([LABEL_INDEX[e.label] for e in ex]))
 from sklearn.linear_model import LogisticRegression
 d = np.load("runs/exp8/logits_mvsa_single.npz"); z = d["mvsa_single/dev.jsonl:def_post"]
-ls = lambda z: z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
 yd = D["dev"][1]
 for C in (0.3, 1, 3, 10):
     clf = LogisticRegression(C=C, max_iter=3000).fit(*D["train"])
     lp = clf.predict_log_proba(D["dev"][0])
     b, _ = calibrate_bias(lp, yd, "weighted"); alone = bias_metrics(lp, yd, b, "weighted")
     for w in (0.3, 0.5):
-        s = (1 - w) * ls(z) + w * lp; b, _ = calibrate_bias(s, yd, "weighted")
+        s = (1 - w) * log_softmax(z, axis=-1) + w * lp; b, _ = calibrate_bias(s, yd, "weighted")
         print(C, [round(v, 4) for v in alone], w, [round(v, 4) for v in bias_metrics(s, yd, b, "weighted")])

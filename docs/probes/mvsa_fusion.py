@@ -3,13 +3,14 @@ top's (mvsa_imgft.py), weights 0.25 / 0.5 / 1, offsets tuned on MVSA-Single dev;
 accuracy-only offsets of single classifiers (an upper bound of what offsets can do on dev)."""
 import sys
 import numpy as np
-sys.path.insert(0, ".")
+from scipy.special import log_softmax
+sys.path.insert(0, ".")  # run from the repository root
 from training.compact import bias_metrics, calibrate_bias
 
 d = np.load("runs/exp8/logits_mvsa_single.npz")
 y = d["mvsa_single/dev.jsonl:y"]
 z = d["mvsa_single/dev.jsonl:def_post"]
-z = z - np.log(np.exp(z).sum(-1, keepdims=True))
+z = log_softmax(z, axis=-1)
 for ep in range(6):
     im = np.load(f"runs/exp8/img_logits_ep{ep}.npy")
     for a in (0.25, 0.5, 1.0):

@@ -4,9 +4,10 @@ import sys, time, copy
 import numpy as np, torch
 from torch import nn
 from PIL import Image, ImageOps
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, ".")  # run from the repository root
 from model.compact.vision import pretrained_net, ImageEncoder
 from training.data import load_examples, data_dir
+from training.compact import LABEL_INDEX
 torch.manual_seed(0); torch.set_num_threads(2)
 size = 160; CUT = 11
 enc = ImageEncoder(size=size)
@@ -25,7 +26,7 @@ def cache(split):
         x = enc.preprocess(ims).contiguous()
         with torch.inference_mode():
             out.append(low(x)); outf.append(low(torch.flip(x, dims=[3])))
-    y = torch.tensor([["positive", "neutral", "negative"].index(e.label) for e in exs])
+    y = torch.tensor([LABEL_INDEX[e.label] for e in exs])
     return torch.cat(out), torch.cat(outf), y
 t = time.time()
 Xtr, Xtrf, ytr = cache("train"); Xdv, Xdvf, ydv = cache("dev")
@@ -43,8 +44,7 @@ lr = float(sys.argv[1]) if len(sys.argv) > 1 else 3e-4
 m = Top()
 opt = torch.optim.AdamW([{"params": [p for n, p in m.named_parameters() if not n.startswith("fc")], "lr": lr},
                          {"params": m.fc.parameters(), "lr": 3e-3}], weight_decay=0.01)
-w = torch.bincount(ytr).float(); w = (w.sum() / w) ** 0.5; w = w / w.mean()
-lossf = nn.CrossEntropyLoss(weight=None, label_smoothing=0.1)
+lossf = nn.CrossEntropyLoss(label_smoothing=0.1)
 for ep in range(6):
     m.train(); perm = torch.randperm(len(ytr)); t = time.time()
     for i in range(0, len(ytr), 32):
@@ -57,4 +57,3 @@ for ep in range(6):
     acc = (lg.argmax(-1) == ydv).float().mean().item()
     print(f"ep {ep} dev image-only acc {acc*100:.2f} ({time.time()-t:.0f}s)", flush=True)
     np.save(f"runs/exp8/img_logits_ep{ep}.npy", lg.numpy())
-    torch.save(m.state_dict(), f"runs/exp8/imgtop_ep{ep}.pt")

@@ -2,7 +2,8 @@
 import sys
 from pathlib import Path
 import numpy as np, torch
-sys.path.insert(0, "/work/main")
+from scipy.special import log_softmax
+sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer
 from model.compact.text import load_classifier, minilm_path
 from training.compact import _Batches, _load, image_features, LABEL_INDEX, _logits
@@ -28,8 +29,7 @@ ht, hd, yt, yd = out["train_h"], out["dev_h"], out["train_y"], out["dev_y"]
 print("train accuracy of the classifier (how well it fits its own training posts):", (out["train_l"].argmax(-1) == yt).mean())
 unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
 S = unit(hd) @ unit(ht).T
-ls = lambda z: z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
-base = ls(out["dev_l"])
+base = log_softmax(out["dev_l"], axis=-1)
 b, _ = calibrate_bias(base, yd, "weighted")
 print("served alone", bias_metrics(base, yd, b, "weighted"))
 for k in (5, 20, 50):

@@ -1,8 +1,8 @@
-"""Raw (offset-free) logits of saved classifiers on MVSA-Single dev and Twitter-2015 dev -> npz."""
+"""Raw (offset-free) logits of saved classifiers on the dev files named on the command line -> npz."""
 import sys
 from pathlib import Path
 import numpy as np, torch
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer
 from model.compact.text import load_classifier, minilm_path
 from training.compact import _Batches, _load, image_features, evaluate_classifier, LABEL_INDEX

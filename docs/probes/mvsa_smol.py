@@ -1,5 +1,8 @@
+"""SmolLM2-135M-Instruct as a frozen text encoder (mean-pooled layers 8/16/24/30), logistic
+regression on MVSA-Single train; alone and mixed with the served post classifier on dev."""
 import sys, time, numpy as np, torch
-sys.path.insert(0, "/work/main")
+from scipy.special import log_softmax
+sys.path.insert(0, ".")  # run from the repository root
 from model.compact.explainer import load_base
 from training.compact import _load, LABEL_INDEX, calibrate_bias, bias_metrics
 torch.set_num_threads(2)
@@ -22,12 +25,11 @@ np.savez("runs/exp8/smol_feats.npz", **{f"{s}_{l}": D[s][0][l] for s in D for l 
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 d = np.load("runs/exp8/logits_mvsa_single.npz"); z = d["mvsa_single/dev.jsonl:def_post"]
-ls = lambda z: z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
 yd = D["dev"][1]
 for l in LAYERS:
     sc = StandardScaler().fit(D["train"][0][l])
     for C in (0.01, 0.1):
         clf = LogisticRegression(C=C, max_iter=3000).fit(sc.transform(D["train"][0][l]), D["train"][1])
         lp = clf.predict_log_proba(sc.transform(D["dev"][0][l])); b, _ = calibrate_bias(lp, yd, "weighted")
-        s = 0.5 * ls(z) + 0.5 * lp; b2, _ = calibrate_bias(s, yd, "weighted")
+        s = 0.5 * log_softmax(z, axis=-1) + 0.5 * lp; b2, _ = calibrate_bias(s, yd, "weighted")
         print(l, C, [round(v, 4) for v in bias_metrics(lp, yd, b, "weighted")], "ens", [round(v, 4) for v in bias_metrics(s, yd, b2, "weighted")], flush=True)
