@@ -4,12 +4,24 @@ Decoding (Pillow) checks the encoded size and the pixel count *before* decoding
 (decompression bombs), applies the EXIF orientation and converts to RGB. ``check_image``
 makes the same checks from the header alone, for students that do not read pixels.
 
+Accepted formats are the ones the ``image_b64`` field documents: JPEG (MPO, the multi-picture
+JPEG of phone cameras, included), PNG, WebP and GIF (first frame). Anything else Pillow could
+read (TIFF, BMP, ICO, PSD, ...) goes to the dead-letter topic as ``image_unreadable`` with a
+message naming the format: fewer decoders reachable from untrusted input.
+
 Fetching is async and bounded (timeout, byte limit, concurrency) and refuses: schemes
 other than https/http (file only where enabled), hosts outside the allow-list when one is
 set, and - unless explicitly allowed - hosts that resolve to private, loopback,
-link-local, multicast or reserved addresses. The address actually connected to is checked
-again after connecting (DNS rebinding), and redirects are followed by hand (at most 3),
-each checked the same way.
+link-local, multicast or reserved addresses. The host is resolved once per hop, every
+address it resolves to is checked, and the connection goes to the checked address (the
+``Host`` header and the TLS SNI/certificate name are the URL's host), so a DNS answer that
+changes between the check and the connect (DNS rebinding) cannot reach a forbidden
+address. Connections are not kept alive (a pooled TLS connection is never reused for
+another host name on the same address). Redirects are followed by hand (at most 3), each
+hop checked the same way.
+
+``thumbnail`` makes the small JPEG the Redis sink stores beside each result (the
+dashboard's ``/api/results/{id}/thumbnail``).
 """
 
 from __future__ import annotations
@@ -21,13 +33,18 @@ import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
+from typing import Awaitable, Callable
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .protocol import ErrorCode
 
 MAX_REDIRECTS = 3
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")  # the JPEG opener also returns MPO
+"""Pillow format names decoded from untrusted input (what ``Post.image_b64`` documents)."""
+THUMB_SIDE = 160
+THUMB_MAX_BYTES = 16 * 1024
 
 
 class ImageError(Exception):
@@ -94,6 +111,24 @@ def _pillow_errors():
         raise ImageError(ErrorCode.IMAGE_UNREADABLE, f"image cannot be decoded: {exc}") from None
 
 
+def _open(data: bytes) -> Image.Image:
+    """Open (lazily: the header only) an image of an accepted format; a clear error otherwise."""
+    try:
+        return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        try:  # which format is it? (header only; nothing of it is decoded)
+            with Image.open(io.BytesIO(data)) as other:
+                fmt = other.format
+        except Exception:  # noqa: BLE001 - not an image at all
+            fmt = None
+        if fmt:
+            raise ImageError(
+                ErrorCode.IMAGE_UNREADABLE,
+                f"image format {fmt} is not accepted (accepted: JPEG, PNG, WebP, GIF)",
+            ) from None
+        raise
+
+
 def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
     """Check an image from its header only - a known format, the byte and pixel limits - and
     return ``(width, height)``; raises :class:`ImageError`. The pixels are not decoded.
@@ -106,7 +141,7 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, i
     _check_bytes(data, max_bytes)
     size = _jpeg_size(data)
     if size is None:
-        with _pillow_errors(), Image.open(io.BytesIO(data)) as img:
+        with _pillow_errors(), _open(data) as img:
             size = img.size
     _check_pixels(*size, max_pixels)
     return size
@@ -118,7 +153,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 4
     with _pillow_errors():
         # no warnings.catch_warnings() here: it is not thread-safe and decoding runs in a pool;
         # the pixel check below runs before any pixel is decoded, far under Pillow's own limit
-        img = Image.open(io.BytesIO(data))
+        img = _open(data)
         _check_pixels(*img.size, max_pixels)
         if img.format == "JPEG" and draft:
             img.draft("RGB", (draft, draft))  # decode big JPEGs at a reduced scale (>= draft px)
@@ -127,6 +162,36 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 4
         if img.mode != "RGB":
             img = img.convert("RGB")
         return img
+
+
+def thumbnail(
+    image: Image.Image | bytes,
+    *,
+    side: int = THUMB_SIDE,
+    max_bytes: int = THUMB_MAX_BYTES,
+    max_pixels: int = 40_000_000,
+) -> bytes | None:
+    """A small JPEG of ``image`` (a decoded RGB image, or encoded bytes, which are decoded under
+    the same checks as :func:`decode_image`): longest side at most ``side`` px, at most
+    ``max_bytes`` bytes (the quality is lowered until it fits). None when the bytes cannot be
+    decoded or no quality fits; never raises for bad input."""
+    try:
+        if isinstance(image, (bytes, bytearray)):
+            image = decode_image(bytes(image), max_bytes=max(len(image), 1), max_pixels=max_pixels, draft=side)
+        w, h = image.size
+        scale = min(1.0, side / max(w, h, 1))
+        small = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR,
+                             reducing_gap=2.0)  # fmt: skip
+        if small.mode != "RGB":
+            small = small.convert("RGB")
+        for quality in (75, 55, 35):
+            buf = io.BytesIO()
+            small.save(buf, "JPEG", quality=quality, optimize=False)
+            if buf.tell() <= max_bytes:
+                return buf.getvalue()
+    except (ImageError, OSError, ValueError):
+        return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -188,27 +253,49 @@ def check_url(url: str, policy: FetchPolicy) -> tuple[str, str]:
     return scheme, host
 
 
-async def _check_resolved(host: str, port: int, policy: FetchPolicy) -> None:
-    if policy.allow_private:
-        return
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""``(host, port) -> addresses``: how the fetcher resolves host names (tests pass a stub)."""
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The system resolver (``getaddrinfo``), addresses in its order, without repeats."""
     loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"cannot resolve {host!r}: {exc}") from None
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    out: list[str] = []
     for info in infos:
-        why = address_forbidden(info[4][0])
-        if why:
-            raise ImageError(ErrorCode.IMAGE_URL_FORBIDDEN, f"host {host!r} resolves to a forbidden address: {why}")
+        ip = str(info[4][0])
+        if ip not in out:
+            out.append(ip)
+    return out
 
 
 class ImageFetcher:
     """Fetches image bytes by URL under a :class:`FetchPolicy`, at most ``concurrency`` at a time."""
 
-    def __init__(self, policy: FetchPolicy, concurrency: int = 16) -> None:
+    def __init__(self, policy: FetchPolicy, concurrency: int = 16, resolver: Resolver | None = None) -> None:
         self.policy = policy
         self._sem = asyncio.Semaphore(concurrency)
         self._client = None
+        self.resolver: Resolver = resolver or system_resolver
+
+    async def resolve(self, host: str, port: int) -> str:
+        """Resolve ``host`` once and check every address it resolves to; return the address
+        to connect to (the first). Literal IP addresses are checked as they are."""
+        try:
+            addrs = [str(ipaddress.ip_address(host.strip("[]")))]
+        except ValueError:
+            try:
+                addrs = list(await self.resolver(host, port))
+            except (socket.gaierror, OSError) as exc:
+                raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"cannot resolve {host!r}: {exc}") from None
+        if not addrs:
+            raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"cannot resolve {host!r}: no address")
+        if not self.policy.allow_private:
+            for ip in addrs:
+                why = address_forbidden(ip)
+                if why:
+                    raise ImageError(ErrorCode.IMAGE_URL_FORBIDDEN, f"host {host!r} resolves to a forbidden address: {why}")
+        return addrs[0]
 
     async def _http(self):
         if self._client is None:
@@ -217,6 +304,7 @@ class ImageFetcher:
             self._client = httpx.AsyncClient(
                 follow_redirects=False,
                 timeout=self.policy.timeout_s,
+                limits=httpx.Limits(max_keepalive_connections=0),
                 headers={"User-Agent": "mulcot-stream/0.1 (image fetch)"},
                 trust_env=False,
             )
@@ -243,11 +331,20 @@ class ImageFetcher:
             scheme, host = check_url(url, self.policy)
             if scheme == "file":
                 return await asyncio.to_thread(self._read_file, url)
-            port = urlsplit(url).port or (443 if scheme == "https" else 80)
-            await _check_resolved(host, port, self.policy)
+            parts = urlsplit(url)
+            try:
+                port = parts.port or (443 if scheme == "https" else 80)
+                name = httpx.URL(url).raw_host.decode("ascii")  # IDNA-encoded host name
+            except (ValueError, httpx.InvalidURL) as exc:
+                raise ImageError(ErrorCode.IMAGE_URL_FORBIDDEN, f"malformed URL: {exc}") from None
+            ip = await self.resolve(host, port)
+            # connect to the checked address; the URL's host name goes in Host and the TLS SNI
+            pinned = urlunsplit((scheme, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", parts.path or "/", parts.query, ""))
+            host_header = name if parts.port is None else f"{name}:{port}"
+            extensions = {"sni_hostname": name} if scheme == "https" else {}
             client = await self._http()
             try:
-                async with client.stream("GET", url) as resp:
+                async with client.stream("GET", pinned, headers={"Host": host_header}, extensions=extensions) as resp:
                     self._check_peer(resp, host)
                     if resp.is_redirect:
                         location = resp.headers.get("location")
@@ -296,4 +393,5 @@ class ImageFetcher:
             raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"cannot read {path}: {exc.strerror}") from None
 
 
-__all__ = ["ImageError", "FetchPolicy", "ImageFetcher", "check_image", "decode_image", "address_forbidden", "check_url", "host_allowed"]
+__all__ = ["ImageError", "FetchPolicy", "ImageFetcher", "check_image", "decode_image", "thumbnail", "address_forbidden",
+           "check_url", "host_allowed", "system_resolver", "ACCEPTED_FORMATS"]

@@ -15,6 +15,16 @@ key                                    type    content
                                                whose event time falls in the bucket
                                                starting at ``bucket`` (epoch seconds);
                                                TTL ``window * count_retention``
+``P acounts:{window}s:{bucket}:{a}``   hash    the same per aspect (``a`` as in
+                                               ``aspect:{a}``); same TTL
+``P thumb:{id}``                       string  a small JPEG thumbnail of the post's image
+                                               (longest side <= 160 px, <= 16 KiB); only
+                                               for posts with an image; TTL as the result
+``P events``                           stream  one entry per result that changed state,
+                                               fields ``id``, ``label``; about ``events_max``
+                                               newest kept (``XADD MAXLEN ~``)
+``P dead_letters``                     hash    ``{error code: n}``: dead letters counted by
+                                               the worker since the key was created
 =====================================  ======  ==========================================
 
 Event time is the input record's Kafka timestamp. Writes are one Lua script per post, so
@@ -28,17 +38,24 @@ Usage::
     from stream.store import ResultStore
     store = ResultStore("redis://127.0.0.1:6379/0")
     store.get("post-1"); store.recent(10); store.by_aspect("coffee", 10); store.counts(3600)
+
+The ``events`` stream is the notification of new results (``mulcot serve``'s
+``/api/stream`` follows it with ``XREAD``); a reader that falls more than ``events_max``
+entries behind loses the oldest notifications, never results.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .protocol import SentimentResult
 
 _WRITE_LUA = """
+-- KEYS: result, recent, aspect (or recent again), thumb, events, counts... (overall, then per aspect)
+-- ARGV: payload, ttl, event_ms, id, label, model, recent_max, aspect_max, has_aspect, has_chain,
+--       thumbnail ('' for none), events_max, one TTL per counts key
 local old = redis.call('GET', KEYS[1])
 local old_label = false
 if old then
@@ -60,12 +77,18 @@ if ARGV[9] == '1' then
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[8]) + 1))
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
 end
-for i = 4, #KEYS do
+if ARGV[11] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[11], 'EX', tonumber(ARGV[2]))
+end
+for i = 6, #KEYS do
   if old_label ~= ARGV[5] then
     if old_label then redis.call('HINCRBY', KEYS[i], old_label, -1) end
     redis.call('HINCRBY', KEYS[i], ARGV[5], 1)
   end
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[10 + i - 3]))
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[12 + i - 5]))
+end
+if tonumber(ARGV[12]) > 0 then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', tonumber(ARGV[12]), '*', 'id', ARGV[4], 'label', ARGV[5])
 end
 return 1
 """
@@ -83,6 +106,7 @@ class KeyLayout:
     aspect_recent_max: int = 1_000
     count_windows_s: Sequence[int] = field(default_factory=lambda: [60, 3600, 86400])
     count_retention: int = 48
+    events_max: int = 10_000
 
     def result(self, post_id: str) -> str:
         return f"{self.prefix}result:{post_id}"
@@ -97,6 +121,20 @@ class KeyLayout:
     def counts(self, window_s: int, bucket: int) -> str:
         return f"{self.prefix}counts:{window_s}s:{bucket}"
 
+    def aspect_counts(self, window_s: int, bucket: int, aspect: str) -> str:
+        return f"{self.prefix}acounts:{window_s}s:{bucket}:{aspect_key_part(aspect)}"
+
+    def thumbnail(self, post_id: str) -> str:
+        return f"{self.prefix}thumb:{post_id}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}dead_letters"
+
     @classmethod
     def from_settings(cls, s: Any) -> "KeyLayout":
         return cls(
@@ -106,17 +144,30 @@ class KeyLayout:
             aspect_recent_max=s.aspect_recent_max,
             count_windows_s=list(s.count_windows_s),
             count_retention=s.count_retention,
+            events_max=getattr(s, "events_max", 10_000),
         )
 
-    def write_args(self, result: SentimentResult, payload: bytes, event_ms: int) -> tuple[list[str], list[Any]]:
+    def write_args(
+        self, result: SentimentResult, payload: bytes, event_ms: int, thumbnail: bytes | None = None
+    ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the write script for one result."""
         has_aspect = bool(result.aspect and aspect_key_part(result.aspect))
         event_s = event_ms // 1000
-        keys = [self.result(result.id), self.recent, self.aspect(result.aspect) if has_aspect else self.recent]
+        keys = [
+            self.result(result.id),
+            self.recent,
+            self.aspect(result.aspect) if has_aspect else self.recent,
+            self.thumbnail(result.id),
+            self.events,
+        ]
         ttls = []
         for w in self.count_windows_s:
             keys.append(self.counts(w, event_s - event_s % w))
             ttls.append(w * self.count_retention)
+        if has_aspect:
+            for w in self.count_windows_s:
+                keys.append(self.aspect_counts(w, event_s - event_s % w, result.aspect or ""))
+                ttls.append(w * self.count_retention)
         args = [
             payload,
             self.result_ttl_s,
@@ -128,6 +179,8 @@ class KeyLayout:
             self.aspect_recent_max,
             "1" if has_aspect else "0",
             "1" if result.chain is not None else "0",
+            thumbnail or b"",
+            self.events_max,
             *ttls,
         ]
         return keys, args
@@ -146,8 +199,10 @@ class AsyncResultWriter:
     async def ping(self) -> None:
         await self.client.ping()
 
-    async def write(self, items: Iterable[tuple[SentimentResult, bytes, int]]) -> int:
-        """Write ``(result, json_bytes, event_ms)`` items; returns how many changed state."""
+    async def write(self, items: Iterable[tuple]) -> int:  # type: ignore[type-arg]
+        """Write ``(result, json_bytes, event_ms)`` or ``(result, json_bytes, event_ms, thumbnail)``
+        items (``thumbnail``: JPEG bytes from :func:`stream.images.thumbnail`, or None); returns
+        how many changed state. Each changed result also gets an entry on the ``events`` stream."""
         from redis.exceptions import NoScriptError
 
         items = list(items)
@@ -157,8 +212,8 @@ class AsyncResultWriter:
             self._sha = await self.client.script_load(_WRITE_LUA)
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
-            for result, payload, event_ms in items:
-                keys, args = self.layout.write_args(result, payload, event_ms)
+            for item in items:
+                keys, args = self.layout.write_args(*item)
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
             try:
                 out = await pipe.execute()
@@ -166,6 +221,16 @@ class AsyncResultWriter:
             except NoScriptError:  # server restarted and lost the script cache
                 self._sha = await self.client.script_load(_WRITE_LUA)
         raise RuntimeError("redis: write script could not be loaded")
+
+    async def count_dead(self, codes: Mapping[str, int]) -> None:
+        """Add dead letters by error code (``{"invalid_json": 2, ...}``) to the ``dead_letters`` hash."""
+        codes = {str(k): int(v) for k, v in codes.items() if v}
+        if not codes:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for code, n in codes.items():
+            pipe.hincrby(self.layout.dead_letters, code, n)
+        await pipe.execute()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -187,12 +252,12 @@ class ResultStore:
     def close(self) -> None:
         self.client.close()
 
-    def put(self, result: SentimentResult, event_ms: int | None = None) -> bool:
+    def put(self, result: SentimentResult, event_ms: int | None = None, thumbnail: bytes | None = None) -> bool:
         """Write one result as the worker does (idempotent); True when the state changed."""
         payload = result.model_dump_json().encode()
         if event_ms is None:
             event_ms = int(result.processed_at.timestamp() * 1000)
-        keys, args = self.layout.write_args(result, payload, event_ms)
+        keys, args = self.layout.write_args(result, payload, event_ms, thumbnail)
         return bool(self.client.eval(_WRITE_LUA, len(keys), *keys, *args))
 
     def get(self, post_id: str) -> SentimentResult | None:
@@ -216,22 +281,50 @@ class ResultStore:
         """The newest ``n`` results about ``aspect`` (case-insensitive), newest first."""
         return self._many(self.client.zrevrange(self.layout.aspect(aspect), 0, max(n, 1) - 1))
 
-    def counts(self, window_s: int, last: int = 1, now_s: float | None = None) -> list[tuple[int, dict[str, int]]]:
-        """Per-label counts of the last ``last`` buckets of ``window_s`` (oldest first)."""
+    def counts(
+        self, window_s: int, last: int = 1, now_s: float | None = None, aspect: str | None = None
+    ) -> list[tuple[int, dict[str, int]]]:
+        """Per-label counts of the last ``last`` buckets of ``window_s`` (oldest first), of all
+        posts or of those about ``aspect``."""
         import time
 
         if window_s not in self.layout.count_windows_s:
             raise ValueError(f"window {window_s}s is not counted (windows: {list(self.layout.count_windows_s)})")
         now = int(now_s if now_s is not None else time.time())
         start = now - now % window_s
+        buckets = [start - k * window_s for k in range(last - 1, -1, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        for bucket in buckets:
+            pipe.hgetall(self.layout.aspect_counts(window_s, bucket, aspect) if aspect else self.layout.counts(window_s, bucket))
         out = []
-        for k in range(last - 1, -1, -1):
-            bucket = start - k * window_s
-            raw = self.client.hgetall(self.layout.counts(window_s, bucket))
+        for bucket, raw in zip(buckets, pipe.execute()):
             counts = {"positive": 0, "neutral": 0, "negative": 0}
-            counts.update({key.decode(): int(v) for key, v in raw.items()})
+            counts.update({k.decode(): int(v) for k, v in raw.items()})
             out.append((bucket, counts))
         return out
+
+    def thumbnail(self, post_id: str) -> bytes | None:
+        """The JPEG thumbnail stored with a result, or None (no image, or expired)."""
+        return self.client.get(self.layout.thumbnail(post_id))
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters by error code, as counted by the workers."""
+        return {k.decode(): int(v) for k, v in self.client.hgetall(self.layout.dead_letters).items()}
+
+    def events_after(self, last_id: str = "$", block_ms: int | None = None, count: int = 100) -> list[tuple[str, str]]:
+        """``(entry id, post id)`` of the ``events`` entries after ``last_id`` (``"$"``: only
+        new ones; ``"0"``: all kept), waiting up to ``block_ms`` for the first one."""
+        got = self.client.xread({self.layout.events: last_id}, count=count, block=block_ms)
+        out = []
+        for _stream, entries in got or []:
+            for entry_id, fields in entries:
+                out.append((entry_id.decode(), fields.get(b"id", b"").decode()))
+        return out
+
+    def last_event_id(self) -> str:
+        """The id of the newest ``events`` entry ("0-0" when there is none)."""
+        got = self.client.xrevrange(self.layout.events, count=1)
+        return got[0][0].decode() if got else "0-0"
 
     def ttl(self, post_id: str) -> int:
         return int(self.client.ttl(self.layout.result(post_id)))

@@ -176,3 +176,129 @@ def test_file_urls(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert _fetch(p.as_uri(), FetchPolicy(allow_file=True)) == p.read_bytes()
     got = _fetch(p.as_uri(), FetchPolicy())
     assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_URL_FORBIDDEN
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "ICO", "PPM"])
+def test_formats_outside_the_documented_ones_are_refused(fmt: str) -> None:
+    """``image_b64`` documents JPEG/PNG/WebP/GIF; Pillow reads more (TIFF, BMP, ...): refused by name."""
+    data = _encode(Image.new("RGB", (16, 16), "red"), fmt)
+    for check in (decode_image, check_image):
+        with pytest.raises(ImageError) as e:
+            check(data, max_bytes=10**6, max_pixels=10**6)
+        assert e.value.code is ErrorCode.IMAGE_UNREADABLE
+        assert f"format {fmt}" in e.value.message and "accepted: JPEG, PNG, WebP, GIF" in e.value.message
+
+
+def test_mpo_is_accepted_as_jpeg() -> None:
+    frames = [Image.new("RGB", (32, 24), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "MPO", save_all=True, append_images=frames[1:])
+    assert decode_image(buf.getvalue(), max_bytes=10**6, max_pixels=10**6).size == (32, 24)
+
+
+def test_thumbnail_is_a_small_bounded_jpeg() -> None:
+    from stream.images import THUMB_MAX_BYTES, thumbnail
+
+    noisy = Image.effect_noise((1200, 800), 100).convert("RGB")  # worst case for JPEG size
+    for src in (noisy, _encode(noisy, "PNG"), _encode(noisy, "JPEG")):
+        out = thumbnail(src)
+        assert out is not None and out[:2] == b"\xff\xd8" and len(out) <= THUMB_MAX_BYTES
+        with Image.open(io.BytesIO(out)) as t:
+            assert t.format == "JPEG" and max(t.size) <= 160 and abs(t.size[0] / t.size[1] - 1.5) < 0.05
+    assert thumbnail(b"not an image") is None
+    assert thumbnail(_encode(Image.new("RGB", (8, 8)), "TIFF")) is None
+
+
+class _Counting:
+    """A real local HTTP server that counts the requests it gets and records their Host headers."""
+
+    def __init__(self) -> None:
+        png = _encode(Image.new("RGB", (8, 8), "blue"))
+        self.hosts: list[str] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.hosts.append(self.headers.get("Host", ""))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.png = png
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture
+def counting_server():  # type: ignore[no-untyped-def]
+    srv = _Counting()
+    yield srv
+    srv.close()
+
+
+def _fetch_with(url: str, policy: FetchPolicy, resolver) -> bytes | ImageError:  # type: ignore[no-untyped-def]
+    async def run() -> bytes | ImageError:
+        f = ImageFetcher(policy, concurrency=2, resolver=resolver)
+        try:
+            return await f.fetch(url)
+        except ImageError as exc:
+            return exc
+        finally:
+            await f.aclose()
+
+    return asyncio.run(run())
+
+
+PUBLIC = "93.184.216.34"  # a global address (example.com's); nothing here can reach it
+
+
+def test_dns_rebinding_one_answer_public_then_loopback(counting_server) -> None:  # type: ignore[no-untyped-def]
+    """One DNS answer, public address first and loopback second: refused before any request."""
+    calls: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return [PUBLIC, "127.0.0.1"]
+
+    got = _fetch_with(f"http://rebind.example:{counting_server.port}/a.png", FetchPolicy(timeout_s=2.0), resolver)
+    assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_URL_FORBIDDEN and "loopback" in got.message
+    assert calls == ["rebind.example"]
+    assert counting_server.hosts == []  # 0 requests reached the loopback server
+
+
+def test_dns_rebinding_public_then_loopback_on_the_next_lookup(counting_server) -> None:  # type: ignore[no-untyped-def]
+    """A resolver that answers public first and loopback on every later lookup: the host is
+    resolved once and the connection goes to the checked (public) address, never to loopback."""
+    calls: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return [PUBLIC] if len(calls) == 1 else ["127.0.0.1"]
+
+    got = _fetch_with(f"http://rebind.example:{counting_server.port}/a.png", FetchPolicy(timeout_s=1.0), resolver)
+    assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_FETCH_FAILED  # the public address is unreachable here
+    assert calls == ["rebind.example"]
+    assert counting_server.hosts == []
+
+
+def test_connects_to_the_resolved_address_with_the_url_host(counting_server) -> None:  # type: ignore[no-untyped-def]
+    """The request goes to the address the resolver gave (the name itself resolves nowhere)
+    and carries the URL's host in the Host header."""
+
+    async def resolver(host: str, port: int) -> list[str]:
+        assert host == "images.pinned.test"
+        return ["127.0.0.1"]
+
+    url = f"http://images.pinned.test:{counting_server.port}/a.png?x=1"
+    got = _fetch_with(url, FetchPolicy(allow_private=True, timeout_s=5.0), resolver)
+    assert got == counting_server.png
+    assert counting_server.hosts == [f"images.pinned.test:{counting_server.port}"]
