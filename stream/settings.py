@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         [], description="if set, only these hosts (or *.suffix) may be fetched (JSON list in env)"
     )
 
+    # --- mulcot serve (the read-only query API and dashboard; stream/serve, owned by H2) --
+    events_max: int = Field(10_000, ge=0, le=1_000_000, description="length bound of the Redis events stream of new results (0: no events)")
+    serve_host: str = Field("127.0.0.1", description="address `mulcot serve` binds to")
+    serve_port: int = Field(8765, ge=0, le=65535, description="port of `mulcot serve`")
+    serve_token: SecretStr | None = Field(None, description="if set, /api/* needs `Authorization: Bearer <token>` (masked in `mulcot config`)")
+    serve_cors_origins: list[str] = Field([], description="origins allowed by CORS (JSON list in env; empty: CORS off)")
+
     # --- dead letters / misc ------------------------------------------------------------
     dlq_inline_max_bytes: int = Field(
         256 * 1024, ge=0, description="originals larger than this go to the DLQ as a reference, not inline"
