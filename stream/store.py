@@ -20,6 +20,8 @@ key                                    type    content
 ``P thumb:{id}``                       string  a small JPEG thumbnail of the post's image
                                                (longest side <= 160 px, <= 16 KiB); only
                                                for posts with an image; TTL as the result
+``P text:{id}``                        string  the post's text (first 1,000 characters),
+                                               for the dashboard; TTL as the result
 ``P events``                           stream  one entry per result that changed state,
                                                fields ``id``, ``label``; about ``events_max``
                                                newest kept (``XADD MAXLEN ~``)
@@ -53,9 +55,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from .protocol import SentimentResult
 
 _WRITE_LUA = """
--- KEYS: result, recent, aspect (or recent again), thumb, events, counts... (overall, then per aspect)
+-- KEYS: result, recent, aspect (or recent again), thumb, text, events, counts... (overall, then per aspect)
 -- ARGV: payload, ttl, event_ms, id, label, model, recent_max, aspect_max, has_aspect, has_chain,
---       thumbnail ('' for none), events_max, one TTL per counts key
+--       thumbnail ('' for none), text ('' for none), events_max, one TTL per counts key
 local old = redis.call('GET', KEYS[1])
 local old_label = false
 if old then
@@ -80,18 +82,32 @@ end
 if ARGV[11] ~= '' then
   redis.call('SET', KEYS[4], ARGV[11], 'EX', tonumber(ARGV[2]))
 end
-for i = 6, #KEYS do
+if ARGV[12] ~= '' then
+  redis.call('SET', KEYS[5], ARGV[12], 'EX', tonumber(ARGV[2]))
+end
+for i = 7, #KEYS do
   if old_label ~= ARGV[5] then
     if old_label then redis.call('HINCRBY', KEYS[i], old_label, -1) end
     redis.call('HINCRBY', KEYS[i], ARGV[5], 1)
   end
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[12 + i - 5]))
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[i + 7]))
 end
-if tonumber(ARGV[12]) > 0 then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', tonumber(ARGV[12]), '*', 'id', ARGV[4], 'label', ARGV[5])
+if tonumber(ARGV[13]) > 0 then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', tonumber(ARGV[13]), '*', 'id', ARGV[4], 'label', ARGV[5])
 end
 return 1
 """
+
+
+TEXT_MAX_CHARS = 1000
+
+
+def _cut(text: str | None) -> bytes:
+    if not text:
+        return b""
+    if len(text) > TEXT_MAX_CHARS:
+        text = text[: TEXT_MAX_CHARS - 1] + "\u2026"
+    return text.encode("utf-8", "replace")
 
 
 def aspect_key_part(aspect: str) -> str:
@@ -127,6 +143,9 @@ class KeyLayout:
     def thumbnail(self, post_id: str) -> str:
         return f"{self.prefix}thumb:{post_id}"
 
+    def text(self, post_id: str) -> str:
+        return f"{self.prefix}text:{post_id}"
+
     @property
     def events(self) -> str:
         return f"{self.prefix}events"
@@ -148,9 +167,15 @@ class KeyLayout:
         )
 
     def write_args(
-        self, result: SentimentResult, payload: bytes, event_ms: int, thumbnail: bytes | None = None
+        self,
+        result: SentimentResult,
+        payload: bytes,
+        event_ms: int,
+        thumbnail: bytes | None = None,
+        text: str | None = None,
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the write script for one result."""
+        """KEYS and ARGV of the write script for one result (``text``: the post's text, kept
+        beside the result for the dashboard, cut to ``TEXT_MAX_CHARS``)."""
         has_aspect = bool(result.aspect and aspect_key_part(result.aspect))
         event_s = event_ms // 1000
         keys = [
@@ -158,6 +183,7 @@ class KeyLayout:
             self.recent,
             self.aspect(result.aspect) if has_aspect else self.recent,
             self.thumbnail(result.id),
+            self.text(result.id),
             self.events,
         ]
         ttls = []
@@ -180,6 +206,7 @@ class KeyLayout:
             "1" if has_aspect else "0",
             "1" if result.chain is not None else "0",
             thumbnail or b"",
+            _cut(text),
             self.events_max,
             *ttls,
         ]
@@ -200,9 +227,9 @@ class AsyncResultWriter:
         await self.client.ping()
 
     async def write(self, items: Iterable[tuple]) -> int:  # type: ignore[type-arg]
-        """Write ``(result, json_bytes, event_ms)`` or ``(result, json_bytes, event_ms, thumbnail)``
-        items (``thumbnail``: JPEG bytes from :func:`stream.images.thumbnail`, or None); returns
-        how many changed state. Each changed result also gets an entry on the ``events`` stream."""
+        """Write ``(result, json_bytes, event_ms)`` or ``(result, json_bytes, event_ms, thumbnail,
+        text)`` items (``thumbnail``: JPEG bytes from :func:`stream.images.thumbnail` or None;
+        ``text``: the post's text or None); returns how many changed state. Each changed result also gets an entry on the ``events`` stream."""
         from redis.exceptions import NoScriptError
 
         items = list(items)
@@ -252,12 +279,14 @@ class ResultStore:
     def close(self) -> None:
         self.client.close()
 
-    def put(self, result: SentimentResult, event_ms: int | None = None, thumbnail: bytes | None = None) -> bool:
+    def put(
+        self, result: SentimentResult, event_ms: int | None = None, thumbnail: bytes | None = None, text: str | None = None
+    ) -> bool:
         """Write one result as the worker does (idempotent); True when the state changed."""
         payload = result.model_dump_json().encode()
         if event_ms is None:
             event_ms = int(result.processed_at.timestamp() * 1000)
-        keys, args = self.layout.write_args(result, payload, event_ms, thumbnail)
+        keys, args = self.layout.write_args(result, payload, event_ms, thumbnail, text)
         return bool(self.client.eval(_WRITE_LUA, len(keys), *keys, *args))
 
     def get(self, post_id: str) -> SentimentResult | None:
@@ -306,6 +335,11 @@ class ResultStore:
     def thumbnail(self, post_id: str) -> bytes | None:
         """The JPEG thumbnail stored with a result, or None (no image, or expired)."""
         return self.client.get(self.layout.thumbnail(post_id))
+
+    def text(self, post_id: str) -> str | None:
+        """The post's text kept beside its result (cut to 1,000 characters), or None."""
+        raw = self.client.get(self.layout.text(post_id))
+        return raw.decode() if raw else None
 
     def dead_letter_counts(self) -> dict[str, int]:
         """Dead letters by error code, as counted by the workers."""

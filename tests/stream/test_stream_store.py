@@ -110,3 +110,44 @@ def test_label_first_full_result_replaces_labels_only_never_the_reverse(store: R
     assert store.get("a").chain is not None
     sec = t // 1000
     assert store.client.hgetall(f"{store.layout.prefix}counts:60s:{sec - sec % 60}") == {b"neutral": b"1"}
+
+
+def test_dashboard_keys(store: ResultStore) -> None:
+    """thumb:{id} and text:{id} with the result's TTL, per-aspect counts, one events entry per
+    state change (none for a redelivery), and dead-letter counts."""
+    import asyncio
+
+    from stream.store import AsyncResultWriter
+
+    p, c = store.layout.prefix, store.client
+    t = 1_700_000_123_456
+    jpeg = b"\xff\xd8 a thumbnail"
+    assert store.put(_r("a", aspect="Coffee"), event_ms=t, thumbnail=jpeg, text="x" * 5000)
+    assert store.put(_r("b"), event_ms=t + 1)
+    assert store.thumbnail("a") == jpeg and store.thumbnail("b") is None
+    assert 0 < c.ttl(f"{p}thumb:a") <= 300 and 0 < c.ttl(f"{p}text:a") <= 300
+    assert len(store.text("a")) == 1000 and store.text("a").endswith("\u2026") and store.text("b") is None
+    sec = t // 1000
+    assert c.hgetall(f"{p}acounts:60s:{sec - sec % 60}:coffee") == {b"positive": b"1"}
+    assert store.counts(60, 1, now_s=sec, aspect="COFFEE")[0][1]["positive"] == 1
+    assert store.counts(60, 1, now_s=sec)[0][1]["positive"] == 2
+    assert [pid for _, pid in store.events_after("0")] == ["a", "b"]
+    last = store.last_event_id()
+    assert not store.put(_r("a", aspect="Coffee"), event_ms=t, thumbnail=jpeg)  # redelivery: no new event
+    assert store.put(_r("a", label="negative", aspect="Coffee", version="2"), event_ms=t)  # new model: one event
+    assert [pid for _, pid in store.events_after(last)] == ["a"]
+    assert c.hgetall(f"{p}acounts:60s:{sec - sec % 60}:coffee") == {b"positive": b"0", b"negative": b"1"}
+
+    async def count() -> None:
+        w = AsyncResultWriter(store_url(store), store.layout)
+        await w.count_dead({"invalid_json": 2, "schema": 1, "model_error": 0})
+        await w.count_dead({"invalid_json": 1})
+        await w.aclose()
+
+    asyncio.run(count())
+    assert store.dead_letter_counts() == {"invalid_json": 3, "schema": 1}
+
+
+def store_url(store: ResultStore) -> str:
+    kw = store.client.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
