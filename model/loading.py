@@ -7,6 +7,8 @@ Spec strings:
 * ``hf:<path-or-hub-id>[+<adapter-path-or-hub-id>]`` - a Hugging Face image-text-to-text
   model (Qwen2.5-VL, SmolVLM/Idefics3), optionally with a LoRA adapter merged in;
 * ``mulcot-rd-3b`` / ``mulcot-rd-7b`` - the published students, i.e. ``hf:sghn/MulCoT-RD-3B``;
+* ``openai:<base_url>#<model>`` - a student served by an OpenAI-compatible endpoint (vLLM,
+  SGLang; ``model/backends/openai.py``);
 * ``noop`` - a model-free student for measuring the pipeline alone (benchmarks only).
 
 Keyword options are passed to the backend (``device``, ``dtype``, ``image_size``,
@@ -43,14 +45,14 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
         raise SpecError(
             f"bad student spec {spec!r}: use 'default', 'noop', 'compact:<dir>' or 'hf:<model>[+<adapter>]'"
         )
-    if kind == "compact":
+    if kind in ("compact", "openai"):
         return kind, rest, None
     if kind == "hf":
         target, plus, adapter = rest.partition("+")
         if not target or (plus and not adapter):
             raise SpecError(f"bad hf spec {spec!r}: expected hf:<model>[+<adapter>]")
         return kind, target, adapter or None
-    raise SpecError(f"unknown student kind {kind!r} in {spec!r} (known: default, noop, compact, hf)")
+    raise SpecError(f"unknown student kind {kind!r} in {spec!r} (known: default, noop, compact, hf, openai)")
 
 
 def parse_options(pairs: "Iterable[str]") -> dict[str, Any]:
@@ -79,6 +81,10 @@ def load_student(spec: str = "default", **options: Any) -> Student:
 
         path = Path(target) if target else DEFAULT_WEIGHTS
         return CompactStudent.from_pretrained(path, **options)
+    if kind == "openai":
+        from .backends.openai import OpenAIStudent
+
+        return OpenAIStudent.from_target(target, **options)
     from .backends.hf import HFStudent
 
     return HFStudent.from_pretrained(target, adapter=adapter, **options)

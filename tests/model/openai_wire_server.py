@@ -1,0 +1,214 @@
+"""A local HTTP server that speaks the OpenAI ``/v1/chat/completions`` wire format the way vLLM
+and SGLang do, including ``logprobs`` / ``top_logprobs``, ``stop`` strings, ``usage`` and vLLM's
+constrained ``structured_outputs: {"choice": [...]}`` (and the older ``guided_choice``).
+
+No model server can run on this machine, so the ``openai:`` student is tested against this one.
+Its "model" is a keyword rule on the post text (``Text: ...`` line of the prompt): it is not a
+sentiment model, it stands in for one so the client side can be checked exactly. It checks
+every request's shape (model name, bearer key, message parts, the image as a decodable base64
+data URL, ``top_logprobs <= 20``) and answers 400/401 like a real server when they are wrong.
+
+Knobs: ``fail`` - HTTP statuses to answer the next requests with (``Retry-After: 0``);
+``hide_labels`` - texts whose answer position lists no label token (forces the constrained
+fallback); ``partial`` - texts whose top tokens list only the winning label and one other;
+``contrary`` - texts whose chain argues for another label than the label request's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+import re
+import socket
+import threading
+
+from PIL import Image
+
+POSITIVE = ("happy", "love", "great", "sunny", "win", "cake")
+NEGATIVE = ("sad", "hate", "broken", "rain", "traffic", "cracked")
+LABELS = ("positive", "neutral", "negative")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rule_label(text: str) -> str:
+    t = text.lower()
+    if any(w in t for w in POSITIVE):
+        return "positive"
+    if any(w in t for w in NEGATIVE):
+        return "negative"
+    return "neutral"
+
+
+def top_tokens(label: str) -> list[tuple[str, float]]:
+    """The answer position's top tokens for a post the rule labels ``label``: the label word in
+    two spellings, the two others, and a few non-label tokens (probabilities, not logs)."""
+    others = [l for l in LABELS if l != label]
+    return [(label, 0.55), (" " + label.capitalize(), 0.15), (others[0], 0.12), (others[1][:3], 0.08),
+            ("The", 0.05), ("**", 0.03), ("I", 0.02)]
+
+
+def chain_text(label: str, has_image: bool, image_size: tuple[int, int] | None) -> str:
+    img = f"an image of {image_size[0]}x{image_size[1]} pixels was attached" if has_image else "no image"
+    return (
+        f'"Text_analysis": "The wording reads {label}."\n'
+        f'"Image_analysis": "The fake model saw {img}."\n'
+        f'"Conflict_resolution": "Nothing to resolve."\n'
+        f'"Final_conclusion": "Overall the post is {label}."\n'
+        f'"Prediction": {label}'
+    )
+
+
+class WireServer:
+    """The server in a background thread; ``base_url`` ends in ``/v1``."""
+
+    def __init__(self, *, model: str = "fake/mulcot-student", api_key: str | None = None) -> None:
+        self.port = _free_port()
+        self.model = model
+        self.api_key = api_key
+        self.requests: list[dict] = []
+        self.fail: list[int] = []
+        self.errors_sent = 0
+        self.hide_labels: set[str] = set()
+        self.partial: set[str] = set()
+        self.contrary: set[str] = set()
+        self.images_seen: list[tuple[int, int]] = []
+        self.delay_s = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # ---- handlers -----------------------------------------------------------------------
+    async def models(self, request):  # type: ignore[no-untyped-def]
+        from aiohttp import web
+
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def chat(self, request):  # type: ignore[no-untyped-def]
+        from aiohttp import web
+
+        body = await request.json()
+        with self._lock:
+            self.requests.append(body)
+            status = self.fail.pop(0) if self.fail else None
+        if status:
+            self.errors_sent += 1
+            return web.json_response({"error": {"message": "busy", "code": status}}, status=status,
+                                     headers={"Retry-After": "0"})
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "bad api key"}}, status=401)
+        if body.get("model") != self.model:
+            return web.json_response({"error": {"message": f"model {body.get('model')!r} not served"}}, status=404)
+        try:
+            (msg,) = body["messages"]
+            assert msg["role"] == "user"
+            parts = msg["content"]
+            assert [p["type"] for p in parts] in (["text"], ["image_url", "text"])
+            prompt = parts[-1]["text"]
+            size = None
+            if parts[0]["type"] == "image_url":
+                url = parts[0]["image_url"]["url"]
+                assert url.startswith("data:image/jpeg;base64,")
+                im = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+                im.load()
+                size = im.size
+                self.images_seen.append(size)
+            k = int(body.get("top_logprobs") or 0)
+            assert 0 <= k <= 20, "top_logprobs must be in [0, 20]"
+            assert not k or body.get("logprobs") is True
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            return web.json_response({"error": {"message": f"bad request: {exc}"}}, status=400)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            return web.json_response(self._answer(body, prompt, size))
+        finally:
+            self.in_flight -= 1
+
+    def _answer(self, body: dict, prompt: str, size: tuple[int, int] | None) -> dict:
+        m = re.search(r"^Text: (.*)$", prompt, re.M)
+        text = m.group(1) if m else ""
+        label = rule_label(text)
+        choice = (body.get("structured_outputs") or {}).get("choice") or body.get("guided_choice")
+        max_tokens = int(body.get("max_tokens") or 512)
+        top = top_tokens(label)
+        if text in self.partial:
+            drop = [l for l in LABELS if l != label][1][:3]
+            top = [t for t in top if t[0].strip().lower()[:3] != drop]
+        if text in self.hide_labels and not choice:
+            top = [("The", 0.6), ("I", 0.3), ("**", 0.1)]
+        if choice:
+            out = label if label in choice else choice[0]
+        elif max_tokens == 1:
+            out = top[0][0]
+        else:
+            own = {"positive": "negative", "neutral": "positive", "negative": "neutral"}[label] \
+                if text in self.contrary else label
+            out = chain_text(own, size is not None, size)
+            cut = [out.find(s) for s in (body.get("stop") or []) if s and out.find(s) >= 0]
+            out = out[: min(cut)] if cut else out
+        completion_tokens = max(1, len(out.split()))
+        if max_tokens < completion_tokens:
+            out = " ".join(out.split()[:max_tokens])
+            completion_tokens = max_tokens
+        choice_obj: dict = {"index": 0, "message": {"role": "assistant", "content": out},
+                            "finish_reason": "stop"}
+        if body.get("logprobs"):
+            k = int(body.get("top_logprobs") or 0)
+            first = top[0] if not choice else (out, dict(top).get(out, 0.5))
+            choice_obj["logprobs"] = {"content": [{
+                "token": first[0], "logprob": math.log(first[1]), "bytes": list(first[0].encode()),
+                "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in top[:k]],
+            }]}
+        n_prompt = len(prompt.split()) + (64 if size else 0)
+        return {
+            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "model": self.model,
+            "choices": [choice_obj],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion_tokens,
+                      "total_tokens": n_prompt + completion_tokens},
+        }
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> "WireServer":
+        from aiohttp import web
+
+        async def main() -> None:
+            app = web.Application(client_max_size=16 * 2**20)
+            app.router.add_post("/v1/chat/completions", self.chat)
+            app.router.add_get("/v1/models", self.models)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(main())
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "wire server did not start"
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+
+__all__ = ["WireServer", "rule_label", "top_tokens", "chain_text", "LABELS"]
