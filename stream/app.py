@@ -7,7 +7,8 @@ thread, so the event loop keeps heartbeating), publishes results and dead letter
 post id as key, awaits the broker's acknowledgement, writes Redis, and only then
 acknowledges the input records. Faust commits acknowledged offsets, so delivery is
 at-least-once; duplicates are harmless because the output topic is compacted by post id
-and Redis writes are idempotent.
+and Redis writes are idempotent. Sink errors are retried or, when permanent for one record,
+turned into a bounded dead letter (or skipped, logged and counted): see :mod:`stream.sinks`.
 
 A batch interrupted by shutdown or a crash is never acknowledged (each record holds an
 extra reference until its outputs are durable), so it is consumed again after a restart.
@@ -19,14 +20,17 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .messages import InRecord, Outcome
 from .metrics import WorkerMetrics
-from .pipeline import BatchProcessor, InRecord, Outcome
+from .pipeline import BatchProcessor
 from .settings import Settings, load_settings
+from .sinks import KafkaSink, RedisSink, RetryPolicy
 from .store import AsyncResultWriter, KeyLayout
 
 log = logging.getLogger("mulcot.worker")
@@ -53,8 +57,19 @@ def _patch_faust_fetch_wait() -> None:
     cls._mulcot_patched = True
 
 
-def _backoff(attempt: int) -> float:
-    return min(0.2 * (2**attempt), 5.0)
+class _SinkCounters:
+    """The sinks' retry and skip counts, into the worker's Prometheus metrics."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def retry(self, sink: str) -> None:
+        self.metrics.retries.labels(sink).inc()
+
+    def skip(self, sink: str) -> None:
+        skipped = getattr(self.metrics, "skipped", None)
+        if skipped is not None:
+            skipped.labels(sink).inc()
 
 
 class Application:
@@ -62,6 +77,11 @@ class Application:
 
     ``student`` may be given (an object implementing ``model.Student``); otherwise it is
     loaded with ``model.load_student(settings.model_spec)`` when the worker starts.
+
+    Readiness (for health endpoints): ``warmed`` is set once the student is loaded and has
+    run on a dummy post (chain writer included), before the worker joins its group;
+    ``ready`` is set once the worker has joined the group and got its partitions (after
+    every rebalance), and cleared when partitions are revoked (a rebalance under way).
     """
 
     def __init__(self, settings: Settings | None = None, *, student: Any = None) -> None:
@@ -72,6 +92,11 @@ class Application:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mulcot-model")
         self.processor: BatchProcessor | None = None
         self.writer: AsyncResultWriter | None = None
+        self.policy = RetryPolicy()
+        self.kafka_sink: KafkaSink | None = None
+        self.redis_sink: RedisSink | None = None
+        self.warmed = threading.Event()
+        self.ready = threading.Event()
         self.faust = self._make_faust_app()
 
     # --- construction -------------------------------------------------------------------
@@ -82,6 +107,30 @@ class Application:
             opts = {"device": self.settings.model_device} if self.settings.model_device else {}
             self.student = load_student(self.settings.model_spec, **opts)
         return self.student
+
+    def warm_up(self) -> float:
+        """Load the student and run it once on a dummy post - ``classify`` and, with chains on,
+        ``explain`` (the chain writer loads lazily in some backends) - so the first real batch
+        does not pay for it. Sets ``warmed``; returns the seconds it took."""
+        from model import PostInput
+
+        t0 = time.perf_counter()
+        student = self.load_student()
+        image = None
+        if getattr(student, "reads_pixels", True):
+            from PIL import Image
+
+            image = Image.new("RGB", (64, 48), (128, 128, 128))
+        post = [PostInput(text="warm-up post", image=image, aspect=None, id="warm-up")]
+        preds = student.classify(post)
+        if self.settings.chain:
+            student.explain(post, preds)
+        took = time.perf_counter() - t0
+        self.warmed.set()
+        log.info("student %s loaded and warmed in %.1f s (%s on a dummy post)",
+                 getattr(student, "name", self.settings.model_spec), took,
+                 "classify + explain" if self.settings.chain else "classify")  # fmt: skip
+        return took
 
     def _credentials(self) -> Any:
         import faust
@@ -156,6 +205,16 @@ class Application:
                 getattr(self.student, "name", s.model_spec), s.max_batch, s.max_latency_ms,
             )  # fmt: skip
 
+        @app.on_partitions_revoked.connect
+        async def _revoked(app, revoked, **kw) -> None:  # type: ignore[no-untyped-def]
+            self.ready.clear()
+
+        @app.on_partitions_assigned.connect
+        async def _assigned(app, assigned, **kw) -> None:  # type: ignore[no-untyped-def]
+            parts = sorted(tp.partition for tp in assigned if tp.topic == s.input_topic)
+            self.ready.set()
+            log.info("ready: joined group %s, partitions %s of %s", s.group_id, parts, s.input_topic)
+
         self.agent = sentiment
         return app
 
@@ -167,11 +226,22 @@ class Application:
             )
         if self.writer is None:
             self.writer = AsyncResultWriter(self.settings.redis_url_value, KeyLayout.from_settings(self.settings))
+        counters = _SinkCounters(self.metrics)
+        if self.kafka_sink is None:
+            s = self.settings
+
+            async def send(topic: str, key: bytes, value: bytes):  # type: ignore[no-untyped-def]
+                return await self.faust.producer.send(topic, key, value, None, None, None)
+
+            self.kafka_sink = KafkaSink(send, s.output_topic, s.dlq_topic, policy=self.policy, counters=counters,
+                                        worker=self.worker_name)  # fmt: skip
+        if self.redis_sink is None:
+            self.redis_sink = RedisSink(self.writer, policy=self.policy, counters=counters)
 
     async def handle(self, events) -> Outcome:  # type: ignore[no-untyped-def]
         """Process one batch of Faust events end to end; returns only when outputs are durable."""
         await self._ensure_sinks()
-        assert self.processor is not None and self.writer is not None
+        assert self.processor is not None
         records = [
             InRecord(
                 value=ev.value if isinstance(ev.value, (bytes, type(None))) else bytes(ev.value),
@@ -183,29 +253,31 @@ class Application:
             )
             for ev in events
         ]
-        attempt = 0
         t_proc = time.perf_counter()
-        while True:
-            try:
-                outcome = await self.processor.process(
-                    records, on_labels=self._publish_early if self.settings.label_first else None
-                )
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # not expected: the processor turns bad input into dead letters
-                log.exception("batch processing failed; retrying")
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
+        on_labels = self._publish_early if self.settings.label_first else None
+
+        def retried(exc: BaseException) -> None:  # not expected: bad input becomes dead letters
+            log.error("batch processing failed", exc_info=exc)
+
+        outcome = await self.policy.run("batch processing", lambda: self.processor.process(records, on_labels=on_labels),
+                                        on_retry=retried)  # fmt: skip
         t0 = time.perf_counter()
-        await asyncio.gather(self._publish(outcome), self._write_redis(outcome))
-        m = self.metrics
+        await self._deliver(outcome)
         t1 = time.perf_counter()
-        m.publish_seconds.observe(t1 - t0)
-        log.debug("batch of %d: process %.1f ms (model %.1f ms), publish+redis %.1f ms",
-                  len(records), (t0 - t_proc) * 1000, outcome.inference_s * 1000, (t1 - t0) * 1000)
+        self._account(outcome, len(records), t1 - t0)
+        log.info("%s", batch_line(outcome, len(records), (t0 - t_proc) * 1000, (t1 - t0) * 1000))
+        return outcome
+
+    async def _deliver(self, outcome: Outcome) -> None:
+        """Results and dead letters to Kafka, results to Redis; returns when durable (or skipped)."""
+        assert self.kafka_sink is not None and self.redis_sink is not None
+        await asyncio.gather(self.kafka_sink.write(outcome.results, outcome.dead), self.redis_sink.write(outcome.results))
+
+    def _account(self, outcome: Outcome, n: int, publish_s: float) -> None:
+        m = self.metrics
+        m.publish_seconds.observe(publish_s)
         m.batches.inc()
-        m.batch_size.observe(len(records))
+        m.batch_size.observe(n)
         if outcome.results:
             m.inference_seconds.observe(outcome.inference_s)
         for r in outcome.results:
@@ -217,53 +289,12 @@ class Application:
                 "dead letter %s at %s/%d/%d: %s",
                 d.dead.error.value, d.dead.source.topic, d.dead.source.partition, d.dead.source.offset, d.dead.message,
             )  # fmt: skip
-        return outcome
 
     async def _publish_early(self, early: list) -> None:  # type: ignore[type-arg]
         """Label-first mode: labels-only results to Kafka and Redis before the chains exist
         (nothing is acknowledged yet; the full results follow with the same keys)."""
-        early_outcome = Outcome(results=early)
-        await asyncio.gather(self._publish(early_outcome), self._write_redis(early_outcome))
+        await self._deliver(Outcome(results=early))
         self.metrics.early_labels.inc(len(early))
-
-    async def _publish(self, outcome: Outcome) -> None:
-        s = self.settings
-        msgs = [(s.output_topic, r.key, r.value) for r in outcome.results]
-        msgs += [(s.dlq_topic, d.key, d.value) for d in outcome.dead]
-        if not msgs:
-            return
-        attempt = 0
-        while True:
-            try:
-                producer = self.faust.producer
-                futs = [await producer.send(topic, key, value, None, None, None) for topic, key, value in msgs]
-                await asyncio.gather(*futs)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker down, timeouts: retry (duplicates are keyed, harmless)
-                self.metrics.retries.labels("kafka").inc()
-                log.warning("publishing %d records failed (%s); retrying", len(msgs), exc)
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
-
-    async def _write_redis(self, outcome: Outcome) -> None:
-        if not outcome.results:
-            return
-        assert self.writer is not None
-        items = [(r.result, r.value, r.event_ms) for r in outcome.results]
-        attempt = 0
-        while True:
-            try:
-                await self.writer.write(items)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.metrics.retries.labels("redis").inc()
-                log.warning("writing %d results to Redis failed (%s); retrying", len(items), exc)
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
 
     # --- running ------------------------------------------------------------------------
     def run_worker(self) -> None:
@@ -273,7 +304,7 @@ class Application:
         from .kafka import ensure_topics
 
         s = self.settings
-        self.load_student()
+        self.warm_up()  # before the worker joins the group: the first batch pays no loading
         if s.create_topics:
             asyncio.run(ensure_topics(s))
         asyncio.set_event_loop(asyncio.new_event_loop())
@@ -288,4 +319,19 @@ class Application:
         worker.execute_from_commandline()
 
 
-__all__ = ["Application"]
+def batch_line(outcome: Outcome, n: int, process_ms: float, publish_ms: float) -> str:
+    """The one log line of a batch: posts, labels, dead letters, model ms, end-to-end ms."""
+    from collections import Counter
+
+    labels = Counter(r.result.label for r in outcome.results)
+    e2e = sorted(r.result.timings.end_to_end_ms for r in outcome.results)
+    e2e_text = f"end-to-end ms p50 {e2e[len(e2e) // 2]:.0f} max {e2e[-1]:.0f}" if e2e else "end-to-end ms -"
+    return (
+        f"batch: {n} posts, {len(outcome.results)} results "
+        f"(positive {labels['positive']}, neutral {labels['neutral']}, negative {labels['negative']}), "
+        f"{len(outcome.dead)} dead letters, model {outcome.inference_s * 1000:.1f} ms, "
+        f"process {process_ms:.1f} ms, publish {publish_ms:.1f} ms, {e2e_text}"
+    )
+
+
+__all__ = ["Application", "batch_line"]

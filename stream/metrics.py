@@ -30,6 +30,10 @@ class WorkerMetrics:
         )
         self.publish_seconds = Histogram("mulcot_publish_seconds", "Kafka publish + Redis write per batch", buckets=_LAT, registry=r)
         self.retries = Counter("mulcot_sink_retries_total", "retries of Kafka publish or Redis write", ["sink"], registry=r)
+        self.skipped = Counter(
+            "mulcot_sink_skipped_total", "records a sink refused for good, even as a bounded dead letter (logged, skipped)",
+            ["sink"], registry=r,
+        )  # fmt: skip
         self.in_flight = Gauge("mulcot_in_flight_posts", "posts taken but not yet acknowledged", registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> bool:

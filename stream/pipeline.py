@@ -9,12 +9,11 @@ input or a failing model: each bad record becomes a :class:`~stream.protocol.Dea
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import base64
+import json
 import logging
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -23,56 +22,20 @@ from pydantic import ValidationError
 from model import PostInput, Prediction, Student
 
 from .images import FetchPolicy, ImageError, ImageFetcher, check_image, decode_image
+from .messages import InRecord, OutDead, Outcome, OutResult, dead_letter
 from .protocol import (
     SCHEMA_VERSION,
     Chain,
-    DeadLetter,
     ErrorCode,
-    Original,
     Post,
     Probabilities,
     SentimentResult,
     SourceRef,
     Timings,
 )
+from .settings import Settings, load_settings
 
 log = logging.getLogger("mulcot.pipeline")
-
-
-@dataclass
-class InRecord:
-    """One input record with its Kafka coordinates."""
-
-    value: bytes | None
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None = None
-
-
-@dataclass
-class OutResult:
-    key: bytes
-    value: bytes
-    result: SentimentResult
-    event_ms: int
-
-
-@dataclass
-class OutDead:
-    key: bytes
-    value: bytes
-    dead: DeadLetter
-
-
-@dataclass
-class Outcome:
-    results: list[OutResult] = field(default_factory=list)
-    dead: list[OutDead] = field(default_factory=list)
-    inference_s: float = 0.0
-    batch_size: int = 0
-    early: list[OutResult] = field(default_factory=list)
 
 
 @dataclass
@@ -83,10 +46,6 @@ class _Work:
     error: ImageError | None = None
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _schema_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -95,59 +54,56 @@ def _schema_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """The image-fetch policy of these settings (the one place a FetchPolicy is made from them)."""
+    return FetchPolicy(
+        max_bytes=settings.image_max_bytes,
+        timeout_s=settings.image_fetch_timeout_s,
+        allow_file=settings.image_allow_file_urls,
+        allow_private=settings.image_allow_private_hosts,
+        host_allowlist=tuple(settings.image_host_allowlist),
+    )
+
+
 class BatchProcessor:
+    """Records in -> results and dead letters out, configured by :class:`~stream.settings.Settings`.
+
+    ``settings`` defaults to :func:`~stream.settings.load_settings` (environment and
+    ``.env``); ``overrides`` are Settings fields (``chain=False``, ``max_batch=8``, ...), so
+    every default lives in Settings only.
+    """
+
     def __init__(
         self,
         student: Student,
+        settings: Settings | None = None,
         *,
         executor: Executor | None = None,
-        chain: bool = True,
-        image_max_bytes: int = 5 * 1024 * 1024,
-        image_max_pixels: int = 40_000_000,
-        fetch_policy: FetchPolicy | None = None,
-        fetch_concurrency: int = 16,
-        dlq_inline_max_bytes: int = 256 * 1024,
         worker: str = "",
-        decode_threads: int = 2,
-        image_decode: str = "auto",
+        **overrides: Any,
     ) -> None:
+        s = settings if settings is not None else load_settings()
+        if overrides:
+            s = type(s).model_validate({**s.model_dump(), **overrides})
+        self.settings = s
         self.student = student
         self.executor = executor
-        self.chain = chain
-        self.image_max_bytes = image_max_bytes
-        self.image_max_pixels = image_max_pixels
-        self.fetch_policy = fetch_policy or FetchPolicy(max_bytes=image_max_bytes)
-        self.fetcher = ImageFetcher(self.fetch_policy, fetch_concurrency)
-        self.dlq_inline_max_bytes = dlq_inline_max_bytes
+        self.chain = s.chain
+        self.image_max_bytes = s.image_max_bytes
+        self.image_max_pixels = s.image_max_pixels
+        self.fetch_policy = fetch_policy(s)
+        self.fetcher = ImageFetcher(self.fetch_policy, s.image_fetch_concurrency)
+        self.dlq_inline_max_bytes = s.dlq_inline_max_bytes
         self.worker = worker
         # Pillow releases the GIL while decoding, so a small pool decodes images in parallel
-        self.decode_threads = max(1, decode_threads)
+        self.decode_threads = max(1, s.decode_threads)
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="mulcot-decode")
         # students that never read pixels (the no-op one): image headers are checked, not decoded
-        self.decode_pixels = image_decode == "full" or getattr(student, "reads_pixels", True)
+        self.decode_pixels = s.image_decode == "full" or getattr(student, "reads_pixels", True)
 
     @classmethod
-    def from_settings(cls, settings, student: Student, executor: Executor | None = None, worker: str = "") -> "BatchProcessor":
-        policy = FetchPolicy(
-            max_bytes=settings.image_max_bytes,
-            timeout_s=settings.image_fetch_timeout_s,
-            allow_file=settings.image_allow_file_urls,
-            allow_private=settings.image_allow_private_hosts,
-            host_allowlist=tuple(settings.image_host_allowlist),
-        )
-        return cls(
-            student,
-            executor=executor,
-            chain=settings.chain,
-            image_max_bytes=settings.image_max_bytes,
-            image_max_pixels=settings.image_max_pixels,
-            fetch_policy=policy,
-            fetch_concurrency=settings.image_fetch_concurrency,
-            dlq_inline_max_bytes=settings.dlq_inline_max_bytes,
-            worker=worker,
-            decode_threads=settings.decode_threads,
-            image_decode=settings.image_decode,
-        )
+    def from_settings(cls, settings: Settings, student: Student, executor: Executor | None = None, worker: str = "") -> "BatchProcessor":
+        return cls(student, settings, executor=executor, worker=worker)
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
@@ -155,27 +111,7 @@ class BatchProcessor:
 
     # --- dead letters -------------------------------------------------------------------
     def dead_letter(self, rec: InRecord, code: ErrorCode, message: str, post_id: str | None = None) -> OutDead:
-        raw = rec.value or b""
-        inline = len(raw) <= self.dlq_inline_max_bytes
-        original = Original(
-            size=len(raw),
-            sha256=hashlib.sha256(raw).hexdigest(),
-            data_b64=base64.b64encode(raw).decode() if inline else None,
-            ref=None if inline else f"kafka://{rec.topic}/{rec.partition}/{rec.offset}",
-        )
-        key_text = rec.key.decode("utf-8", "replace") if rec.key is not None else None
-        dl = DeadLetter(
-            error=code,
-            message=message,
-            post_id=post_id,
-            key=key_text,
-            source=SourceRef(topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms),
-            original=original,
-            first_seen_at=_now(),
-            worker=self.worker,
-        )
-        out_key = (post_id or key_text or f"{rec.topic}/{rec.partition}/{rec.offset}").encode()
-        return OutDead(out_key, dl.model_dump_json().encode(), dl)
+        return dead_letter(rec, code, message, post_id, inline_max=self.dlq_inline_max_bytes, worker=self.worker)
 
     # --- the batch ----------------------------------------------------------------------
     def parse(self, rec: InRecord) -> _Work | OutDead:
@@ -191,8 +127,6 @@ class BatchProcessor:
                 return self.dead_letter(rec, ErrorCode.INVALID_JSON, "JSON value is not an object")
             post_id = None
             try:
-                import json
-
                 obj = json.loads(rec.value)
                 if isinstance(obj, dict) and isinstance(obj.get("id"), str):
                     post_id = obj["id"][:256] or None
@@ -408,7 +342,7 @@ class BatchProcessor:
             ),
             worker=self.worker,
         )
-        return OutResult(w.post.id.encode(), result.model_dump_json().encode(), result, event_ms)
+        return OutResult(w.post.id.encode(), result.model_dump_json().encode(), result, event_ms, w.rec)
 
 
 __all__ = ["BatchProcessor", "InRecord", "Outcome", "OutResult", "OutDead"]

@@ -44,6 +44,7 @@ class ErrorCode(str, enum.Enum):
     IMAGE_FETCH_FAILED = "image_fetch_failed"  # URL fetch failed (HTTP error, timeout, refused)
     IMAGE_URL_FORBIDDEN = "image_url_forbidden"  # scheme/host not allowed, private address (SSRF)
     MODEL_ERROR = "model_error"  # the student raised for this post
+    PUBLISH_FAILED = "publish_failed"  # the result was refused for good by Kafka (e.g. too large)
 
 
 class Post(BaseModel):
@@ -203,13 +204,22 @@ class Original(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    """A record of the dead-letter topic (key: post id when known, else topic/partition/offset)."""
+    """A record of the dead-letter topic.
+
+    Kafka key: the post id when known; else the input record's key when it is UTF-8 of at
+    most 256 bytes; else ``topic/partition/offset`` of the input record.
+    """
 
     schema_version: int = SCHEMA_VERSION
     error: ErrorCode
-    message: str = Field(..., description="human-readable reason")
+    message: str = Field(..., description="human-readable reason (at most 2000 characters)")
     post_id: str | None = None
-    key: str | None = Field(None, description="the input record's key, UTF-8 (replacement chars if not)")
+    key: str | None = Field(
+        None, description="the input record's key, UTF-8 (replacement chars if not); null when over 1024 bytes"
+    )
+    oversized_key: Original | None = Field(
+        None, description="set instead of key when the input key is over 1024 bytes: size, sha256 and ref"
+    )
     source: SourceRef
     original: Original
     first_seen_at: datetime

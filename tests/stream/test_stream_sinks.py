@@ -1,0 +1,118 @@
+"""The sinks against the real broker and cache: a record refused for good becomes a bounded
+dead letter or is skipped (logged, counted), acknowledged records are never re-sent, and a
+result Redis refuses for good does not block the others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+
+from stream.kafka import producer
+from stream.messages import InRecord, OutResult, dead_letter
+from stream.protocol import DeadLetter, ErrorCode, Probabilities, SentimentResult, Timings
+from stream.sinks import KafkaSink, RedisSink, RetryPolicy
+from stream.store import AsyncResultWriter, KeyLayout, ResultStore
+from stream_helpers import create_topics, read_topic
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.retries: Counter[str] = Counter()
+        self.skips: Counter[str] = Counter()
+
+    def retry(self, sink: str) -> None:
+        self.retries[sink] += 1
+
+    def skip(self, sink: str) -> None:
+        self.skips[sink] += 1
+
+
+def _result(i: int, topic: str, pad: int = 0, aspect: str | None = None) -> OutResult:
+    rec = InRecord(json.dumps({"id": f"p{i}", "text": "x"}).encode(), f"p{i}".encode(), topic, i % 4, i, int(time.time() * 1000))
+    r = SentimentResult(
+        id=f"p{i}", aspect=aspect, label="neutral", confidence=0.5,
+        probabilities=Probabilities(positive=0.25, neutral=0.5, negative=0.25), chain=None,
+        model_name="noop", model_version="1", timings=Timings(queued_ms=0, inference_ms=0, end_to_end_ms=0),
+        processed_at="2026-11-29T00:00:00Z", worker="w" + "x" * pad,
+    )  # fmt: skip
+    return OutResult(r.id.encode(), r.model_dump_json().encode(), r, int(time.time() * 1000), rec)
+
+
+def test_refused_records_become_bounded_dead_letters_or_are_skipped(make_settings) -> None:
+    s = make_settings()
+    create_topics(s)
+    counts = Counts()
+
+    async def run(max_request: int, results, dead) -> None:  # type: ignore[no-untyped-def]
+        prod = producer(s, max_request_size=max_request)
+        await prod.start()
+        try:
+            sink = KafkaSink(lambda t, k, v: prod.send(t, key=k, value=v), s.output_topic, s.dlq_topic, counters=counts)
+            await asyncio.wait_for(sink.write(results, dead), 30)
+        finally:
+            await prod.stop()
+
+    # a 40 KB result among small ones, producer limit 20 KB: the big one becomes a
+    # publish_failed dead letter, the others are published once each
+    small = [_result(i, s.input_topic) for i in range(6)]
+    big = _result(99, s.input_topic, pad=40_000)
+    asyncio.run(run(20_000, small[:3] + [big] + small[3:], []))
+    out = read_topic(s, s.output_topic, 6, timeout=15)
+    assert Counter(m.key.decode() for m in out) == {f"p{i}": 1 for i in range(6)}  # each once: no re-sends
+    dl = [DeadLetter.model_validate_json(m.value) for m in read_topic(s, s.dlq_topic, 1, timeout=15)]
+    assert [(d.error, d.post_id) for d in dl] == [(ErrorCode.PUBLISH_FAILED, "p99")]
+    assert "MessageSizeTooLarge" in dl[0].message and dl[0].original.ref.startswith("kafka://")
+    assert not counts.skips and not counts.retries
+
+    # a dead letter with a 4 MB key: bounded when built (sha256 + reference), it fits
+    rec = InRecord(b"\xff not json", b"k" * 4_000_000, s.input_topic, 2, 7, None)
+    d = dead_letter(rec, ErrorCode.INVALID_JSON, "not valid JSON", inline_max=s.dlq_inline_max_bytes)
+    assert len(d.value) < 4000 and d.key == f"{s.input_topic}/2/7".encode()
+    assert d.dead.key is None and d.dead.oversized_key.size == 4_000_000
+    assert d.dead.oversized_key.ref == f"kafka://{s.input_topic}/2/7"
+
+    # a producer limit below even the bounded dead letter: logged, counted, skipped - not stuck
+    asyncio.run(run(300, [], [d]))
+    assert counts.skips == {"kafka": 1}
+
+
+def test_retry_policy_classification() -> None:
+    from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, NotLeaderForPartitionError, RequestTimedOutError
+    from faust.exceptions import ProducerSendError
+    from redis.exceptions import BusyLoadingError, ConnectionError as RConnError, ReadOnlyError, ResponseError
+
+    p = RetryPolicy()
+    wrapped = ProducerSendError("Error while sending")
+    wrapped.__cause__ = MessageSizeTooLargeError()
+    assert p.is_permanent(wrapped) and p.is_permanent(MessageSizeTooLargeError())
+    for exc in (KafkaConnectionError(), NotLeaderForPartitionError(), RequestTimedOutError(), asyncio.TimeoutError(),
+                RConnError("refused"), BusyLoadingError(), ReadOnlyError("replica"),
+                ResponseError("OOM command not allowed when used memory > 'maxmemory'")):  # fmt: skip
+        assert not p.is_permanent(exc), exc
+    assert p.is_permanent(ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"))
+    assert [p.backoff(a) for a in (0, 1, 2, 10)] == [0.2, 0.4, 0.8, 5.0]
+
+
+def test_redis_refusal_skips_only_the_refused_results(make_settings) -> None:
+    s = make_settings()
+    layout = KeyLayout.from_settings(s)
+    store = ResultStore.from_settings(s)
+    store.client.hset(layout.result("p2"), "a", "hash where a string belongs")  # WRONGTYPE for p2, every time
+    counts = Counts()
+    items = [_result(i, s.input_topic, aspect="fine") for i in range(5)]
+
+    async def run() -> None:
+        writer = AsyncResultWriter(s.redis_url_value, layout)
+        try:
+            await asyncio.wait_for(RedisSink(writer, counters=counts).write(items), 20)
+        finally:
+            await writer.aclose()
+
+    try:
+        asyncio.run(run())
+        assert {r.id for r in store.by_aspect("fine", 10)} == {"p0", "p1", "p3", "p4"}
+        assert counts.skips == {"redis": 1} and not counts.retries
+    finally:
+        store.close()
