@@ -271,7 +271,7 @@ class Application:
     async def _deliver(self, outcome: Outcome) -> None:
         """Results and dead letters to Kafka, results to Redis; returns when durable (or skipped)."""
         assert self.kafka_sink is not None and self.redis_sink is not None
-        await asyncio.gather(self.kafka_sink.write(outcome.results, outcome.dead), self.redis_sink.write(outcome.results))
+        await asyncio.gather(self.kafka_sink.write(outcome.results, outcome.dead), self.redis_sink.write(outcome.results, outcome.dead))
 
     def _account(self, outcome: Outcome, n: int, publish_s: float) -> None:
         m = self.metrics

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from model import PostInput, Prediction, Student
 
-from .images import FetchPolicy, ImageError, ImageFetcher, check_image, decode_image
+from .images import FetchPolicy, ImageError, ImageFetcher, check_image, decode_image, thumbnail
 from .messages import InRecord, OutDead, Outcome, OutResult, dead_letter
 from .protocol import (
     SCHEMA_VERSION,
@@ -44,6 +44,7 @@ class _Work:
     post: Post
     image_bytes: bytes | None = None
     error: ImageError | None = None
+    thumbnail: bytes | None = None  # small JPEG for the Redis sink (the dashboard)
 
 
 def _schema_message(exc: ValidationError) -> str:
@@ -100,6 +101,7 @@ class BatchProcessor:
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="mulcot-decode")
         # students that never read pixels (the no-op one): image headers are checked, not decoded
         self.decode_pixels = s.image_decode == "full" or getattr(student, "reads_pixels", True)
+        self.thumbnails = s.thumbnails
 
     @classmethod
     def from_settings(cls, settings: Settings, student: Student, executor: Executor | None = None, worker: str = "") -> "BatchProcessor":
@@ -221,6 +223,9 @@ class BatchProcessor:
                 except ImageError as exc:
                     dead.append(self.dead_letter(w.rec, exc.code, exc.message, w.post.id))
                     continue
+                # from the decoded image, or (pixels not decoded) from the checked bytes; None if it fails
+                if self.thumbnails:
+                    w.thumbnail = thumbnail(image if image is not None else w.image_bytes, max_pixels=self.image_max_pixels)
             ready.append((w, PostInput(text=w.post.text, image=image, aspect=w.post.aspect, id=w.post.id)))
         return ready, dead
 
@@ -342,7 +347,7 @@ class BatchProcessor:
             ),
             worker=self.worker,
         )
-        return OutResult(w.post.id.encode(), result.model_dump_json().encode(), result, event_ms, w.rec)
+        return OutResult(w.post.id.encode(), result.model_dump_json().encode(), result, event_ms, w.rec, w.thumbnail)
 
 
 __all__ = ["BatchProcessor", "InRecord", "Outcome", "OutResult", "OutDead"]

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
         description="auto: decode the pixels only for students that read them (the no-op student checks "
         "image headers only); full: always decode, so every undecodable image goes to the dead-letter topic",
     )
+    thumbnails: bool = Field(
+        True, description="store a small JPEG of each post's image in Redis (thumb:{id}, for the dashboard)"
+    )
     image_fetch_timeout_s: float = Field(5.0, gt=0, description="timeout of an image URL fetch")
     image_fetch_concurrency: int = Field(16, ge=1, description="concurrent image fetches per worker")
     image_allow_file_urls: bool = Field(False, description="allow file:// image URLs (local trusted input only)")

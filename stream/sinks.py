@@ -238,10 +238,38 @@ class RedisSink:
 
     @staticmethod
     def _item(r: OutResult) -> tuple[Any, ...]:
-        return (r.result, r.value, r.event_ms)
+        return (r.result, r.value, r.event_ms, r.thumbnail)
 
     async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> None:
-        pending = list(results)
+        """The results (idempotent writes), then the batch's dead-letter counts (the
+        dashboard's; a counter, so a retry after a lost reply may count a batch twice)."""
+        await self._write(list(results))
+        codes: dict[str, int] = {}
+        for d in dead:
+            codes[d.dead.error.value] = codes.get(d.dead.error.value, 0) + 1
+        count_dead = getattr(self.writer, "count_dead", None)
+        if codes and count_dead is not None:
+            await self._retry("counting dead letters in Redis", lambda: count_dead(codes))
+
+    async def _retry(self, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                if self.policy.is_permanent(exc):
+                    self.counters.skip(self.name)
+                    log.error("SKIPPED: %s refused for good (%s: %s)", what, type(exc).__name__, exc)
+                    return
+                self.counters.retry(self.name)
+                log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
+                await asyncio.sleep(self.policy.backoff(attempt))
+                attempt += 1
+
+    async def _write(self, pending: list[OutResult]) -> None:
         attempt = 0
         while pending:
             try:

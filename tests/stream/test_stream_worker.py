@@ -116,6 +116,13 @@ def test_happy_path_and_every_dead_letter_code(make_settings, start_worker) -> N
             assert r.source is not None and r.source.topic == s.input_topic
         assert results["p1"].aspect == "aspect 1" and not results["p1"].has_image
         assert results["p0"].has_image and results["p2"].has_image
+        store = ResultStore.from_settings(s)
+        try:  # the sink stores a small JPEG of each image (inline and fetched); none for text-only posts
+            assert store.thumbnail("p0")[:2] == b"\xff\xd8" and store.thumbnail("p2")[:2] == b"\xff\xd8"
+            assert store.thumbnail("p1") is None
+            assert int(store.client.hget(store.layout.dead_letters, "invalid_json")) == 2
+        finally:
+            store.close()
 
         dl_msgs = read_topic(s, s.dlq_topic, len(bad))
         by_key = {}
