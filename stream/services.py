@@ -97,7 +97,9 @@ class _Process:
         self.host = host
         self.port = port
         self._own_dir = log_dir is None
-        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix=f"mulcot-{self.name}-"))
+        # absolute: the child runs with the log folder as its working directory, and Valkey
+        # resolves its --dir against that (a relative path would point below itself)
+        self.log_dir = (Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix=f"mulcot-{self.name}-"))).absolute()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"{self.name}-{port}.log"
         self.proc: subprocess.Popen | None = None

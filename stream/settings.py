@@ -128,7 +128,14 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus metrics port of the worker (0: off)")
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="worker log level")
-    work_dir: Path = Field(Path(".cache/mulcot"), description="working files (Faust data dir, service and demo logs)")
+    work_dir: Path = Field(Path(".cache/mulcot"), description="working files (Faust data dir, service and demo logs); relative: to the current directory")
+
+    @field_validator("work_dir")
+    @classmethod
+    def _work_dir(cls, v: Path) -> Path:
+        """Made absolute once, here, against the current directory when the settings are read,
+        so every process and child process (services, worker) agrees on one folder."""
+        return v.expanduser().absolute()
 
     @field_validator("broker")
     @classmethod

@@ -79,3 +79,34 @@ def test_parent_death_takes_children(tmp_path: Path) -> None:
     while not _gone(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(child)
+
+
+def test_services_up_with_the_default_work_dir_from_another_directory(tmp_path: Path) -> None:
+    """`mulcot services up` as the README runs it, with the default (relative) MULCOT_WORK_DIR,
+    from a directory that is not the repository: both services answer, Ctrl-C stops both."""
+    import redis as _redis
+
+    kport, rport = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_") and k != "REDIS_URL"}
+    env.update(MULCOT_BROKER=f"127.0.0.1:{kport}", MULCOT_REDIS_URL=f"redis://127.0.0.1:{rport}/0")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "services", "up"], cwd=str(cwd), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_open("127.0.0.1", kport) and port_open("127.0.0.1", rport)):
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+            assert time.monotonic() < deadline, "services did not come up"
+            time.sleep(0.1)
+        assert _redis.Redis(port=rport).ping()
+        from stream.kafka import ensure_topics_sync
+        from stream.settings import load_settings
+
+        assert "posts" in ensure_topics_sync(load_settings(broker=f"127.0.0.1:{kport}"))  # Kafka answers
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert proc.returncode == 0, out
+    logs = sorted(p.name for p in (cwd / ".cache" / "mulcot" / "services").iterdir())
+    assert logs == [f"tansu-{kport}.log", f"valkey-{rport}.log"], logs
