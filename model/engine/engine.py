@@ -1,0 +1,393 @@
+"""The batched generation engine: labels and greedy chains for many posts over a fixed set of
+slots, with continuous refill.
+
+How a post goes through (:meth:`Engine.run`):
+
+1. **Plan** (CPU thread pool, overlapping device work): both prompts tokenised, the image
+   preprocessed once (:mod:`model.engine.inputs`).
+2. **Admit** into a free slot, a group at a time: one vision-tower call for all the group's
+   images (:mod:`model.engine.vision`: one variable-length attention call per block); the
+   instruction prefix's keys/values, computed once per engine, are copied into the slot.
+3. **Label prefill**: the label prompt after the prefix (shared part + label suffix); only the
+   three label-token logits of its last position are computed.
+4. **Chain prefill**: the reasoning prompt's own suffix, written over the label suffix (the
+   part both prompts share, image included, is not recomputed); the argmax of its last position
+   is the chain's first token.
+5. **Decode**: one static-shape greedy step for all slots (:meth:`SlotDecoder.step`), captured
+   once per (slot bucket, key-length bucket) in a CUDA graph and replayed; eager on CPU. Every
+   ``sync_every`` steps the host reads the new tokens, finishes rows that hit end-of-turn, the
+   ``Prediction`` stop key or the token budget, and refills their slots with the next posts:
+   short chains do not wait for long ones, and the caller's batch size is not the engine's.
+
+Prompt lengths are padded to multiples of ``len_bucket``, decode batches to powers of two and
+key lengths to multiples of ``kv_bucket``, so shapes repeat and graphs are reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from ..prompts import LABEL_WORDS, reasoning_prompt
+from ..types import PostInput
+from .decoder import SlotDecoder
+from .inputs import QWEN, Planner, PostPlan, common_prefix
+from .vision import VisionRunner
+
+log = logging.getLogger(__name__)
+
+#: Stop strings of the chain (the same as the HF student's ``generate`` call).
+STOP_STRINGS = ("Prediction", 'prediction"')
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings.
+
+    ``slots``: rows decoded together (the engine's batch); ``max_new_tokens``: chain budget;
+    ``max_len``: tokens one slot can hold (prompt + chain); ``sync_every``: decode steps between
+    two host reads of the new tokens; ``len_bucket`` / ``kv_bucket``: shape rounding;
+    ``admit_min``: free slots needed before a new group is admitted while others decode
+    (default: a quarter of the slots); ``cuda_graphs``: capture the decode step on CUDA;
+    ``stop_at_prediction``: stop a chain at its ``Prediction`` key; ``workers``: preprocessing
+    threads."""
+
+    slots: int = 64
+    max_new_tokens: int = 384
+    max_len: int = 2048
+    sync_every: int = 8
+    len_bucket: int = 64
+    kv_bucket: int = 256
+    admit_min: int | None = None
+    cuda_graphs: bool = True
+    stop_at_prediction: bool = True
+    image_size: int | None = 280
+    workers: int = 4
+
+
+@dataclass
+class EngineResult:
+    """One post's result: label-token scores (``LABELS`` order), chain token ids and text."""
+
+    index: int
+    label_scores: list[float]
+    prompt_tokens: int
+    label_prompt_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    latency_ms: float = 0.0  # admission -> finished
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-int(n) // m) * m
+
+
+class Engine:
+    """Labels + greedy chains for a loaded HF VLM (Qwen2/2.5-VL, Idefics3) and its processor."""
+
+    def __init__(self, model: Any, processor: Any, config: EngineConfig | None = None, *,
+                 chain_prompt=reasoning_prompt) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.cfg = cfg = config or EngineConfig()
+        self.family = model.config.model_type
+        self.planner = Planner(model, processor, image_size=cfg.image_size, chain_prompt=chain_prompt)
+        probe = self.planner.render(processor, PostInput(text="x"), "x")
+        lead = "" if probe[-1:].isspace() else " "
+        firsts = [self.tokenizer.encode(lead + w, add_special_tokens=False)[0] for w in LABEL_WORDS]
+        if len(set(firsts)) != len(firsts):
+            raise ValueError(f"label words share a first token ({firsts}); the engine scores first tokens only")
+        self.label_ids = firsts
+        self.width = cfg.max_new_tokens + cfg.sync_every + 1
+        self.decoder = SlotDecoder(model, n_slots=cfg.slots, max_len=cfg.max_len, label_ids=firsts,
+                                   out_width=self.width)
+        self.device = self.decoder.device
+        self.cuda = self.device.type == "cuda"
+        self.vision = VisionRunner(model)
+        eos = model.generation_config.eos_token_id or self.tokenizer.eos_token_id
+        self.eos = set([eos] if isinstance(eos, int) else list(eos or []))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="engine-prep")
+        self._graphs: dict[tuple[int, int], Any] = {}
+        self._graph_pool = None
+        self._text: dict[int, str] = {}
+        self._prefix_ids, self._prefix_k, self._prefix_v = self._instruction_prefix()
+
+    # ---- shared instruction prefix ------------------------------------------------------
+    def _instruction_prefix(self):
+        """The tokens every prompt starts with (system turn and user-turn header), and their
+        keys/values, computed once."""
+        posts = [PostInput("a b c"), PostInput("d e", aspect="f")]
+        from PIL import Image
+
+        posts.append(PostInput("g", image=Image.new("RGB", (56, 56))))
+        plans = [self.planner.plan(i, p) for i, p in enumerate(posts)]
+        ids = plans[0].label_ids
+        n = min(common_prefix(ids, p.label_ids) for p in plans[1:])
+        n = min([n] + [common_prefix(ids, p.reason_ids) for p in plans])
+        n = min(n, self.cfg.max_len // 4)
+        if n == 0:
+            return [], None, None
+        prefix = ids[:n]
+        emb = self.decoder.embed(torch.tensor([prefix], device=self.device))
+        pos = torch.arange(n, device=self.device)[None]
+        cos, sin = self.decoder.rotary(emb, pos)
+        slot = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.decoder.prefill(emb, cos, sin, slot, torch.zeros_like(slot), torch.tensor([n], device=self.device),
+                             want="labels")
+        return prefix, self.decoder.k[:, 0, :, :n].clone(), self.decoder.v[:, 0, :, :n].clone()
+
+    def _prefix_len(self, plan: PostPlan) -> int:
+        n = len(self._prefix_ids)
+        if n and plan.shared >= n and plan.label_ids[:n] == self._prefix_ids:
+            if plan.label_pos is None or torch.equal(plan.label_pos[:, :n], torch.arange(n)[None].expand(3, -1)):
+                return n
+        return 0
+
+    # ---- admission ----------------------------------------------------------------------
+    def _embed_rows(self, rows: list[list[int]], feats: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[int]]:
+        """Right-padded embeddings ``(b, T, hidden)`` of token rows with image features placed
+        at the image-token positions; ``T`` rounded up to ``len_bucket``."""
+        lengths = [len(r) for r in rows]
+        t = _round_up(max(lengths), self.cfg.len_bucket)
+        flat = torch.tensor([x for r in rows for x in r], device=self.device)
+        emb = self.decoder.embed(flat)
+        img = flat == self.planner.image_token_id
+        if bool(img.any()):
+            f = torch.cat([x for x in feats if x is not None]).to(emb.dtype)
+            emb = emb.masked_scatter(img[:, None], f)
+        out = emb.new_zeros(len(rows), t, emb.shape[-1])
+        r = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
+        c = torch.cat([torch.arange(n) for n in lengths])
+        out[r.to(self.device), c.to(self.device)] = emb
+        return out, lengths
+
+    def _rope_rows(self, emb: torch.Tensor, pos_rows: list[torch.Tensor]):
+        """cos/sin ``(b, T, d)`` for per-row positions (``(3, n)`` Qwen-VL or ``(n,)``),
+        padding positions set to 0."""
+        b, t = emb.shape[:2]
+        if self.decoder.parts.mrope:
+            pos = torch.zeros(3, b, t, dtype=torch.long)
+            for i, p in enumerate(pos_rows):
+                pos[:, i, : p.shape[-1]] = p
+        else:
+            pos = torch.zeros(b, t, dtype=torch.long)
+            for i, p in enumerate(pos_rows):
+                pos[i, : p.shape[-1]] = p
+        return self.decoder.rotary(emb, pos.to(self.device))
+
+    def _positions(self, plan: PostPlan, which: str, start: int) -> torch.Tensor:
+        ids = plan.label_ids if which == "label" else plan.reason_ids
+        full = plan.label_pos if which == "label" else plan.reason_pos
+        if full is None:
+            return torch.arange(start, len(ids))
+        return full[:, start:]
+
+    def _prefill(self, plans: list[PostPlan], slots: list[int], *, chain: bool, first: str = "argmax"):
+        """Admit ``plans`` into ``slots``: vision, prefix copy, label prefill, and (``chain``)
+        chain prefill. Returns the label scores ``(b, 3)`` and the first chain tokens."""
+        dev = self.device
+        feats = self.vision.encode(plans)
+        slot_t = torch.tensor(slots, device=dev)
+        starts = [self._prefix_len(p) for p in plans]
+        if any(starts):
+            keep = [i for i, s in enumerate(starts) if s]
+            self.decoder.copy_prefix(slot_t[keep], self._prefix_k, self._prefix_v)
+        rows = [p.label_ids[s:] for p, s in zip(plans, starts)]
+        emb, lengths = self._embed_rows(rows, feats)
+        cos, sin = self._rope_rows(emb, [self._positions(p, "label", s) for p, s in zip(plans, starts)])
+        scores = self.decoder.prefill(emb, cos, sin, slot_t, torch.tensor(starts, device=dev),
+                                      torch.tensor(lengths, device=dev), want="labels")
+        if not chain:
+            return scores, None
+        shared = [p.shared for p in plans]
+        rows = [p.reason_ids[s:] for p, s in zip(plans, shared)]
+        if any(self.planner.image_token_id in r for r in rows):
+            raise ValueError("the reasoning prompt's image is not in the part it shares with the label prompt")
+        emb, lengths = self._embed_rows(rows, [None] * len(rows))
+        cos, sin = self._rope_rows(emb, [self._positions(p, "reason", s) for p, s in zip(plans, shared)])
+        out = self.decoder.prefill(emb, cos, sin, slot_t, torch.tensor(shared, device=dev),
+                                   torch.tensor(lengths, device=dev), want=first)
+        logits = out if first == "logits" else None
+        first = out.argmax(-1) if first == "logits" else out
+        d = self.decoder
+        d.tokens[slot_t] = first
+        d.out[slot_t, 0] = first
+        d.n_gen[slot_t] = 1
+        d.length[slot_t] = torch.tensor([len(p.reason_ids) for p in plans], device=dev)
+        d.pos[slot_t] = torch.tensor([p.next_position for p in plans], device=dev)
+        return scores, (logits if logits is not None else first)
+
+    # ---- decode -------------------------------------------------------------------------
+    def _step(self, nb: int, lk: int) -> None:
+        if not (self.cuda and self.cfg.cuda_graphs):
+            self.decoder.step(nb, lk)
+            return
+        g = self._graphs.get((nb, lk))
+        if g is None:
+            g = self._capture(nb, lk)
+        g.replay()
+
+    def _capture(self, nb: int, lk: int):
+        d = self.decoder
+        state = [t.clone() for t in (d.tokens, d.pos, d.length, d.n_gen, d.out, d.label_logits)]
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            d.step(nb, lk)  # warm-up (lazy kernels, workspaces) outside the capture
+        torch.cuda.current_stream().wait_stream(s)
+        for dst, src in zip((d.tokens, d.pos, d.length, d.n_gen, d.out, d.label_logits), state):
+            dst.copy_(src)
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._graph_pool):
+            d.step(nb, lk)
+        self._graphs[(nb, lk)] = g
+        return g
+
+    def _token_text(self, t: int) -> str:
+        s = self._text.get(t)
+        if s is None:
+            s = self._text[t] = self.tokenizer.decode([t])
+        return s
+
+    def _stop_index(self, toks: list[int], start: int, limit: int) -> int | None:
+        """Index of the token that ends the chain among ``toks[start:]`` (end-of-turn, the
+        stop key ending inside that token, or the token budget), or None."""
+        for i in range(start, len(toks)):
+            if toks[i] in self.eos:
+                return i
+            if self.cfg.stop_at_prediction:
+                lo = max(0, i - 16)
+                tail = "".join(self._token_text(t) for t in toks[lo : i + 1])
+                before = tail[: len(tail) - len(self._token_text(toks[i]))]
+                if any(s in tail and s not in before for s in STOP_STRINGS):
+                    return i
+            if i + 1 >= limit:
+                return i
+        return None
+
+    # ---- public -------------------------------------------------------------------------
+    def plans(self, posts: Sequence[PostInput]):
+        """Futures of the posts' plans, submitted to the preprocessing threads."""
+        return [self.pool.submit(self.planner.plan, i, p) for i, p in enumerate(posts)]
+
+    def classify(self, posts: Sequence[PostInput]) -> list[EngineResult]:
+        """Label scores only (no chain): one label prefill per group of ``slots`` posts."""
+        futures = self.plans(posts)
+        results: list[EngineResult] = []
+        n = self.cfg.slots
+        for i in range(0, len(futures), n):
+            plans = [f.result() for f in futures[i : i + n]]
+            self._check_fits(plans, chain=False)
+            scores, _ = self._prefill(plans, list(range(len(plans))), chain=False)
+            for p, sc in zip(plans, scores.tolist()):
+                results.append(EngineResult(p.index, sc, len(p.label_ids), len(p.label_ids)))
+        return results
+
+    def _check_fits(self, plans: Iterable[PostPlan], *, chain: bool) -> None:
+        for p in plans:
+            need = max(len(p.label_ids), len(p.reason_ids) if chain else 0) + self.cfg.len_bucket
+            if chain:
+                need = len(p.reason_ids) + self.width + self.cfg.len_bucket
+            if need > self.cfg.max_len:
+                raise ValueError(f"post {p.index}: {need} tokens do not fit a slot of max_len={self.cfg.max_len}")
+
+    def run(self, posts: Sequence[PostInput], *, max_new_tokens: int | None = None) -> list[EngineResult]:
+        """Labels and greedy chains for ``posts`` (results in input order), with continuous refill."""
+        cfg = self.cfg
+        limit = int(max_new_tokens or cfg.max_new_tokens)
+        if limit > cfg.max_new_tokens:
+            raise ValueError(f"max_new_tokens {limit} > the engine's {cfg.max_new_tokens}")
+        futures = self.plans(posts)
+        pending = list(range(len(futures)))
+        results: dict[int, EngineResult] = {}
+        free = list(range(cfg.slots))
+        active: dict[int, dict] = {}  # slot -> state
+        admit_min = cfg.admit_min or max(1, cfg.slots // 4)
+        d = self.decoder
+        while pending or active:
+            if pending and (not active or len(free) >= min(admit_min, len(pending))):
+                take = min(len(free), len(pending))
+                idx, pending = pending[:take], pending[take:]
+                plans = [futures[i].result() for i in idx]
+                self._check_fits(plans, chain=True)
+                free.sort()
+                slots, free = free[:take], free[take:]
+                t0 = time.perf_counter()
+                scores, _ = self._prefill(plans, slots, chain=True)
+                for p, s, sc in zip(plans, slots, scores.tolist()):
+                    results[p.index] = EngineResult(p.index, sc, len(p.reason_ids), len(p.label_ids))
+                    active[s] = {"plan": p, "t0": t0, "checked": 0}
+            nb = min(cfg.slots, _pow2(max(active) + 1))
+            lk = min(cfg.max_len, _round_up(int(d.length[:nb].max()) + cfg.sync_every + 1, cfg.kv_bucket))
+            for _ in range(cfg.sync_every):
+                self._step(nb, lk)
+            n_gen = d.n_gen[:nb].tolist()
+            out = d.out[:nb].tolist()
+            for s in sorted(active):
+                st = active[s]
+                toks = out[s][: min(n_gen[s], self.width)]
+                stop = self._stop_index(toks, st["checked"], limit)
+                st["checked"] = len(toks)
+                if stop is None:
+                    continue
+                res = results[st["plan"].index]
+                res.tokens = toks[: stop + 1]
+                res.latency_ms = (time.perf_counter() - st["t0"]) * 1000
+                del active[s]
+                free.append(s)
+        ordered = [results[i] for i in range(len(futures))]
+        texts = self.tokenizer.batch_decode([r.tokens for r in ordered], skip_special_tokens=True)
+        for r, t in zip(ordered, texts):
+            r.text = t
+        return ordered
+
+    def teacher_forced(self, posts: Sequence[PostInput], forced: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """For each post, the next-token logits (float32 ``(len(forced[i]), vocab)``) at the chain
+        prompt's last position and after each of ``forced[i]``'s tokens but the last, fed in
+        place of the engine's own argmax (checks only; eager steps, one group of slots at a time)."""
+        futures = self.plans(posts)
+        d, n = self.decoder, self.cfg.slots
+        out: list[torch.Tensor] = []
+        for i in range(0, len(futures), n):
+            plans = [f.result() for f in futures[i : i + n]]
+            refs = [list(forced[p.index]) for p in plans]
+            self._check_fits(plans, chain=True)
+            slots = list(range(len(plans)))
+            _, first = self._prefill(plans, slots, chain=True, first="logits")
+            rows = [[first[j]] for j in range(len(plans))]
+            nb = _pow2(len(plans))
+            for k in range(max(len(r) for r in refs) - 1):
+                for j, r in enumerate(refs):
+                    if k < len(r):
+                        d.tokens[j] = r[k]
+                lk = min(self.cfg.max_len, _round_up(int(d.length[:nb].max()) + 2, self.cfg.kv_bucket))
+                d.step(nb, lk, keep_logits=True)
+                for j, r in enumerate(refs):
+                    if k + 1 < len(r):
+                        rows[j].append(d.logits[j].clone())
+            out += [torch.stack(r) for r in rows]
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+
+
+def summarize_latency(results: Sequence[EngineResult]) -> float | None:
+    xs = [r.latency_ms for r in results if r.latency_ms]
+    return round(statistics.median(xs), 1) if xs else None
+
+
+__all__ = ["Engine", "EngineConfig", "EngineResult", "STOP_STRINGS", "QWEN"]

@@ -1,0 +1,130 @@
+"""Per-post inputs of the engine, built on CPU threads while the device computes.
+
+One :class:`PostPlan` per post holds the token ids of the label prompt and of the reasoning
+prompt (the image placeholder already expanded), the image preprocessed **once** for both, and
+(Qwen-VL) the 3-D rotary positions of both prompts. The two prompts share every token up to the
+end of the post block (system turn, image, task line, text), so the engine runs that shared part
+once per post: see :mod:`model.engine.engine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..prompts import label_prompt, reasoning_prompt
+from ..types import PostInput
+
+QWEN = ("qwen2_5_vl", "qwen2_vl")
+
+
+def hf_helpers():
+    """``(render_prompt, prepare_image)`` from the HF backend (``model.hf`` after the split,
+    ``model.backends.hf`` before it)."""
+    try:
+        from ..hf import prepare_image, render_prompt  # type: ignore[attr-defined]
+    except ImportError:
+        from ..backends.hf import prepare_image, render_prompt
+    return render_prompt, prepare_image
+
+
+@dataclass
+class PostPlan:
+    """What the engine needs to run one post (see the module docstring)."""
+
+    index: int
+    label_ids: list[int]
+    reason_ids: list[int]
+    shared: int  # tokens both prompts share (label_ids[:shared] == reason_ids[:shared])
+    pixel_values: torch.Tensor | None = None
+    grid_thw: torch.Tensor | None = None  # Qwen-VL (1, 3)
+    pixel_attention_mask: torch.Tensor | None = None  # Idefics3
+    label_pos: torch.Tensor | None = None  # Qwen-VL (3, len(label_ids))
+    reason_pos: torch.Tensor | None = None  # Qwen-VL (3, len(reason_ids))
+
+    @property
+    def next_position(self) -> int:
+        """The rotary position of the first generated token."""
+        if self.reason_pos is not None:
+            return int(self.reason_pos.max()) + 1
+        return len(self.reason_ids)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Planner:
+    """Builds :class:`PostPlan` s for one model + processor (thread-safe: no shared state is
+    written after construction)."""
+
+    def __init__(self, model: Any, processor: Any, *, image_size: int | None, chain_prompt=reasoning_prompt) -> None:
+        self.model = model
+        self.processor = processor
+        self.family = model.config.model_type
+        self.image_size = image_size
+        self.chain_prompt = chain_prompt
+        self.render, self.prepare_image = hf_helpers()
+        self.image_token_id = int(model.config.image_token_id)
+        if self.family in QWEN:
+            ip = processor.image_processor
+            self.merge = int(getattr(ip, "merge_size", 2))
+
+    def _tokens(self, texts: list[str]) -> list[list[int]]:
+        enc = self.processor.tokenizer(texts, add_special_tokens=False)
+        return [list(x) for x in enc["input_ids"]]
+
+    def plan(self, index: int, post: PostInput) -> PostPlan:
+        label_text = self.render(self.processor, post, label_prompt(post))
+        reason_text = self.render(self.processor, post, self.chain_prompt(post))
+        pv = grid = pam = None
+        if post.image is not None:
+            max_side = max(448, 2 * int(self.image_size)) if self.image_size else 2048
+            image = self.prepare_image(post.image, max_side=max_side)
+            if self.family in QWEN:
+                kw: dict[str, Any] = {}
+                if self.image_size:
+                    px = int(self.image_size) ** 2
+                    kw = {"min_pixels": px, "max_pixels": px}
+                out = self.processor.image_processor(images=[image], return_tensors="pt", **kw)
+                pv, grid = out["pixel_values"], out["image_grid_thw"]
+                n = int(grid.prod()) // self.merge**2
+                pad = self.processor.image_token
+                label_text = label_text.replace(pad, pad * n, 1)
+                reason_text = reason_text.replace(pad, pad * n, 1)
+                label_ids, reason_ids = self._tokens([label_text, reason_text])
+            else:
+                kw = {}
+                if self.image_size and self.family == "idefics3":
+                    kw["images_kwargs"] = {"size": {"longest_edge": int(self.image_size)}}
+                out = self.processor(text=[label_text, reason_text], images=[[image], [image]], padding=True,
+                                     return_tensors="pt", **kw)
+                mask = out["attention_mask"].bool()
+                ids = out["input_ids"]
+                label_ids, reason_ids = [ids[i][mask[i]].tolist() for i in range(2)]
+                pv = out["pixel_values"][:1]
+                pam = out.get("pixel_attention_mask")
+                pam = pam[:1] if pam is not None else None
+        else:
+            label_ids, reason_ids = self._tokens([label_text, reason_text])
+        shared = common_prefix(label_ids, reason_ids)
+        plan = PostPlan(index, label_ids, reason_ids, shared, pv, grid, pam)
+        if self.family in QWEN:
+            plan.label_pos = self.positions(label_ids, grid)
+            plan.reason_pos = self.positions(reason_ids, grid)
+        return plan
+
+    def positions(self, ids: list[int], grid: torch.Tensor | None) -> torch.Tensor:
+        """Qwen-VL's 3-D rotary positions of one unpadded prompt (transformers' get_rope_index)."""
+        t = torch.tensor([ids])
+        if grid is None:
+            return torch.arange(len(ids))[None].expand(3, -1).clone()
+        mm = (t == self.image_token_id).int()
+        pos, _ = self.model.model.get_rope_index(t, mm_token_type_ids=mm, image_grid_thw=grid)
+        return pos[:, 0]
