@@ -301,14 +301,15 @@ class Application:
         """Run the worker in the foreground until SIGINT/SIGTERM (blocking)."""
         from faust.worker import Worker
 
+        from .health import attach
         from .kafka import ensure_topics
 
         s = self.settings
+        attach(self)  # /metrics, /health, /ready (answering while the student loads) + consumer lag
         self.warm_up()  # before the worker joins the group: the first batch pays no loading
         if s.create_topics:
             asyncio.run(ensure_topics(s))
         asyncio.set_event_loop(asyncio.new_event_loop())
-        self.metrics.serve(s.metrics_port)
         worker = Worker(
             self.faust,
             loglevel=s.log_level,

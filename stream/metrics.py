@@ -1,10 +1,11 @@
-"""Prometheus metrics of a worker (served on ``metrics_port``; 0 turns the endpoint off)."""
+"""Prometheus metrics of a worker (served on ``metrics_port`` with ``/health`` and ``/ready``
+beside ``/metrics``, see :mod:`stream.health`; 0 turns the endpoint off)."""
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 log = logging.getLogger("mulcot.metrics")
 
@@ -35,14 +36,16 @@ class WorkerMetrics:
             ["sink"], registry=r,
         )  # fmt: skip
         self.in_flight = Gauge("mulcot_in_flight_posts", "posts taken but not yet acknowledged", registry=r)
+        self.consumer_lag = Gauge(
+            "mulcot_consumer_lag", "records of the input topic not yet committed by the group, per partition assigned "
+            "to this worker (log end from fetch high watermarks, not only ListOffsets: see stream/health.py)",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.lag_errors = Counter("mulcot_consumer_lag_errors_total", "consumer-lag probes that failed", registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> bool:
-        if not port:
-            return False
-        try:
-            start_http_server(port, addr=addr, registry=self.registry)
-            log.info("metrics on http://%s:%d/metrics", addr, port)
-            return True
-        except OSError as exc:
-            log.warning("metrics endpoint not started on port %d: %s", port, exc)
-            return False
+        """Serve ``/metrics`` (and ``/health``; ``/ready`` without checks) on ``port``; the worker
+        uses :func:`stream.health.attach` instead, which adds the readiness checks."""
+        from .health import HealthServer
+
+        return HealthServer(self.registry).start(port, addr)
