@@ -109,13 +109,21 @@ def config_cmd(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    rows = [(name, f"MULCOT_{name.upper()}", value if isinstance(value, str) else json.dumps(value, default=str))
+            for name, value in values.items()]  # fmt: skip
     table = Table(title="mulcot settings", show_lines=False)
-    table.add_column("setting")
-    table.add_column("env variable")
-    table.add_column("value")
-    for name, value in values.items():
-        table.add_row(name, f"MULCOT_{name.upper()}", json.dumps(value, default=str) if not isinstance(value, str) else value)
-    Console().print(table)
+    table.add_column("setting", no_wrap=True)
+    table.add_column("env variable", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    # never cut at 80 columns: as wide as the longest row (a terminal's width only when wider),
+    # and a terminal narrower than the names folds the values instead of eliding them
+    console = Console()
+    need = sum(max(len(r[i]) for r in rows + [("setting", "env variable", "value")]) for i in range(3)) + 10
+    if not console.is_terminal:
+        console = Console(width=max(need, 80))
+    console.print(table)
 
 
 # --- worker ---------------------------------------------------------------------------
@@ -238,42 +246,175 @@ def produce_cmd(file: Path, broker: str | None, redis_url: str | None, topic: st
 @_common
 @click.option("--post", "post_id", help="one post's result")
 @click.option("--recent", type=int, help="the N newest results (default 10)")
-@click.option("--aspect", help="the newest results about an aspect")
-@click.option("-n", "limit", type=int, default=10, show_default=True, help="how many with --aspect")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON array of SentimentResult objects")
+@click.option("--aspect", help="the newest results about an aspect (case-insensitive)")
+@click.option("--label", type=click.Choice(["positive", "neutral", "negative"]), help="only results with this label")
+@click.option("-n", "limit", type=int, default=10, show_default=True, help="how many with --aspect / --label")
+@click.option("--follow", "-f", is_flag=True, help="then keep printing new results as they arrive (Ctrl-C to stop)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON array of SentimentResult objects (with --follow: one object per line)")
 def results_cmd(broker: str | None, redis_url: str | None, post_id: str | None, recent: int | None,
-                aspect: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
-    """Show results from the Redis cache (by post, newest, or by aspect)."""
+                aspect: str | None, label: str | None, limit: int, follow: bool, as_json: bool) -> None:  # fmt: skip
+    """Show results from the Redis cache (by post, newest, or by aspect and/or label).
+
+    Says which filters it used when nothing matched. With --follow, prints the matching
+    results first, then each new one as the workers write it (from the Redis events stream).
+    """
     import redis as _redis
 
     from .store import ResultStore
 
-    if sum(x is not None for x in (post_id, recent, aspect)) > 1:
-        raise click.UsageError("give at most one of --post, --recent, --aspect")
+    if post_id is not None and (recent is not None or aspect is not None or label is not None or follow):
+        raise click.UsageError("--post cannot be combined with --recent, --aspect, --label or --follow")
+    if recent is not None and aspect is not None:
+        raise click.UsageError("give at most one of --recent, --aspect (use -n for how many)")
     s = settings_from(broker=broker, redis_url=redis_url)
     store = ResultStore.from_settings(s)
+    where = f"Redis at {s.masked()['redis_url']} (key prefix {s.redis_prefix!r})"
     try:
         if post_id is not None:
             got = store.get(post_id)
             results = [got] if got else []
             if not got and not as_json:
-                raise click.ClickException(f"no result for post {post_id!r} (not processed yet, or expired)")
-        elif aspect is not None:
-            results = store.by_aspect(aspect, limit)
+                raise click.ClickException(f"no result for post {post_id!r} in {where} (not processed yet, or expired)")
         else:
-            results = store.recent(recent or 10)
+            n = recent or limit
+            last_event = store.last_event_id() if follow else None
+            results = _matching(store, n, aspect, label)
+            if not results and not as_json:
+                click.echo(_nothing_matched(store, n, aspect, label, where), err=True)
     except _redis.exceptions.ConnectionError as exc:
         raise click.ClickException(f"cannot reach Redis at {s.masked()['redis_url']}: {exc}") from None
-    finally:
+    if not follow:
         store.close()
-    if as_json:
+    if as_json and not follow:
         click.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
         return
-    from .render import results_table
+    from .render import result_line, results_table
 
     from rich.console import Console
 
-    Console().print(results_table(results, chains=post_id is not None))
+    console = Console()
+    if as_json:
+        for r in reversed(results):
+            click.echo(r.model_dump_json())
+    elif results:
+        console.print(results_table(results, chains=post_id is not None))
+    if follow:
+        click.echo(f"following new results{_filters_text(aspect, label)} (Ctrl-C to stop)", err=True)
+        try:
+            _follow(store, last_event or "0-0", aspect, label, lambda r: click.echo(r.model_dump_json()) if as_json else console.print(result_line(r)))
+        except KeyboardInterrupt:
+            pass
+        except _redis.exceptions.ConnectionError as exc:
+            raise click.ClickException(f"lost Redis at {s.masked()['redis_url']}: {exc}") from None
+        finally:
+            store.close()
+
+
+def _filters_text(aspect: str | None, label: str | None) -> str:
+    parts = [f"aspect={aspect!r}" if aspect is not None else "", f"label={label!r}" if label else ""]
+    shown = ", ".join(p for p in parts if p)
+    return f" ({shown})" if shown else ""
+
+
+def _matching(store: Any, n: int, aspect: str | None, label: str | None) -> list[Any]:
+    """The newest ``n`` results about ``aspect`` with ``label`` (either may be None); with a
+    label, among the newest 2,000 indexed."""
+    if label is None:
+        return store.by_aspect(aspect, n) if aspect is not None else store.recent(n)
+    pool = store.by_aspect(aspect, 2000) if aspect is not None else store.recent(2000)
+    return [r for r in pool if r.label == label][:n]
+
+
+def _nothing_matched(store: Any, n: int, aspect: str | None, label: str | None, where: str) -> str:
+    filters = [f"newest {n}"] + ([f"aspect {aspect!r} (case-insensitive)"] if aspect is not None else []) + (
+        [f"label {label!r}"] if label else [])  # fmt: skip
+    msg = f"no results matched; filters: {', '.join(filters)}; looked in {where}."
+    total = store.client.zcard(store.layout.recent)
+    if not total:
+        return msg + " The cache holds no results yet: is a worker running, and were posts produced to its input topic?"
+    msg += f" The cache holds {total} results."
+    if aspect is not None:
+        names = _some_aspects(store)
+        if names:
+            msg += " Aspects with results include: " + ", ".join(repr(a) for a in names) + "."
+    return msg
+
+
+def _some_aspects(store: Any, limit: int = 12) -> list[str]:
+    """Up to ``limit`` aspect names that have results (a bounded SCAN of the aspect indexes)."""
+    prefix = store.layout.aspect("")
+    names: list[str] = []
+    for i, key in enumerate(store.client.scan_iter(match=prefix + "*", count=500)):
+        if i >= 5000 or len(names) >= limit:
+            break
+        names.append(key.decode()[len(prefix):])
+    return sorted(names)
+
+
+def _follow(store: Any, last: str, aspect: str | None, label: str | None, emit: Any) -> None:
+    """Print each new result (after events entry ``last``) that matches the filters, until Ctrl-C."""
+    from .store import aspect_key_part
+
+    want = aspect_key_part(aspect) if aspect is not None else None
+    while True:
+        entries = store.events_after(last, block_ms=2000, count=200)
+        if not entries:
+            continue
+        last = entries[-1][0]
+        newest: dict[str, None] = {}
+        for _, pid in entries:  # a post written twice in one read: once, in its newest place
+            newest.pop(pid, None)
+            newest[pid] = None
+        for pid in newest:
+            r = store.get(pid)
+            if r is None or (label and r.label != label) or (want is not None and aspect_key_part(r.aspect or "") != want):
+                continue
+            emit(r)
+
+
+# --- serve ----------------------------------------------------------------------------
+@main.command("serve")
+@click.option("--redis-url", help="Redis URL (env MULCOT_REDIS_URL or REDIS_URL)")
+@click.option("--host", help="address to bind (env MULCOT_SERVE_HOST; default 127.0.0.1, this machine only)")
+@click.option("--port", type=int, help="port (env MULCOT_SERVE_PORT; default 8765; 0 = any free port)")
+def serve_cmd(redis_url: str | None, host: str | None, port: int | None) -> None:
+    """Serve the read-only query API and the live dashboard over the Redis result cache.
+
+    The dashboard is at / and the API under /api/ (spec: /api/openapi.json; see
+    docs/dashboard.md). Nothing is written to Redis. Binds 127.0.0.1 by default; set
+    MULCOT_SERVE_TOKEN to require `Authorization: Bearer <token>` on /api/ (the page
+    takes it from its URL: /#token=...), MULCOT_SERVE_CORS_ORIGINS to allow other origins.
+    Runs in the foreground until Ctrl-C.
+    """
+    import ipaddress
+
+    import redis as _redis
+
+    from .serve import serve, url_of
+
+    s = settings_from(redis_url=redis_url, serve_host=host, serve_port=port)
+    probe = _redis.Redis.from_url(s.redis_url_value, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        probe.ping()
+    except _redis.exceptions.RedisError as exc:
+        raise click.ClickException(f"cannot reach Redis at {s.masked()['redis_url']}: {exc}") from None
+    finally:
+        probe.close()
+    try:
+        loopback = ipaddress.ip_address(s.serve_host).is_loopback
+    except ValueError:
+        loopback = s.serve_host == "localhost"
+    if not loopback and s.serve_token is None:
+        click.echo(f"warning: serving on {s.serve_host} without a token: anyone who can reach it reads the results "
+                   "(set MULCOT_SERVE_TOKEN)", err=True)  # fmt: skip
+    port = s.serve_port
+    if port == 0:
+        from .services import free_port
+
+        port = free_port(s.serve_host)
+    url = url_of(s.serve_host, port)
+    click.echo(f"dashboard {url}   API {url}api/   spec {url}api/openapi.json   (Ctrl-C to stop)")
+    serve(s, port=port)
 
 
 # --- demo -----------------------------------------------------------------------------
@@ -281,9 +422,12 @@ def results_cmd(broker: str | None, redis_url: str | None, post_id: str | None, 
 @click.option("--model", "model_spec", default=None, help="student spec (default: the default student)")
 @click.option("--samples", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL of posts (default: the bundled samples)")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="give up after this many seconds")
-def demo_cmd(model_spec: str | None, samples: Path | None, timeout: float) -> None:
+@click.option("--exit", "exit_after", is_flag=True, help="exit after the summary instead of serving the dashboard until Ctrl-C")
+def demo_cmd(model_spec: str | None, samples: Path | None, timeout: float, exit_after: bool) -> None:
     """Run everything locally: embedded Kafka + Redis, a worker with the default student,
     the bundled sample posts in, each result printed as it arrives, a summary at the end.
+    The dashboard (`mulcot serve`) runs meanwhile at the printed URL and keeps serving
+    after the summary until Ctrl-C (or exit at once with --exit).
 
     Uses free loopback ports (not your settings' addresses), so it does not clash with a
     running `mulcot services up`. Everything is stopped at the end.
@@ -291,7 +435,7 @@ def demo_cmd(model_spec: str | None, samples: Path | None, timeout: float) -> No
     from .demo import DemoError, run_demo
 
     try:
-        code = run_demo(model_spec=model_spec, samples=samples, timeout=timeout)
+        code = run_demo(model_spec=model_spec, samples=samples, timeout=timeout, exit_after=exit_after)
     except DemoError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)

@@ -55,7 +55,8 @@ def _tail(path: Path, n: int = 15) -> str:
     return "\n".join(lines[-n:])
 
 
-def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout: float = 600.0) -> int:
+def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout: float = 600.0,
+             exit_after: bool = True) -> int:  # fmt: skip
     from rich.console import Console
 
     from .services import ServiceError, embedded_services
@@ -76,7 +77,17 @@ def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout
                 broker=kafka.bootstrap, redis_url=redis.url, model_spec=spec, group_id="mulcot-demo",
                 metrics_port=0, max_batch=8, max_latency_ms=200,
             )  # fmt: skip
-            return asyncio.run(_demo(settings, samples, log_dir, timeout, console))
+            from .serve import start_dashboard, wait_for_ctrl_c  # the dashboard (stream/serve, H2)
+
+            dash = start_dashboard(settings)
+            console.print(f"  dashboard [bold]{dash.url}[/bold]  (open it to watch the results arrive)")
+            try:
+                code = asyncio.run(_demo(settings, samples, log_dir, timeout, console))
+                if not exit_after:
+                    wait_for_ctrl_c(console, dash.url)
+                return code
+            finally:
+                dash.stop()
     except ServiceError as exc:
         raise DemoError(str(exc)) from None
 

@@ -49,3 +49,19 @@ def chain_text(r: SentimentResult) -> Text:
     if not c.parsed:
         t.append("  (chain did not parse fully)", style="dim")
     return t
+
+
+def result_line(r: SentimentResult) -> Text:
+    """One result on one line (``mulcot results --follow``)."""
+    t = Text()
+    t.append(f"{r.processed_at:%H:%M:%S} ", style="dim")
+    t.append(r.id, style="bold")
+    t.append("  ")
+    t.append_text(label_text(r.label))
+    t.append(f" {r.confidence:.2f}")
+    if r.aspect:
+        t.append(f"  aspect: {r.aspect}", style="cyan")
+    t.append(f"  {r.timings.end_to_end_ms:.0f} ms", style="dim")
+    if r.chain is not None and r.chain.final_conclusion:
+        t.append(f"  {r.chain.final_conclusion[:120]}", style="italic")
+    return t
