@@ -105,6 +105,9 @@ class Application:
             from model import load_student
 
             opts = {"device": self.settings.model_device} if self.settings.model_device else {}
+            key = getattr(self.settings, "openai_api_key", None)
+            if key is not None and self.settings.model_spec.startswith("openai:"):
+                opts["api_key"] = key.get_secret_value()
             self.student = load_student(self.settings.model_spec, **opts)
         return self.student
 

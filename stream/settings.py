@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     max_latency_ms: int = Field(50, ge=1, le=600_000, description="longest wait to fill a batch")
     model_spec: str = Field("default", description="student spec for model.load_student (default, noop, compact:DIR, hf:...)")
     model_device: str | None = Field(None, description="device option for the student (cpu, cuda, ...)")
+    openai_api_key: SecretStr | None = Field(
+        None, description="API key of an openai: student's endpoint (masked in `mulcot config`; else OPENAI_API_KEY)"
+    )
     chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
     label_first: bool = Field(
         False, description="publish a labels-only result as soon as the label is known, then the full one"
