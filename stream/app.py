@@ -308,6 +308,9 @@ class Application:
         from .kafka import ensure_topics
 
         s = self.settings
+        if not logging.getLogger().handlers:  # Faust sets up logging only when it starts; warm-up logs before
+            logging.basicConfig(level=s.log_level.upper().replace("WARN", "WARNING"),
+                                format="[%(asctime)s] [%(process)s] [%(levelname)s] %(message)s")  # fmt: skip
         attach(self)  # /metrics, /health, /ready (answering while the student loads) + consumer lag
         self.warm_up()  # before the worker joins the group: the first batch pays no loading
         if s.create_topics:

@@ -245,18 +245,40 @@ def env_name(field: str) -> str:
     return f"MULCOT_{field.upper()}"
 
 
+def _list_hint(field: str) -> str:
+    """For list settings: how to write one in the environment (JSON), with an example."""
+    import json
+    import typing
+
+    info = Settings.model_fields.get(field)
+    if info is None or typing.get_origin(info.annotation) is not list:
+        return ""
+    example = list(info.default or [])[:1] or ["cdn.example.org"]
+    return f" ({env_name(field)} takes a JSON list, e.g. {env_name(field)}='{json.dumps(example)}')"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from env/.env plus ``overrides``; raise :class:`SettingsError` (one line)."""
+    import re
+
+    from pydantic_settings import SettingsError as SourceError
+
     try:
         return Settings(**overrides)
+    except SourceError as exc:  # a value the environment source cannot parse (e.g. a list that is not JSON)
+        m = re.search(r'field "(\w+)"', str(exc))
+        field = m.group(1) if m else ""
+        what = f"{env_name(field)}: cannot parse the value" if field else str(exc)
+        raise SettingsError(f"invalid settings: {what}{_list_hint(field)}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err.get("loc", ())) or "settings"
+            field = str(err.get("loc", ("",))[0]) if err.get("loc") else ""
             name = env_name(loc) if loc in Settings.model_fields else loc
             given = err.get("input")
             shown = "" if isinstance(given, dict) or given is None else f" (got {str(given)[:60]!r})"
-            problems.append(f"{name}: {err['msg']}{shown}")
+            problems.append(f"{name}: {err['msg']}{shown}{_list_hint(field)}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 
 

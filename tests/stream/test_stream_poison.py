@@ -64,5 +64,9 @@ def test_oversized_key_record_does_not_stall_any_partition(make_settings, start_
     counts = Counter(m.key.decode() for m in out)
     assert set(counts) == set(ids) | {"first"} and max(counts.values()) == 1, counts.most_common(3)
     assert worker.alive() and "SKIPPED" not in worker.tail(400)
+    # operator feedback: warmed before joining the group, then one line per batch
+    log = worker.log.read_text(errors="replace")
+    assert log.index("loaded and warmed") < log.index("ready: joined group") < log.index("batch: ")
+    assert "dead letters, model " in log and "end-to-end ms p50" in log
     assert took < 30, took
     assert worker.stop() == 0

@@ -103,3 +103,21 @@ def test_cli_bad_settings_no_traceback(tmp_path: Path) -> None:
 def test_every_field_has_a_description() -> None:
     for name, field in Settings.model_fields.items():
         assert field.description, f"setting {name} has no description"
+
+
+def test_list_settings_say_they_take_json(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var, value in (("MULCOT_COUNT_WINDOWS_S", "60"), ("MULCOT_COUNT_WINDOWS_S", "60,3600"), ("MULCOT_IMAGE_HOST_ALLOWLIST", "a.com")):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(SettingsError) as err:
+            load_settings()
+        assert f"{var} takes a JSON list, e.g. {var}='[" in str(err.value), str(err.value)
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("MULCOT_COUNT_WINDOWS_S", "[60]")
+    assert load_settings().count_windows_s == [60]
+
+
+def test_relative_work_dir_is_made_absolute_once(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.work_dir == clean_env / ".cache" / "mulcot"
+    monkeypatch.chdir("/")
+    assert s.work_dir == clean_env / ".cache" / "mulcot"  # fixed when read, not when used
