@@ -54,7 +54,8 @@ class OutResult:
     result: SentimentResult
     event_ms: int
     record: InRecord | None = None
-    thumbnail: bytes | None = None
+    thumbnail: bytes | None = None  # small JPEG of the post's image (Redis, for the dashboard)
+    text: str | None = None  # the post's text (Redis, for the dashboard)
 
 
 @dataclass

@@ -347,7 +347,7 @@ class BatchProcessor:
             ),
             worker=self.worker,
         )
-        return OutResult(w.post.id.encode(), result.model_dump_json().encode(), result, event_ms, w.rec, w.thumbnail)
+        return OutResult(w.post.id.encode(), result.model_dump_json().encode(), result, event_ms, w.rec, w.thumbnail, w.post.text)
 
 
 __all__ = ["BatchProcessor", "InRecord", "Outcome", "OutResult", "OutDead"]

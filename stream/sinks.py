@@ -238,7 +238,7 @@ class RedisSink:
 
     @staticmethod
     def _item(r: OutResult) -> tuple[Any, ...]:
-        return (r.result, r.value, r.event_ms, r.thumbnail)
+        return (r.result, r.value, r.event_ms, r.thumbnail, r.text)
 
     async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> None:
         """The results (idempotent writes), then the batch's dead-letter counts (the

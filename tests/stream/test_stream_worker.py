@@ -120,6 +120,7 @@ def test_happy_path_and_every_dead_letter_code(make_settings, start_worker) -> N
         try:  # the sink stores a small JPEG of each image (inline and fetched); none for text-only posts
             assert store.thumbnail("p0")[:2] == b"\xff\xd8" and store.thumbnail("p2")[:2] == b"\xff\xd8"
             assert store.thumbnail("p1") is None
+            assert store.text("p1") == "post number 1: a sunny day"  # the post's text beside the result
             assert int(store.client.hget(store.layout.dead_letters, "invalid_json")) == 2
         finally:
             store.close()
