@@ -55,6 +55,45 @@ def _schema_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _is_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _clean_id(obj: Any) -> str | None:
+    """The post id of a parsed JSON value, when it is a usable string."""
+    if isinstance(obj, dict) and isinstance(obj.get("id"), str) and not _is_surrogate(obj["id"]):
+        return obj["id"][:256] or None
+    return None
+
+
+def _lone_surrogates(raw: bytes) -> tuple[list[str], str | None] | None:
+    """For JSON that pydantic refuses only because a string holds a lone UTF-16 surrogate
+    escape (``"\\ud800"``, which Python's json accepts): the fields holding one, and the post
+    id if usable. None when the value is not that case."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    fields: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, str):
+            if _is_surrogate(value):
+                fields.append(path or "post")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                name = f"{path}.{k}" if path else str(k)
+                if _is_surrogate(str(k)):
+                    fields.append(f"{path or 'post'} (a key)")
+                walk(v, name)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{path}.{i}" if path else str(i))
+
+    walk(obj, "")
+    return (fields, _clean_id(obj)) if fields else None
+
+
 def fetch_policy(settings: Settings) -> FetchPolicy:
     """The image-fetch policy of these settings (the one place a FetchPolicy is made from them)."""
     return FetchPolicy(
@@ -124,14 +163,18 @@ class BatchProcessor:
         except ValidationError as exc:
             errs = exc.errors()
             if any(e["type"] == "json_invalid" for e in errs):
+                lone = _lone_surrogates(rec.value)
+                if lone is not None:  # valid JSON syntax, but text that is not Unicode: a schema error
+                    fields, post_id = lone
+                    return self.dead_letter(rec, ErrorCode.SCHEMA, "; ".join(
+                        f"{f}: contains a lone UTF-16 surrogate escape (such as \\ud800), which is not valid Unicode text"
+                        for f in fields[:5]), post_id)  # fmt: skip
                 return self.dead_letter(rec, ErrorCode.INVALID_JSON, f"not valid JSON: {errs[0]['msg']}")
             if any(e["type"] == "model_type" and not e.get("loc") for e in errs):
                 return self.dead_letter(rec, ErrorCode.INVALID_JSON, "JSON value is not an object")
             post_id = None
             try:
-                obj = json.loads(rec.value)
-                if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                    post_id = obj["id"][:256] or None
+                post_id = _clean_id(json.loads(rec.value))
             except ValueError:
                 pass
             return self.dead_letter(rec, ErrorCode.SCHEMA, _schema_message(exc), post_id)

@@ -107,3 +107,21 @@ def test_label_first_publishes_labels_before_chains() -> None:
     assert all(r.result.chain is not None and r.result.chain.prediction == r.result.label for r in out.results)
     assert [d.dead.post_id for d in out.dead] == ["p3"] and "label already published" in out.dead[0].dead.message
     assert len(out.early) == 5
+
+
+def test_lone_surrogate_is_a_schema_error_naming_the_field() -> None:
+    proc = BatchProcessor(load_student("noop"))
+    recs = [
+        InRecord(b'{"id": "s1", "text": "bad \\ud800 here"}', b"s1", "posts", 0, 0, None),
+        InRecord(b'{"id": "\\udfff", "text": "fine", "metadata": {"k": "\\ud800"}}', b"s2", "posts", 0, 1, None),
+        InRecord(b'{"id": "s3", "text": "fine \\ud83d\\ude00"}', b"s3", "posts", 0, 2, None),  # a valid pair
+        InRecord(b'{"id": "s4", "text": ', b"s4", "posts", 0, 3, None),
+    ]
+    out = asyncio.run(proc.process(recs))
+    dead = {d.dead.source.offset: d for d in out.dead}
+    assert dead[0].dead.error is ErrorCode.SCHEMA and dead[0].dead.post_id == "s1"
+    assert dead[0].dead.message.startswith("text: contains a lone UTF-16 surrogate")
+    assert dead[1].dead.error is ErrorCode.SCHEMA and dead[1].dead.post_id is None and dead[1].key == b"s2"
+    assert "id: contains" in dead[1].dead.message and "metadata.k: contains" in dead[1].dead.message
+    assert [r.result.id for r in out.results] == ["s3"]
+    assert dead[3].dead.error is ErrorCode.INVALID_JSON
