@@ -65,6 +65,7 @@ class Served:
     bodies: dict[str, dict[str, Any]]
     dead_codes: dict[str, int]  # dead letters expected from the samples, by code
     worker: Any
+    ro_redis_url: str  # the read-only user's URL the API uses
     counter: list[int] = field(default_factory=lambda: [0])
 
     def produce(self, n: int, prefix: str = "live") -> list[str]:
@@ -135,7 +136,7 @@ def served(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         app_settings = load_settings(redis_url=ro_url, redis_prefix=settings.redis_prefix, serve_port=0)
         server = start_background(app_settings, port=0)
         try:
-            yield Served(settings, server.url, ids, bodies, dead_codes, worker)
+            yield Served(settings, server.url, ids, bodies, dead_codes, worker, ro_url)
         finally:
             server.stop()
     finally:

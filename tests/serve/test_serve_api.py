@@ -126,7 +126,7 @@ def test_bearer_token(served) -> None:  # type: ignore[no-untyped-def]
     from stream.serve import start_background
     from stream.settings import load_settings
 
-    s = load_settings(redis_url=served.settings.redis_url_value, redis_prefix=served.settings.redis_prefix,
+    s = load_settings(redis_url=served.ro_redis_url, redis_prefix=served.settings.redis_prefix,
                       serve_token="s3cret", serve_cors_origins=["http://dash.example"])  # fmt: skip
     assert s.masked()["serve_token"] == "********"
     srv = start_background(s, port=0)
