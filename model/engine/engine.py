@@ -121,6 +121,9 @@ class Engine:
         self._graphs: dict[tuple[int, int], Any] = {}
         self._graph_pool = None
         self._text: dict[int, str] = {}
+        #: counters of the last run: admission groups, decode steps, posts admitted into a slot
+        #: another post had used before in the same run (refills)
+        self.stats = {"admissions": 0, "steps": 0, "refills": 0}
         self._prefix_ids, self._prefix_k, self._prefix_v = self._instruction_prefix()
 
     # ---- shared instruction prefix ------------------------------------------------------
@@ -317,6 +320,8 @@ class Engine:
         active: dict[int, dict] = {}  # slot -> state
         admit_min = cfg.admit_min or max(1, cfg.slots // 4)
         d = self.decoder
+        used: set[int] = set()
+        self.stats = {"admissions": 0, "steps": 0, "refills": 0}
         while pending or active:
             if pending and (not active or len(free) >= min(admit_min, len(pending))):
                 take = min(len(free), len(pending))
@@ -327,6 +332,9 @@ class Engine:
                 slots, free = free[:take], free[take:]
                 t0 = time.perf_counter()
                 scores, _ = self._prefill(plans, slots, chain=True)
+                self.stats["admissions"] += 1
+                self.stats["refills"] += len(used.intersection(slots))
+                used.update(slots)
                 for p, s, sc in zip(plans, slots, scores.tolist()):
                     results[p.index] = EngineResult(p.index, sc, len(p.reason_ids), len(p.label_ids))
                     active[s] = {"plan": p, "t0": t0, "checked": 0}
@@ -334,6 +342,7 @@ class Engine:
             lk = min(cfg.max_len, _round_up(int(d.length[:nb].max()) + cfg.sync_every + 1, cfg.kv_bucket))
             for _ in range(cfg.sync_every):
                 self._step(nb, lk)
+            self.stats["steps"] += cfg.sync_every
             n_gen = d.n_gen[:nb].tolist()
             out = d.out[:nb].tolist()
             for s in sorted(active):
@@ -368,7 +377,7 @@ class Engine:
             slots = list(range(len(plans)))
             _, first = self._prefill(plans, slots, chain=True, first="logits")
             rows = [[first[j]] for j in range(len(plans))]
-            nb = _pow2(len(plans))
+            nb = min(n, _pow2(len(plans)))
             for k in range(max(len(r) for r in refs) - 1):
                 for j, r in enumerate(refs):
                     if k < len(r):

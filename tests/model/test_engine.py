@@ -1,0 +1,126 @@
+"""The batched engine (model/engine/) against transformers, on the tiny random models (CPU, fp32).
+
+The reference is the HF student's own path: ``label_logits`` for the labels and
+``model.generate`` (greedy, the same stop strings) for the chains. The engine must give the
+same tokens, token for token, with its slots fewer than the posts (continuous refill),
+chains of different lengths (an end-of-turn id that the random model writes at different
+points), prompt and key lengths padded to buckets, and the same label probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model.bench import synthetic_posts
+from model.engine import Engine, EngineConfig
+from model.engine.reference import hf_student, reference_run
+from model.engine.shapes import build_shape
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return build_shape("tiny", image_size=56)
+
+
+def _config(**kw) -> EngineConfig:
+    base = dict(slots=3, max_new_tokens=20, max_len=512, sync_every=3, len_bucket=16, kv_bucket=32, image_size=56,
+                admit_min=1)
+    base.update(kw)
+    return EngineConfig(**base)
+
+
+def _varied_eos(tokens: list[list[int]]) -> list[int]:
+    """Two token ids that end the random model's chains at different points: the ids whose first
+    appearance (after the first token) varies most across rows."""
+    first: dict[int, list[int]] = {}
+    for row in tokens:
+        seen = set()
+        for i, t in enumerate(row[1:], 1):
+            if t not in seen:
+                seen.add(t)
+                first.setdefault(t, []).append(i)
+    ranked = sorted(first, key=lambda t: (-len(set(first[t])), t))
+    return ranked[:2]
+
+
+def test_engine_greedy_tokens_equal_generate_with_refill(qwen):
+    model, processor = qwen
+    posts = synthetic_posts(9, image_px=112, with_images=0.7)  # text-only posts, aspects, images
+    probe = Engine(model, processor, _config())
+    eos = _varied_eos([r.tokens for r in probe.run(posts)])
+    probe.close()
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = eos
+    try:
+        engine = Engine(model, processor, _config())
+        got = engine.run(posts)
+        student = hf_student(model, processor, image_size=56, max_new_tokens=20)
+        ref = reference_run(student, posts, batch_size=len(posts), max_new_tokens=20)
+    finally:
+        model.generation_config.eos_token_id = saved
+    lengths = [len(t) for t in ref["tokens"]]
+    assert len(set(lengths)) >= 3, lengths  # chains of different lengths ...
+    assert engine.stats["refills"] >= 3 and engine.stats["admissions"] >= 3  # ... refilling freed slots
+    assert [r.tokens for r in got] == ref["tokens"]
+    mine = torch.tensor([r.label_scores for r in got])
+    theirs = torch.tensor(ref["scores"])
+    assert torch.allclose(mine.softmax(-1), theirs.softmax(-1), atol=1e-5)
+    assert [r.text for r in got] == processor.tokenizer.batch_decode(ref["tokens"], skip_special_tokens=True)
+    engine.close()
+
+
+def test_engine_labels_only_equal_hf_student(qwen):
+    model, processor = qwen
+    posts = synthetic_posts(5, image_px=112, seed=3)
+    engine = Engine(model, processor, _config(slots=2))
+    student = hf_student(model, processor, image_size=56, max_new_tokens=8, chain=False)
+    mine = [r.label_scores for r in engine.classify(posts)]
+    preds = student.classify(posts)
+    for scores, pred in zip(mine, preds):
+        probs = torch.tensor(scores).softmax(-1).tolist()
+        assert probs == pytest.approx(list(pred.probabilities.values()), abs=1e-5)
+    engine.close()
+
+
+def test_engine_smolvlm_family():
+    model, processor = build_shape("tiny-smolvlm", image_size=56)
+    posts = synthetic_posts(4, image_px=112, seed=5)
+    engine = Engine(model, processor, _config(slots=2, max_new_tokens=10))
+    got = engine.run(posts)
+    student = hf_student(model, processor, image_size=56, max_new_tokens=10)
+    ref = reference_run(student, posts, batch_size=4, max_new_tokens=10)
+    assert [r.tokens for r in got] == ref["tokens"]
+    engine.close()
+
+
+def test_checks_at_tiny_shape():
+    """The GPU checks' code (fp32 greedy, teacher-forced logits) runs and agrees on CPU."""
+    from model.engine.bench import run_engine_checks
+
+    out = run_engine_checks("tiny", n_posts=3, new_tokens=8)
+    assert out["fp32_greedy"]["token_agreement"] == 1.0
+    assert out["fp32_greedy"]["label_agreement"] == 1.0
+    tf = out["teacher_forced"]
+    assert tf["positions"] == 3 * 8
+    assert tf["top1_agreement"] == 1.0 and tf["max_logit_diff"] < 1e-3 and tf["label_agreement"] == 1.0
+
+
+def test_bench_engine_cli_tiny():
+    """`mulcot bench engine --shape tiny --json` through the CLI's entry point group."""
+    from click.testing import CliRunner
+
+    from stream.cli import main
+
+    res = CliRunner().invoke(main, ["bench", "engine", "--shape", "tiny", "--batch", "4", "--posts", "8",
+                                    "--new-tokens", "8", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    for side in ("engine", "reference"):
+        for key in ("posts_per_s", "labels_posts_per_s", "tokens_per_s", "p50_batch_ms", "peak_gb"):
+            assert out[side][key] is not None and out[side][key] > 0, (side, key)
+    assert out["token_agreement"] == 1.0 and out["label_agreement"] == 1.0
+    assert out["device"].startswith("CPU")
+    assert out["engine"]["generated_tokens"] == out["reference"]["generated_tokens"]
