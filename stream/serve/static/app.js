@@ -271,7 +271,8 @@ function timeLabel(sec, window) {
 function drawChart(stats) {
   const chart = $("chart");
   while (chart.firstChild) chart.removeChild(chart.firstChild);
-  const W = 900, H = 200, L = 36, R = 8, T = 10, B = 22;
+  const W = Math.max(300, Math.round(chart.clientWidth || 900)), H = 200, L = 36, R = 24, T = 10, B = 22;
+  chart.setAttribute("viewBox", "0 0 " + W + " " + H);
   const buckets = stats.buckets;
   const max = Math.max(1, ...buckets.map((b) => Math.max(...LABELS.map((l) => b.counts[l]))));
   const x = (i) => L + (buckets.length > 1 ? (i * (W - L - R)) / (buckets.length - 1) : (W - L - R) / 2);
@@ -285,8 +286,8 @@ function drawChart(stats) {
   }
   const step = Math.max(1, Math.ceil(buckets.length / 8));
   buckets.forEach((b, i) => {
-    if (i % step !== 0 && i !== buckets.length - 1) return;
-    const t = svg("text", { class: "axis", x: x(i) - 14, y: H - 5 });
+    if ((buckets.length - 1 - i) % step !== 0) return; // the newest bucket always labelled
+    const t = svg("text", { class: "axis", x: x(i), y: H - 5, "text-anchor": i === buckets.length - 1 ? "end" : "middle" });
     t.textContent = timeLabel(b.start, stats.window);
     chart.appendChild(t);
   });
