@@ -23,14 +23,12 @@ import json
 import os
 import platform
 import random
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def _jpeg(target_kb: int, seed: int) -> bytes:
@@ -190,31 +188,6 @@ async def _latency(settings, records, rate: float) -> tuple[list[float], list[fl
     return lat, worker_e2e
 
 
-def _start_worker(s, log_dir: Path, max_batch: int, image_decode: str) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-    """The real worker process (``python -m stream.cli worker``) with the no-op student."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_") and k != "REDIS_URL"}
-    env.update(
-        MULCOT_BROKER=s.broker, MULCOT_REDIS_URL=s.redis_url_value, MULCOT_MODEL_SPEC="noop",
-        MULCOT_GROUP_ID=s.group_id, MULCOT_INPUT_TOPIC=s.input_topic, MULCOT_OUTPUT_TOPIC=s.output_topic,
-        MULCOT_DLQ_TOPIC=s.dlq_topic, MULCOT_REDIS_PREFIX=s.redis_prefix, MULCOT_METRICS_PORT="0",
-        MULCOT_MAX_BATCH=str(max_batch), MULCOT_MAX_LATENCY_MS="50", MULCOT_WORK_DIR=str(log_dir),
-        MULCOT_LOG_LEVEL="warn", MULCOT_IMAGE_DECODE=image_decode,
-        MULCOT_CONCURRENCY=os.environ.get("MULCOT_CONCURRENCY", "1"),
-    )  # fmt: skip
-    with open(log_dir / "worker.log", "ab") as wlog:
-        return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=wlog,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
-
-
-def _stop(worker: subprocess.Popen) -> None:
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-
-
 def _pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -222,17 +195,23 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet: bool = False,
-              latency_seconds: float = 8.0) -> dict[str, Any]:  # fmt: skip
-    from rich.console import Console
-    from rich.table import Table
+def _worker(ws, log_dir: Path, mode: str):  # type: ignore[no-untyped-def]
+    """The real worker process with the no-op student (:class:`stream.services.WorkerProcess`)."""
+    from .services import WorkerProcess
 
+    return WorkerProcess(ws.model_copy(update={"image_decode": mode, "log_level": "warn", "metrics_port": 0}),
+                         log_dir / "worker.log")  # fmt: skip
+
+
+def measure_stream(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, latency_seconds: float = 8.0,
+                   say: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:  # fmt: skip
+    """Run the three measurements (see the module docstring) and return their figures;
+    ``say`` gets one progress line per phase. No printing of its own."""
     from .kafka import ensure_topics
     from .producer import produce_records
     from .services import embedded_services
     from .settings import load_settings
 
-    console = Console(stderr=True, quiet=quiet)
     log_dir = Path(tempfile.mkdtemp(prefix="mulcot-bench-"))
     started = datetime.now(timezone.utc)
     load0 = os.getloadavg()[0]
@@ -244,11 +223,11 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         )  # fmt: skip
         raw_s = s.model_copy(update={"input_topic": "raw.in", "output_topic": "raw.out", "dlq_topic": "raw.dlq"})
         asyncio.run(ensure_topics(raw_s))
-        console.print(f"generating {posts} posts with ~{image_kb} KB images ..." if image_kb else f"generating {posts} text-only posts ...")
+        say(f"generating {posts} posts with ~{image_kb} KB images ..." if image_kb else f"generating {posts} text-only posts ...")
         records = make_posts(posts, image_kb)
         avg_bytes = sum(len(v) for _, v in records) / len(records)
 
-        console.print("raw aiokafka consume->produce loop ...")
+        say("raw aiokafka consume->produce loop ...")
         asyncio.run(produce_records(raw_s, records, raw_s.input_topic))
         cpu0 = time.process_time()
         raw_rate = asyncio.run(_raw_loop(raw_s, raw_s.input_topic, raw_s.output_topic, posts))
@@ -263,26 +242,26 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
                 "input_topic": "bench.full.posts", "output_topic": "bench.full.results", "dlq_topic": "bench.full.dlq",
                 "group_id": "bench-full", "redis_prefix": "full:"})  # fmt: skip
             asyncio.run(ensure_topics(ws))
-            console.print(f"worker (noop student, image_decode={mode}) ...")
+            say(f"worker (noop student, image_decode={mode}) ...")
             asyncio.run(produce_records(ws, records, ws.input_topic))
-            worker = _start_worker(ws, log_dir, max_batch, mode)
+            worker = _worker(ws, log_dir, mode)
             try:
                 first: dict = {}
-                got = asyncio.run(_wait_redis(ws, posts, 300, worker, first))
+                got = asyncio.run(_wait_redis(ws, posts, 300, worker.proc, first))
                 cpu_ms = (_proc_cpu_s(worker.pid) - first["cpu"]) * 1000 / max(1, posts - first["count"])
                 if got < posts:
-                    raise RuntimeError(f"only {got}/{posts} results in Redis; see {log_dir / 'worker.log'}")
+                    raise RuntimeError(f"only {got}/{posts} results in Redis; see {worker.log}")
                 workers[mode] = {"rate": asyncio.run(_rate_from_timestamps(ws, ws.output_topic, posts)), "cpu_ms": cpu_ms}
                 if mode == "auto":
                     rate = workers[mode]["rate"]
                     lat_rate = max(1.0, rate / 2)
                     n_lat = max(50, min(int(lat_rate * latency_seconds), 20_000))
-                    console.print(f"latency at {lat_rate:.0f} posts/s ({n_lat} posts) ...")
+                    say(f"latency at {lat_rate:.0f} posts/s ({n_lat} posts) ...")
                     lat, worker_e2e = asyncio.run(_latency(ws, make_posts(n_lat, image_kb, prefix="L"), lat_rate))
             finally:
-                _stop(worker)
+                worker.stop()
     worker_cpu_ms, full_rate = workers["auto"]["cpu_ms"], workers["full"]["rate"]
-    result = {
+    return {
         "posts": posts,
         "post_bytes_avg": round(avg_bytes),
         "image_kb": image_kb,
@@ -307,21 +286,40 @@ def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet
         "broker": "Tansu (embedded, memory://)",
         "cache": "Valkey (embedded)",
     }
+
+
+def bench_table(result: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """The figures of :func:`measure_stream` as a rich table (ratios side by side)."""
+    from rich.table import Table
+
+    r = result
+    lat_rate = r["latency_rate_posts_per_s"]
+    table = Table(title=f"mulcot bench stream ({r['posts']} posts, ~{r['post_bytes_avg'] / 1024:.1f} KB each, noop student)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("raw aiokafka consume->produce, posts/s", f"{r['raw_posts_per_s']:,.0f}")
+    table.add_row("worker (Kafka -> worker -> Kafka + Redis), posts/s", f"{r['posts_per_s']:,.0f}")
+    table.add_row("ratio worker / raw", f"{r['ratio']}")
+    table.add_row("worker decoding every image (image_decode=full), posts/s", f"{r['full_decode_posts_per_s']:,.0f}")
+    table.add_row("ratio worker decoding every image / raw", f"{r['full_decode_ratio']}")
+    table.add_row(f"end-to-end p50 at {lat_rate:,.0f} posts/s, ms", f"{r['p50_ms']}")
+    table.add_row(f"end-to-end p99 at {lat_rate:,.0f} posts/s, ms", f"{r['p99_ms']}")
+    table.add_row("worker-side e2e p50 / p99, ms", f"{r['worker_e2e_p50_ms']} / {r['worker_e2e_p99_ms']}")
+    table.add_row("worker CPU ms per post (auto / full decode)",
+                  f"{r['worker_cpu_ms_per_post']} / {r['full_decode_worker_cpu_ms_per_post']}")  # fmt: skip
+    table.add_row("raw loop CPU ms per post", f"{r['raw_cpu_ms_per_post']}")
+    table.add_row("load average at start (other jobs)", f"{r['load_avg_at_start']}")
+    return table
+
+
+def run_bench(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, quiet: bool = False,
+              latency_seconds: float = 8.0) -> dict[str, Any]:  # fmt: skip
+    """``mulcot bench stream``: :func:`measure_stream`, progress on stderr and the table on stdout
+    unless ``quiet``; returns the figures."""
+    from rich.console import Console
+
+    progress = Console(stderr=True, quiet=quiet)
+    result = measure_stream(posts, image_kb, max_batch, latency_seconds, say=progress.print)
     if not quiet:
-        table = Table(title=f"mulcot bench stream ({posts} posts, ~{avg_bytes / 1024:.1f} KB each, noop student)")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        table.add_row("raw aiokafka consume->produce, posts/s", f"{raw_rate:,.0f}")
-        table.add_row("worker (Kafka -> worker -> Kafka + Redis), posts/s", f"{rate:,.0f}")
-        table.add_row("ratio worker / raw", f"{result['ratio']}")
-        table.add_row("worker decoding every image (image_decode=full), posts/s", f"{full_rate:,.0f}")
-        table.add_row("ratio worker decoding every image / raw", f"{result['full_decode_ratio']}")
-        table.add_row(f"end-to-end p50 at {lat_rate:,.0f} posts/s, ms", f"{result['p50_ms']}")
-        table.add_row(f"end-to-end p99 at {lat_rate:,.0f} posts/s, ms", f"{result['p99_ms']}")
-        table.add_row("worker-side e2e p50 / p99, ms", f"{result['worker_e2e_p50_ms']} / {result['worker_e2e_p99_ms']}")
-        table.add_row("worker CPU ms per post (auto / full decode)",
-                      f"{result['worker_cpu_ms_per_post']} / {result['full_decode_worker_cpu_ms_per_post']}")
-        table.add_row("raw loop CPU ms per post", f"{result['raw_cpu_ms_per_post']}")
-        table.add_row("load average at start (other jobs)", f"{result['load_avg_at_start']}")
-        Console().print(table)
+        Console().print(bench_table(result))
     return result

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .protocol import DeadLetter, SentimentResult
 
@@ -45,14 +44,6 @@ def check_model(spec: str) -> None:
             "Its weights come from the training work (see docs/model.md and docs/training.md); "
             "until they are there, use --model noop to run the pipeline with a model-free placeholder"
         )
-
-
-def _tail(path: Path, n: int = 15) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
 
 
 def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout: float = 600.0,
@@ -92,107 +83,128 @@ def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout
         raise DemoError(str(exc)) from None
 
 
-async def _demo(settings, samples: Path, log_dir: Path, timeout: float, console) -> int:  # type: ignore[no-untyped-def]
-    from rich.panel import Panel
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+@dataclass
+class DemoRun:
+    """What one demo run saw: first result and dead letter per post, and the wall time."""
 
+    sent: int
+    results: dict[str, SentimentResult] = field(default_factory=dict)
+    dead: dict[bytes, DeadLetter] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    in_redis: int = 0
+
+    @property
+    def done(self) -> int:
+        return len(self.results) + len(self.dead)
+
+    @property
+    def ok(self) -> bool:
+        return self.done == self.sent and self.in_redis == len(self.results)
+
+    def summary(self) -> list[tuple[str, str]]:
+        """The summary rows (what, value)."""
+        labels = Counter(r.label for r in self.results.values())
+        codes = Counter(d.error.value for d in self.dead.values())
+        rows = [("posts sent", str(self.sent)), ("results (output topic)", str(len(self.results))),
+                ("results in Redis", str(self.in_redis))]  # fmt: skip
+        rows += [(f"  {lab}", str(labels.get(lab, 0))) for lab in ("positive", "neutral", "negative")]
+        rows.append(("dead letters", str(len(self.dead))))
+        rows += [(f"  {code}", str(n)) for code, n in sorted(codes.items())]
+        if self.results:
+            lat = sorted(r.timings.end_to_end_ms for r in self.results.values())
+            any_r = next(iter(self.results.values()))
+            rows.append(("student", f"{any_r.model_name} {any_r.model_version}"))
+            rows.append(("end-to-end ms p50 / max", f"{lat[len(lat) // 2]:.0f} / {lat[-1]:.0f}"))
+        rows.append(("wall time s (incl. model load)", f"{self.elapsed_s:.1f}"))
+        return rows
+
+
+async def run_posts(
+    settings, records: list, log_dir: Path, timeout: float,  # type: ignore[type-arg]
+    on_result: Callable[[SentimentResult], None] = lambda r: None,
+    on_dead: Callable[[bytes, DeadLetter], None] = lambda k, d: None,
+) -> DemoRun:  # fmt: skip
+    """Start a worker with ``settings``, send ``records``, collect the first result or dead
+    letter of each post as it arrives (``on_result`` / ``on_dead`` see each once), stop the
+    worker, and count the results in Redis. No printing."""
     from .kafka import consumer, ensure_topics
-    from .producer import produce_records, read_posts
-    from .render import chain_text, label_text
+    from .producer import produce_records
+    from .services import WorkerProcess
     from .store import ResultStore
 
     await ensure_topics(settings)
-    records = list(read_posts(samples))
-    env = dict(os.environ)
-    env.update(
-        MULCOT_BROKER=settings.broker, MULCOT_REDIS_URL=settings.redis_url_value, MULCOT_MODEL_SPEC=settings.model_spec,
-        MULCOT_GROUP_ID=settings.group_id, MULCOT_METRICS_PORT="0", MULCOT_MAX_BATCH=str(settings.max_batch),
-        MULCOT_MAX_LATENCY_MS=str(settings.max_latency_ms), MULCOT_WORK_DIR=str(log_dir),
-    )  # fmt: skip
-    env.pop("REDIS_URL", None)
-    worker_log = log_dir / "worker.log"
-    log_fh = open(worker_log, "ab")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=log_fh, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    run = DemoRun(sent=len(records))
+    worker = WorkerProcess(settings.model_copy(update={"work_dir": log_dir, "metrics_port": 0}), log_dir / "worker.log")
     cons = consumer(settings, settings.output_topic, settings.dlq_topic, group_id=None, auto_offset_reset="earliest")
-    results: dict[str, SentimentResult] = {}
-    dead: dict[bytes, DeadLetter] = {}
     t0 = time.monotonic()
     try:
         await cons.start()
         await produce_records(settings, records, settings.input_topic)
-        with Progress(
-            SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-            MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-        ) as progress:  # fmt: skip
-            task = progress.add_task("waiting for the worker (loading the student)", total=len(records))
-            while len(results) + len(dead) < len(records):
-                if worker.poll() is not None:
-                    raise DemoError(f"the worker exited with code {worker.returncode}:\n{_tail(worker_log)}")
-                if time.monotonic() - t0 > timeout:
-                    raise DemoError(f"timed out after {timeout:.0f}s; worker log {worker_log}:\n{_tail(worker_log)}")
-                batch = await cons.getmany(timeout_ms=300)
-                for tp, msgs in batch.items():
-                    for m in msgs:
-                        if tp.topic == settings.output_topic:
-                            r = SentimentResult.model_validate_json(m.value)
-                            if r.id in results:
-                                continue
-                            results[r.id] = r
-                            progress.console.print(_result_panel(r, chain_text, label_text, Panel))
-                        else:
-                            d = DeadLetter.model_validate_json(m.value)
-                            if m.key in dead:
-                                continue
-                            dead[m.key] = d
-                            progress.console.print(
-                                f"[bold red]dead letter[/bold red] {d.post_id or m.key.decode(errors='replace')}: "
-                                f"[magenta]{d.error.value}[/magenta] - {d.message}"
-                            )
-                        progress.update(task, completed=len(results) + len(dead), description="posts processed")
-        elapsed = time.monotonic() - t0
+        while run.done < len(records):
+            if not worker.alive():
+                raise DemoError(f"the worker exited with code {worker.proc.returncode}:\n{worker.tail(15)}")
+            if time.monotonic() - t0 > timeout:
+                raise DemoError(f"timed out after {timeout:.0f}s; worker log {worker.log}:\n{worker.tail(15)}")
+            batch = await cons.getmany(timeout_ms=300)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if tp.topic == settings.output_topic:
+                        r = SentimentResult.model_validate_json(m.value)
+                        if r.id not in run.results:
+                            run.results[r.id] = r
+                            on_result(r)
+                    elif m.key not in run.dead:
+                        run.dead[m.key] = DeadLetter.model_validate_json(m.value)
+                        on_dead(m.key, run.dead[m.key])
+        run.elapsed_s = time.monotonic() - t0
     finally:
         await cons.stop()
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(10)
-        log_fh.close()
-
+        worker.stop()
     store = ResultStore.from_settings(settings)
     try:
-        in_redis = sum(store.get(i) is not None for i in results)
+        run.in_redis = sum(store.get(i) is not None for i in run.results)
     finally:
         store.close()
-    labels = Counter(r.label for r in results.values())
-    codes = Counter(d.error.value for d in dead.values())
-    lat = sorted(r.timings.end_to_end_ms for r in results.values())
+    return run
+
+
+async def _demo(settings, samples: Path, log_dir: Path, timeout: float, console) -> int:  # type: ignore[no-untyped-def]
+    """The demo's printing around :func:`run_posts`: a panel per result, a line per dead letter,
+    a progress bar, then the summary table."""
+    from rich.panel import Panel
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .producer import read_posts
+    from .render import chain_text, label_text
+
+    records = list(read_posts(samples))
+    with Progress(
+        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("waiting for the worker (loading the student)", total=len(records))
+
+        def on_result(r: SentimentResult) -> None:
+            progress.console.print(_result_panel(r, chain_text, label_text, Panel))
+            progress.advance(task)
+            progress.update(task, description="posts processed")
+
+        def on_dead(key: bytes, d: DeadLetter) -> None:
+            progress.console.print(f"[bold red]dead letter[/bold red] {d.post_id or key.decode(errors='replace')}: "
+                                   f"[magenta]{d.error.value}[/magenta] - {d.message}")  # fmt: skip
+            progress.advance(task)
+            progress.update(task, description="posts processed")
+
+        run = await run_posts(settings, records, log_dir, timeout, on_result, on_dead)
     table = Table(title="demo summary")
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("posts sent", str(len(records)))
-    table.add_row("results (output topic)", str(len(results)))
-    table.add_row("results in Redis", str(in_redis))
-    for lab in ("positive", "neutral", "negative"):
-        table.add_row(f"  {lab}", str(labels.get(lab, 0)))
-    table.add_row("dead letters", str(len(dead)))
-    for code, n in sorted(codes.items()):
-        table.add_row(f"  {code}", str(n))
-    if results:
-        any_r = next(iter(results.values()))
-        table.add_row("student", f"{any_r.model_name} {any_r.model_version}")
-        table.add_row("end-to-end ms p50 / max", f"{lat[len(lat) // 2]:.0f} / {lat[-1]:.0f}")
-    table.add_row("wall time s (incl. model load)", f"{elapsed:.1f}")
+    for what, value in run.summary():
+        table.add_row(what, value)
     console.print(table)
-    ok = len(results) + len(dead) == len(records) and in_redis == len(results)
-    console.print("[green]all posts accounted for[/green]" if ok else "[red]some posts are missing[/red]")
-    return 0 if ok else 1
+    console.print("[green]all posts accounted for[/green]" if run.ok else "[red]some posts are missing[/red]")
+    return 0 if run.ok else 1
 
 
 def _result_panel(r: SentimentResult, chain_text, label_text, Panel):  # type: ignore[no-untyped-def]

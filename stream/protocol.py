@@ -40,7 +40,7 @@ class ErrorCode(str, enum.Enum):
     SCHEMA = "schema"  # JSON that does not match Post (missing id, text too long, bad base64, ...)
     UNSUPPORTED_VERSION = "unsupported_version"  # schema_version this worker does not know
     IMAGE_TOO_LARGE = "image_too_large"  # encoded bytes or decoded pixels over the limits
-    IMAGE_UNREADABLE = "image_unreadable"  # bytes that Pillow cannot decode
+    IMAGE_UNREADABLE = "image_unreadable"  # bytes that Pillow cannot decode, or a format other than JPEG/PNG/WebP/GIF
     IMAGE_FETCH_FAILED = "image_fetch_failed"  # URL fetch failed (HTTP error, timeout, refused)
     IMAGE_URL_FORBIDDEN = "image_url_forbidden"  # scheme/host not allowed, private address (SSRF)
     MODEL_ERROR = "model_error"  # the student raised for this post

@@ -23,7 +23,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class ServiceError(RuntimeError):
@@ -227,6 +230,63 @@ class EmbeddedRedis(_Process):
             return False
 
 
+class WorkerProcess:
+    """A worker as a child process, run as a user runs it (``python -m stream.cli worker``),
+    with exactly ``settings`` (passed as ``MULCOT_*`` variables; the parent's own ``MULCOT_*``
+    and ``REDIS_URL`` are not inherited) plus ``env``; output to ``log_path``.
+
+    The one way the demo, the benchmark and the tests start and stop workers.
+    """
+
+    def __init__(self, settings: "Settings", log_path: Path, *, cwd: Path | None = None, **env: str) -> None:
+        self.settings = settings
+        self.log = Path(log_path)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        full = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_") and k != "REDIS_URL"}
+        full.update(settings.env())
+        full.update(env)
+        self._fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            cwd=str(cwd) if cwd else None,
+            env=full,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send ``sig`` (SIGTERM: a clean stop), wait, SIGKILL after ``timeout``; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._fh.close()
+        return self.proc.returncode
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "WorkerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -261,6 +321,7 @@ def embedded_services(
 
 
 __all__ = [
+    "WorkerProcess",
     "EmbeddedKafka",
     "EmbeddedRedis",
     "ServiceError",

@@ -215,6 +215,21 @@ class Settings(BaseSettings):
             out["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
         return out
 
+    def env(self) -> dict[str, str]:
+        """The ``MULCOT_*`` variables that make another process read exactly these settings
+        (secrets in clear: for child processes, not for printing)."""
+        import json
+
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            out[env_name(name)] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+        return out
+
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain values, secrets masked (``mulcot config``)."""
         out: dict[str, Any] = {}

@@ -7,9 +7,6 @@ import base64
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from PIL import Image
 
 from stream.kafka import consumer, ensure_topics
 from stream.producer import produce_records
+from stream.services import WorkerProcess
 from stream.settings import Settings
 from stream.store import ResultStore
 
@@ -27,48 +25,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def settings_env(s: Settings) -> dict[str, str]:
     """The environment that makes a child process see exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_") and k != "REDIS_URL"}
-    for name, value in s.masked().items():
-        if value is None:
-            continue
-        if name == "redis_url":
-            value = s.redis_url_value
-        env[f"MULCOT_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+    env.update(s.env())
     env["OMP_NUM_THREADS"] = "1"
     return env
 
 
-class WorkerProc:
+class WorkerProc(WorkerProcess):
+    """The tests' worker: :class:`stream.services.WorkerProcess` from the repository root, one OpenMP thread."""
+
     def __init__(self, settings: Settings, log: Path, **env: str) -> None:
-        self.settings = settings
-        self.log = log
-        self._fh = open(log, "ab")
-        e = settings_env(settings)
-        e.update(env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
-            cwd=str(ROOT),
-            env=e,
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._fh.close()
-        return self.proc.returncode
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        super().__init__(settings, log, cwd=ROOT, **{"OMP_NUM_THREADS": "1", **env})
 
 
 def png_b64(size: tuple[int, int] = (32, 32), colour: str = "red") -> str:
