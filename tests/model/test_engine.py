@@ -124,3 +124,21 @@ def test_bench_engine_cli_tiny():
     assert out["token_agreement"] == 1.0 and out["label_agreement"] == 1.0
     assert out["device"].startswith("CPU")
     assert out["engine"]["generated_tokens"] == out["reference"]["generated_tokens"]
+
+
+@pytest.mark.slow
+def test_train_check_tiny():
+    """deploy/gpu/train_check.py (the 3B training step's GPU check) runs at the tiny shape: LoRA
+    on both towers, gradient checkpointing, the student stage's KD loss, finite losses."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "gpu" / "train_check.py"
+    spec = importlib.util.spec_from_file_location("train_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--tiny", "--micro-batches", "1", "--steps", "1"])
+    assert out["lora"]["text_tensors"] > 0 and out["lora"]["vision_tensors"] > 0
+    run = out["runs"][0]
+    assert run["micro_batch"] == 1 and run["samples_per_s"] > 0
+    assert all(x == x and x > 0 for x in run["losses"])  # finite, positive
