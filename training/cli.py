@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import types
+import typing
 from typing import Any
 
 import click
@@ -59,7 +61,7 @@ def distill() -> None:
 
 
 def _recipe_stage(recipe: str, stage: str, overrides: tuple[str, ...]) -> None:
-    from .recipe import load_recipe, run_recipe
+    from .mulcot.recipe import load_recipe, run_recipe
 
     r = load_recipe(recipe, list(overrides))
     run_recipe(r, stages=[stage], console=_console())
@@ -94,7 +96,7 @@ def teacher_cmd(recipe, overrides, data_file, out_file, backend, model_name, bas
     if not data_file or not out_file:
         raise click.UsageError("--data and --out are required without --recipe")
     from .data import load_examples, resolve_data_path
-    from .teacher import EndpointTeacher, HFTeacher, run_teacher
+    from .mulcot.teacher import EndpointTeacher, HFTeacher, run_teacher
 
     exs = [ex for ex in load_examples(resolve_data_path(data_file), limit=limit)
            if ex.label is not None and (include_chained or not ex.teacher_cot)]
@@ -139,7 +141,7 @@ def _train_options(f):
 
 
 def _settings(kw: dict) -> Any:
-    from .trainer import TrainSettings
+    from .mulcot.trainer import TrainSettings
 
     return TrainSettings(epochs=kw["epochs"], lr=kw["lr"], batch_size=kw["batch_size"], grad_accum=kw["grad_accum"],
                          max_steps=kw["max_steps"], image_size=kw["image_size"], seed=kw["seed"], cpu=kw["cpu"],
@@ -157,9 +159,9 @@ def assistant_cmd(model_name, train_file, dev_file, out_dir, **kw) -> None:
         return _recipe_stage(kw["recipe"], "assistant", kw["overrides"])
     if not (model_name and train_file and dev_file and out_dir):
         raise click.UsageError("--model, --train, --dev and --out are required without --recipe")
-    from .assistant import train_assistant
+    from .mulcot.assistant import train_assistant
     from .data import load_examples, resolve_data_path
-    from .recipe import resolve_model
+    from .mulcot.recipe import resolve_model
 
     s = train_assistant(model=resolve_model(model_name, Path(out_dir), kw["seed"]),
                         train=load_examples(resolve_data_path(train_file), limit=kw["limit"]),
@@ -191,7 +193,7 @@ def augment_cmd(assistant_spec, data_file, out_file, samples, temperature, max_n
         return _recipe_stage(recipe, "augment", overrides)
     if not (assistant_spec and data_file and out_file):
         raise click.UsageError("--assistant, --data and --out are required without --recipe")
-    from .augment import augment, merge_chains
+    from .mulcot.augment import augment, merge_chains
     from .data import load_examples, resolve_data_path
 
     path = resolve_data_path(data_file)
@@ -218,8 +220,8 @@ def student_cmd(model_name, assistant_spec, train_file, dev_file, out_dir, lam, 
     if not (model_name and assistant_spec and train_file and dev_file and out_dir):
         raise click.UsageError("--model, --assistant, --train, --dev and --out are required without --recipe")
     from .data import load_examples, resolve_data_path
-    from .recipe import resolve_model
-    from .student import train_student
+    from .mulcot.recipe import resolve_model
+    from .mulcot.student import train_student
 
     s = train_student(model=resolve_model(model_name, Path(out_dir), kw["seed"]), assistant=assistant_spec,
                       train=load_examples(resolve_data_path(train_file), limit=kw["limit"]),
@@ -270,7 +272,7 @@ def evaluate_cmd(spec, data_file, out_dir, limit, batch_size, no_chain, no_embed
 @click.option("--set", "overrides", multiple=True, help="Override a recipe field: key.path=value (YAML value).")
 @click.option("--schema", is_flag=True, help="Print every recipe field with its type, default and description.")
 def run_cmd(recipe, dry_run, stages, overrides, schema) -> None:
-    from .recipe import load_recipe, print_schema, run_recipe
+    from .mulcot.recipe import load_recipe, print_schema, run_recipe
 
     if schema:
         print_schema(_console())
@@ -291,9 +293,85 @@ def run_cmd(recipe, dry_run, stages, overrides, schema) -> None:
         click.echo(f"run finished: {Path(r.out_dir) / 'run_summary.json'}")
 
 
+# ------------------------------------------------------------------------------ compact
+
+
+def _click_type(annotation: Any) -> type | None:
+    """The click type of a scalar recipe field (``int``, ``float``, ``str``, ``bool``, optional or
+    not); None for lists and mappings, which ``--set key=value`` sets."""
+    if annotation in (int, float, str, bool):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and args[0] in (int, float, str):
+            return args[0]
+    return None
+
+
+def recipe_options(model: Any):
+    """Decorator: one typed option per scalar field of the pydantic recipe ``model``, its
+    description as help. An option left out keeps the value of the recipe file (or the default);
+    the command gets the options as keyword arguments named like the fields."""
+
+    def deco(f):
+        for name, info in reversed(list(model.model_fields.items())):
+            typ = _click_type(info.annotation)
+            if typ is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            default = info.get_default(call_default_factory=True)
+            help_ = f"{info.description} [recipe default: {default}]"
+            if typ is bool:
+                f = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_)(f)
+            else:
+                f = click.option(flag, name, type=typ, default=None, help=help_)(f)
+        return f
+
+    return deco
+
+
+def _compact_recipe_model():
+    from .compact.recipe import CompactRecipe
+
+    return CompactRecipe
+
+
+@distill.command(
+    "compact",
+    help="Train the compact CPU student (MiniLM+EfficientNet classifier, SmolLM2 chain writer) from a recipe "
+    "such as training/recipes/compact.toml. Options set single recipe fields over the file; --set key=value "
+    "sets any field (lists and mappings too). --export DIR writes a loadable student (compact:DIR; "
+    "model/weights/default is the shipped `default`).",
+)
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option("--stage", type=click.Choice(["classifier", "specialise", "explainer", "all"]), default="all",
+              show_default=True, help="Run only this stage (the run folder keeps the others' files).")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
+              help="After training, write a loadable student to this directory.")
+@click.option("--version", default=None, help="Version written into the exported student.json (default: today).")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe field: key=value (YAML value).")
+@click.option("--schema", is_flag=True, help="Print every recipe field with its type, default and description.")
+@recipe_options(_compact_recipe_model())
+def compact_cmd(recipe, stage, export_dir, version, overrides, schema, **fields) -> None:
+    from .compact.recipe import CompactRecipe
+    from .compact.run import run_compact
+    from .recipe import print_schema, read_recipe_file
+
+    if schema:
+        print_schema(CompactRecipe, _console(), title="compact recipe fields (TOML or YAML)")
+        return
+    try:
+        raw = read_recipe_file(recipe, list(overrides))
+        raw.update({k: v for k, v in fields.items() if v is not None})
+        r = CompactRecipe.model_validate(raw)
+    except Exception as e:  # pydantic ValidationError, TOML/YAML errors, bad --set
+        raise click.ClickException(f"invalid recipe {recipe or '(defaults)'}:\n{e}") from None
+    run_compact(r, stage=stage, export=export_dir, version=version)
+
+
 @click.group()
 def main() -> None:
-    """Stand-alone entry (``python -m training.cli``) until/besides the ``mulcot`` console script."""
+    """Stand-alone entry (``python -m training.cli``) besides the ``mulcot`` console script."""
 
 
 main.add_command(distill)
@@ -301,17 +379,3 @@ main.add_command(data)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-
-
-@distill.command(
-    "compact",
-    context_settings={"ignore_unknown_options": True},
-    help="Train the compact CPU student (MiniLM+EfficientNet classifier, SmolLM2 chain writer) from a "
-    "recipe such as training/recipes/compact.toml; --export DIR writes a loadable student "
-    "(compact:DIR; model/weights/default is the shipped `default`). See `python -m training.compact -h`.",
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def compact_cmd(args: tuple[str, ...]) -> None:
-    from .compact import main as compact_main
-
-    compact_main(list(args))

@@ -3,7 +3,7 @@ from mvsa_logits.py, offsets tuned on the same split: the best 25 and each class
 import itertools, sys, numpy as np
 from scipy.special import log_softmax
 sys.path.insert(0, ".")  # run from the repository root
-from training.compact import calibrate_bias, bias_metrics
+from training.compact.calibrate import calibrate_bias, bias_metrics
 d = np.load(sys.argv[1]); ds = sys.argv[2]; avg = sys.argv[3]
 y = d[f"{ds}:y"]; keys = [k.split(":")[1] for k in d if k.startswith(ds) and not k.endswith(":y")]
 res = []

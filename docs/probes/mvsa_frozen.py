@@ -6,12 +6,13 @@ from pathlib import Path
 sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer, AutoModel
 from model.compact.text import minilm_path
-from training.compact import _load, image_features, LABEL_INDEX, calibrate_bias, bias_metrics
+from training.compact.calibrate import calibrate_bias, bias_metrics
+from training.compact.features import load_sets, image_features, LABEL_INDEX
 torch.set_num_threads(2)
 tok = AutoTokenizer.from_pretrained(minilm_path()); enc = AutoModel.from_pretrained(minilm_path()).eval()
 D = {}
 for split in ["train", "dev"]:
-    ex = _load([f"mvsa_single/{split}.jsonl"]); f = image_features(ex, Path("runs/compact_v7/cache"), 160)
+    ex = load_sets([f"mvsa_single/{split}.jsonl"]); f = image_features(ex, Path("runs/compact_v7/cache"), 160)
     T = []
     with torch.inference_mode():
         for i in range(0, len(ex), 64):

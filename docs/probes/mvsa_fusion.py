@@ -5,7 +5,7 @@ import sys
 import numpy as np
 from scipy.special import log_softmax
 sys.path.insert(0, ".")  # run from the repository root
-from training.compact import bias_metrics, calibrate_bias
+from training.compact.calibrate import bias_metrics, calibrate_bias
 
 d = np.load("runs/exp8/logits_mvsa_single.npz")
 y = d["mvsa_single/dev.jsonl:y"]

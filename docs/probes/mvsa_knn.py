@@ -6,7 +6,7 @@ from scipy.special import log_softmax
 sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer
 from model.compact.text import load_classifier, minilm_path
-from training.compact import _Batches, _load, image_features, LABEL_INDEX, _logits
+from training.compact.features import Batches, load_sets, image_features, LABEL_INDEX, classifier_logits
 torch.set_num_threads(2)
 m = load_classifier("model/weights/default", "classifier_post"); m.label_bias.zero_()
 feat = {}
@@ -14,17 +14,17 @@ m.head[3].register_forward_hook(lambda mod, i, o: feat.__setitem__("h", o))  # t
 tok = AutoTokenizer.from_pretrained(minilm_path())
 out = {}
 for split in ["train", "dev"]:
-    ex = _load([f"mvsa_single/{split}.jsonl"])
-    b = _Batches(ex, image_features(ex, Path("runs/compact_v7/cache"), 160), tok, m.cfg)
+    ex = load_sets([f"mvsa_single/{split}.jsonl"])
+    b = Batches(ex, image_features(ex, Path("runs/compact_v7/cache"), 160), tok, m.cfg)
     H, L = [], []
     with torch.inference_mode():
         for i in range(0, len(ex), 64):
-            enc, imgs, has = b.encode(ex[i:i+64]); L.append(_logits(m, enc, imgs, has)); H.append(feat["h"])
+            enc, imgs, has = b.encode(ex[i:i+64]); L.append(classifier_logits(m, enc, imgs, has)); H.append(feat["h"])
     out[split + "_h"] = torch.cat(H).numpy(); out[split + "_l"] = torch.cat(L).numpy()
     out[split + "_y"] = np.array([LABEL_INDEX[e.label] for e in ex])
 np.savez("runs/exp8/knn_feats.npz", **out)
 
-from training.compact import bias_metrics, calibrate_bias
+from training.compact.calibrate import bias_metrics, calibrate_bias
 ht, hd, yt, yd = out["train_h"], out["dev_h"], out["train_y"], out["dev_y"]
 print("train accuracy of the classifier (how well it fits its own training posts):", (out["train_l"].argmax(-1) == yt).mean())
 unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)

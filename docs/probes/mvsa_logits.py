@@ -5,7 +5,8 @@ import numpy as np, torch
 sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer
 from model.compact.text import load_classifier, minilm_path
-from training.compact import _Batches, _load, image_features, evaluate_classifier, LABEL_INDEX
+from training.compact.calibrate import evaluate_classifier
+from training.compact.features import Batches, load_sets, image_features, LABEL_INDEX
 torch.set_num_threads(2)
 C = {
  "def_post": ("model/weights/default", "classifier_post"),
@@ -20,12 +21,12 @@ C = {
 tok = AutoTokenizer.from_pretrained(minilm_path())
 out = {}
 for ds in sys.argv[1:]:
-    dev = _load([ds])
+    dev = load_sets([ds])
     feats = image_features(dev, Path("runs/compact_v7/cache"), 160)
     out[f"{ds}:y"] = np.array([LABEL_INDEX[e.label] for e in dev])
     for k, (p, n) in C.items():
         m = load_classifier(p, n); m.label_bias.zero_()
-        b = _Batches(dev, feats, tok, m.cfg)
+        b = Batches(dev, feats, tok, m.cfg)
         acc, f1, lg = evaluate_classifier(m, b, dev)
         print(ds, k, round(acc*100, 2), round(f1, 4), flush=True)
         out[f"{ds}:{k}"] = lg

@@ -4,7 +4,8 @@ import sys, time, numpy as np, torch
 from scipy.special import log_softmax
 sys.path.insert(0, ".")  # run from the repository root
 from model.compact.explainer import load_base
-from training.compact import _load, LABEL_INDEX, calibrate_bias, bias_metrics
+from training.compact.calibrate import calibrate_bias, bias_metrics
+from training.compact.features import load_sets, LABEL_INDEX
 torch.set_num_threads(2)
 model, tok = load_base()
 model.eval(); tok.padding_side = "right"
@@ -12,7 +13,7 @@ if tok.pad_token is None: tok.pad_token = tok.eos_token
 LAYERS = (8, 16, 24, 30)
 D = {}
 for split in ["train", "dev"]:
-    ex = _load([f"mvsa_single/{split}.jsonl"]); F = {l: [] for l in LAYERS}; t = time.time()
+    ex = load_sets([f"mvsa_single/{split}.jsonl"]); F = {l: [] for l in LAYERS}; t = time.time()
     with torch.inference_mode():
         for i in range(0, len(ex), 32):
             b = tok([e.text for e in ex[i:i+32]], padding=True, truncation=True, max_length=96, return_tensors="pt")

@@ -1,10 +1,10 @@
-"""Logit-offset calibration of the compact classifier (``training.compact.calibrate_bias``)."""
+"""Logit-offset calibration of the compact classifier (``training.compact.calibrate.calibrate_bias``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from training.compact import calibrate_bias
+from training.compact.calibrate import calibrate_bias
 
 
 def test_offsets_recover_a_shifted_classifier():
@@ -34,7 +34,7 @@ def test_average_of_trained_states():
     import pytest
     import torch
 
-    from training.compact import average_states
+    from training.compact.calibrate import average_states
 
     a = {"lora.x": torch.tensor([1.0, 2.0]), "head.w": torch.tensor([[0.0]], dtype=torch.float16)}
     b = {"lora.x": torch.tensor([3.0, 6.0]), "head.w": torch.tensor([[2.0]], dtype=torch.float16)}

@@ -8,8 +8,10 @@ import json
 import pytest
 
 from model import load_student
-from training.compact import CompactRecipe, export_student, specialise_routes, train_classifier
-from training.compact_explainer import train_explainer
+from training.compact.classifier import specialise_routes, train_classifier
+from training.compact.explainer import train_explainer
+from training.compact.export import export_student
+from training.compact.recipe import CompactRecipe
 
 
 @pytest.mark.data

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from model.compact.text import ClassifierConfig, mark_target, minilm_path, pair_inputs
-from training.compact import _Batches
+from training.compact.features import Batches
 from training.data import Example
 
 
@@ -49,7 +49,7 @@ def test_assistant_reads_posts_in_its_own_format():
     assert student_cfg.input_format() != assistant_cfg.input_format()
     assert assistant_cfg.input_format() == ClassifierConfig(label_bias=(1.0, 0.0, 0.0)).input_format()
     ex = Example(id="x", text="I love Paris but not London", aspect="London", label="negative", image_path=None)
-    b = _Batches([ex], {}, tok, student_cfg)
+    b = Batches([ex], {}, tok, student_cfg)
     marked, imgs, has = b.encode([ex])
     plain, _, _ = b.encode([ex], assistant_cfg)
     words = tok.convert_ids_to_tokens(marked["input_ids"][0])

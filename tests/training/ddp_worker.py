@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-import training.assistant as assistant_mod
+import training.mulcot.assistant as assistant_mod
 from training.data import load_examples
-from training.trainer import TrainSettings
+from training.mulcot.trainer import TrainSettings
 
 _live: list[torch.nn.Parameter] = []
 _orig_add_lora = assistant_mod.add_lora

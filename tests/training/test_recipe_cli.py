@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from training.cli import data, distill
-from training.recipe import Recipe, check_recipe, load_recipe, run_recipe, schema_rows
+from training.mulcot.recipe import Recipe, check_recipe, load_recipe, run_recipe, schema_rows
 
 from mulcot_train_synth import write_dataset
 
@@ -109,8 +109,27 @@ def test_cli_dry_run_schema_and_errors(tmp_path: Path):
     res = runner.invoke(distill, ["run", str(p), "--dry-run"])
     assert res.exit_code != 0 and "bogus" in res.output
     res = runner.invoke(distill, ["--help"])
-    for verb in ("teacher", "assistant", "augment", "student", "evaluate", "run"):
+    for verb in ("teacher", "assistant", "augment", "student", "evaluate", "run", "compact"):
         assert verb in res.output
+
+
+def test_cli_compact_options_come_from_the_recipe(tmp_path: Path):
+    """``distill compact``: each scalar CompactRecipe field is a typed option whose help is the
+    field's description; bad values and unknown --set keys are refused before any training."""
+    from training.compact.recipe import CompactRecipe
+
+    runner = CliRunner()
+    res = runner.invoke(distill, ["compact", "--help"])
+    assert res.exit_code == 0, res.output
+    assert "--epochs INTEGER" in res.output and "--lam FLOAT" in res.output and "--no-calibrate" in res.output
+    assert CompactRecipe.model_fields["head_lr"].description.split()[0] in res.output
+    res = runner.invoke(distill, ["compact", "--schema"])
+    assert res.exit_code == 0 and "specialise_epochs" in res.output
+    res = runner.invoke(distill, ["compact", "--epochs", "two"])
+    assert res.exit_code != 0 and "not a valid integer" in res.output
+    res = runner.invoke(distill, ["compact", "--set", "bogus=1", "--out", str(tmp_path / "run")])
+    assert res.exit_code != 0 and "bogus" in res.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_data_stats(tmp_path: Path):

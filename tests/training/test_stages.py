@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from model import load_student
-from training.assistant import train_assistant
-from training.augment import augment, merge_chains
+from training.mulcot.assistant import train_assistant
+from training.mulcot.augment import augment, merge_chains
 from training.data import load_examples
-from training.student import make_student_loss, train_student
-from training.trainer import TrainSettings
-from training.vlm import (
+from training.mulcot.student import make_student_loss, train_student
+from training.mulcot.trainer import TrainSettings
+from training.mulcot.vlm import (
     check_shared_tokenizer,
     collate_items,
     chain_item,
@@ -59,7 +59,7 @@ def test_batches_put_labels_on_answer_tokens_only(family, tiny_qwen, tiny_smolvl
     out = model(**model_inputs(b))
     assert out.logits.shape[:2] == b["input_ids"].shape
     # label-space scores: probabilities are the softmax of the label-word logits
-    from training.vlm import label_scores
+    from training.mulcot.vlm import label_scores
 
     probs = label_scores(model, processor, exs, family=info["family"], image_size=56)
     logits = label_scores(model, processor, exs, family=info["family"], image_size=56, logits=True)

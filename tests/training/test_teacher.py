@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from training.data import load_examples
-from training.teacher import EndpointTeacher, RateLimiter, done_ids, run_teacher
+from training.mulcot.teacher import EndpointTeacher, RateLimiter, done_ids, run_teacher
 
 from mulcot_train_synth import teacher_chain, write_dataset
 
@@ -252,7 +252,7 @@ def test_cli_teacher_command_against_fake_endpoint(dataset, tmp_path: Path, monk
 def test_hf_teacher_gathers_concurrent_prompts_into_batches(dataset, tmp_path: Path):
     """The in-process backend batches concurrent requests (a recording generate_raw stands in for
     the model here; the real tiny model runs through it in test_recipe_cli's end-to-end run)."""
-    from training.teacher import HFTeacher
+    from training.mulcot.teacher import HFTeacher
 
     path, rows = dataset
     by_text = {r["text"]: r for r in rows}

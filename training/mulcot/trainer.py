@@ -25,13 +25,13 @@ import json
 import math
 import random
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .data import Example
+from ..data import Example
+from ..recipe import git_commit, versions
 from .vlm import chain_item, collate_items, dev_metrics, label_item
 
 
@@ -65,31 +65,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or Path(__file__).parent,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("torch", "transformers", "peft", "accelerate"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:  # pragma: no cover
-            out[pkg] = None
-    return out
 
 
 def make_batches(processor: Any, examples: Sequence[Example], *, family: str, cfg: TrainSettings,
@@ -272,4 +247,4 @@ def fit(
     return summary
 
 
-__all__ = ["TrainSettings", "fit", "make_batches", "seed_everything", "git_commit", "versions"]
+__all__ = ["TrainSettings", "fit", "make_batches", "seed_everything"]

@@ -23,7 +23,9 @@ from model.compact.explainer import (
     user_prompt,
 )
 
-from .data import Example, data_dir, load_examples
+from ..data import Example, data_dir, load_examples
+from .features import image_features
+from .recipe import CompactRecipe
 
 
 def chain_examples(paths: list[str], limit: int | None = None) -> list[tuple[Example, dict[str, str]]]:
@@ -70,16 +72,14 @@ def answer_loss(model, ids, mask, labels):
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
-def train_explainer(r, out: Path, log) -> dict:
+def train_explainer(r: CompactRecipe, out: Path, log) -> dict:
     from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
-    from .compact import image_features
-
-    cfg = ExplainerConfig(**getattr(r, "explainer", {}) or {})
+    cfg = ExplainerConfig(**r.explainer)
     rng = random.Random(r.seed)
     torch.manual_seed(r.seed)
-    pairs = chain_examples(r.chain_sets, getattr(r, "limit", None))
+    pairs = chain_examples(r.chain_sets, r.limit)
     feats = image_features([e for e, _ in pairs], out / "cache", r.image_size)
     model, tok = load_base(torch.float32)
     model = get_peft_model(model, cfg.lora_config())
@@ -88,9 +88,9 @@ def train_explainer(r, out: Path, log) -> dict:
         words = feats[str(e.image_path)][1] if e.image_path and str(e.image_path) in feats else None
         prompt = chat_prompt(tok, user_prompt(e.text, e.aspect, words, e.label.value, cfg))
         rows.append(encode_pair(tok, prompt, target_from_fields(fields, cfg)))
-    epochs = int(getattr(r, "explainer_epochs", 2))
-    bs = int(getattr(r, "explainer_batch_size", 8))
-    lr = float(getattr(r, "explainer_lr", 3e-4))
+    epochs = r.explainer_epochs
+    bs = r.explainer_batch_size
+    lr = r.explainer_lr
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     steps = epochs * math.ceil(len(rows) / bs)
     sched = get_linear_schedule_with_warmup(opt, int(0.05 * steps), steps)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import Example
-from .losses import distill_loss_terms
+from ..data import Example
+from ..losses import distill_loss_terms
 from .trainer import TrainSettings, fit
 from .vlm import add_lora, load_model, model_inputs
 

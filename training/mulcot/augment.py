@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import Example, read_jsonl
+from ..data import Example, read_jsonl
 from .teacher import HFTeacher, run_teacher
 
 

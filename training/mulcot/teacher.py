@@ -41,7 +41,7 @@ from typing import Any, Callable, Protocol, Sequence
 from model import Label, PostInput, chain_label, parse_chain
 from model.prompts import PROMPT_VERSION, guided_reasoning_prompt, reasoning_prompt
 
-from .data import Example
+from ..data import Example
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from model import LABELS, PostInput
 from model.prompts import LABEL_WORDS, label_prompt, reasoning_prompt
 
-from .data import Example
+from ..data import Example
 
 #: LoRA on the language model's attention and MLP projections (q/k/v/o/gate/up/down), not on
 #: the vision tower (whose blocks reuse some of those names). peft full-matches the regex.
@@ -222,7 +222,7 @@ def label_scores(model: Any, processor: Any, examples: Sequence[Example], *, fam
 def dev_metrics(model: Any, processor: Any, examples: Sequence[Example], *, family: str,
                 image_size: int | None = None, batch_size: int = 8, image_max_side: int | None = None) -> dict:
     """Dev accuracy / macro F1 / weighted F1 of the label task (for model selection)."""
-    from .evaluate import classification_metrics
+    from ..evaluate import classification_metrics
 
     scored = [ex for ex in examples if ex.label is not None]
     if not scored:

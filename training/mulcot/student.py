@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import Example
-from .losses import distill_loss_terms
+from ..data import Example
+from ..losses import distill_loss_terms
 from .trainer import TrainSettings, fit
 from .vlm import add_lora, check_same_vision_tokens, check_shared_tokenizer, load_model, model_inputs
 
