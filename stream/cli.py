@@ -466,6 +466,22 @@ def bench_stream(posts: int, image_kb: int, max_batch: int, as_json: bool) -> No
         click.echo(json.dumps(result, indent=2))
 
 
+@bench_grp.command("serve")
+@click.option("--results", type=int, default=10_000, show_default=True, help="results written to Redis first")
+@click.option("--requests", type=int, default=300, show_default=True, help="sequential requests per row")
+@click.option("--rate", type=float, default=50.0, show_default=True, help="results/s written during the last row (and the browser run)")
+@click.option("--browser", is_flag=True, help="also open the dashboard in headless Chromium while results arrive")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def bench_serve(results: int, requests: int, rate: float, browser: bool, as_json: bool) -> None:
+    """Latency of `mulcot serve`'s API with N results in an embedded Valkey (idle, then
+    while results are written), and optionally the dashboard's responsiveness."""
+    from .serve.bench import run_bench
+
+    out = run_bench(results=results, requests=requests, rate=rate, browser=browser, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+
+
 @bench_grp.command("model")
 @click.option("--model", "spec", default="default", show_default=True, help="student spec for model.load_student")
 @click.option("--batch-size", type=int, default=8, show_default=True)

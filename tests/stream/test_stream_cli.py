@@ -114,3 +114,90 @@ def test_missing_student_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.M
                            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
         lines = [l for l in p.stderr.splitlines() if l.strip()]
         assert p.returncode != 0 and len(lines) == 1 and "does not exist" in lines[0], p.stderr
+
+
+def _put(store, pid: str, label: str = "positive", aspect: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime, timezone
+
+    probs = {"positive": 0.1, "neutral": 0.1, "negative": 0.1}
+    probs[label] = 0.8
+    store.put(SentimentResult(id=pid, aspect=aspect, label=label, confidence=0.8, probabilities=probs, model_name="m",
+                              model_version="1", timings={"queued_ms": 0, "inference_ms": 0, "end_to_end_ms": 5},
+                              processed_at=datetime.now(timezone.utc)))  # fmt: skip
+
+
+def _cli_env(s) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+    only_ours: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MULCOT_") or k == "REDIS_URL"}
+    only_ours.update({k: v for k, v in settings_env(s).items() if k.startswith("MULCOT_")})
+    return only_ours
+
+
+def test_results_says_what_it_looked_for(make_settings) -> None:  # type: ignore[no-untyped-def]
+    from stream.store import ResultStore
+
+    s = make_settings()
+    runner = CliRunner()
+    env = _cli_env(s)
+    empty = runner.invoke(main, ["results", "--aspect", "Obama"], env=env)
+    assert empty.exit_code == 0
+    assert "no results matched; filters: newest 10, aspect 'Obama'" in empty.output and "holds no results yet" in empty.output
+    store = ResultStore.from_settings(s)
+    try:
+        _put(store, "a", aspect="Japan")
+        _put(store, "b", label="negative", aspect="Coffee")
+        _put(store, "c", label="neutral")
+    finally:
+        store.close()
+    miss = runner.invoke(main, ["results", "--aspect", "Obama"], env=env)
+    assert "aspect 'Obama'" in miss.output and "holds 3 results" in miss.output
+    assert "Aspects with results include: 'coffee', 'japan'" in miss.output
+    miss = runner.invoke(main, ["results", "--aspect", "japan", "--label", "negative", "-n", "5"], env=env)
+    assert "filters: newest 5, aspect 'japan' (case-insensitive), label 'negative'" in miss.output
+    hit = runner.invoke(main, ["results", "--label", "negative", "--json"], env=env)
+    assert [r["id"] for r in json.loads(hit.stdout)] == ["b"]
+    assert json.loads(runner.invoke(main, ["results", "--aspect", "JAPAN", "--json"], env=env).stdout)[0]["id"] == "a"
+
+
+def test_results_follow_prints_new_results(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import threading
+    import time
+
+    from stream.store import ResultStore
+
+    s = make_settings()
+    store = ResultStore.from_settings(s)
+    _put(store, "old", aspect="Japan")  # already there: printed first, once
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "results", "--follow", "--json", "--aspect", "japan"],
+                            env=settings_env(s), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        assert "following new results (aspect='japan')" in proc.stderr.readline()  # type: ignore[union-attr]
+        _put(store, "n1", aspect="Japan")
+        _put(store, "other", aspect="Coffee")  # filtered out
+        _put(store, "n2", label="negative", aspect=" japan ")
+        deadline = time.monotonic() + 20
+        while len(lines) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [json.loads(x)["id"] for x in lines] == ["old", "n1", "n2"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(15)
+        store.close()
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_config_table_is_not_cut_at_80_columns(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_")}
+    env["MULCOT_REDIS_URL"] = "redis://user:secret@a-rather-long-host-name.example.internal:6379/0"
+    env["MULCOT_IMAGE_HOST_ALLOWLIST"] = '["images.example.org", "*.cdn.example.net", "media.example.com"]'
+    p = subprocess.run([sys.executable, "-m", "stream.cli", "config"], env=env, capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "\u2026" not in p.stdout  # nothing elided
+    assert "MULCOT_REPLICATION_FACTOR" in p.stdout and "MULCOT_IMAGE_ALLOW_PRIVATE_HOSTS" in p.stdout
+    assert "redis://user:****@a-rather-long-host-name.example.internal:6379/0" in p.stdout and "secret" not in p.stdout
+    assert '["images.example.org", "*.cdn.example.net", "media.example.com"]' in p.stdout
+    assert max(len(line) for line in p.stdout.splitlines()) > 80
