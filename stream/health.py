@@ -181,7 +181,7 @@ class LagProbe:
         return out
 
 
-def attach(application: Any, *, lag_interval_s: float = 10.0) -> HealthServer:
+def attach(application: Any, *, lag_interval_s: float = 5.0) -> HealthServer:
     """Serve ``/metrics``, ``/health`` and ``/ready`` for a :class:`stream.app.Application`
     (from now on, before the student loads) and add the consumer-lag task to its Faust app.
 
@@ -215,9 +215,11 @@ def _lag_task(application: Any, interval_s: float):  # type: ignore[no-untyped-d
     async def consumer_lag() -> None:
         probe = LagProbe(s, s.input_topic, s.group_id)
         shown: set[int] = set()
+        wait = 1.0  # the first probe soon after start, then one per interval
         try:
             while True:
-                await asyncio.sleep(interval_s)
+                await asyncio.sleep(wait)
+                wait = interval_s
                 try:
                     assigned = {tp.partition for tp in application.faust.consumer.assignment() if tp.topic == s.input_topic}
                     lags = await probe.update(assigned)
