@@ -2,7 +2,8 @@
 
 For vLLM, SGLang or any server with the same ``/chat/completions`` wire format and image input,
 e.g. ``openai:http://vllm:8000/v1#sghn/MulCoT-RD-3B`` (``#<model>`` may be left out when the
-server serves one model: the first id of ``GET <base_url>/models`` is used).
+server serves one model: the first id of ``GET <base_url>/models`` is used). Backend options may
+follow the model as a query string: ``...#sghn/MulCoT-RD-3B?constraint=regex&max_concurrency=32``.
 
 How a prediction is made (the same two steps as the in-process HF student, see
 ``model/backends/hf.py``):
@@ -53,13 +54,23 @@ CONSTRAINTS = ("structured_outputs", "guided_choice", "regex", "none")
 _STRIP = " \t\r\n\"'`*:.,!_\u2581\u0120"  # quotes, markup, and SentencePiece/BPE space marks
 
 
-def parse_target(target: str) -> tuple[str, str | None]:
-    """``"http://host:8000/v1#org/model"`` -> ``("http://host:8000/v1", "org/model")``."""
-    base, _, model = target.partition("#")
+def parse_target(target: str) -> tuple[str, str | None, dict[str, Any]]:
+    """``"http://host:8000/v1#org/model?constraint=regex&top_logprobs=10"`` ->
+    ``("http://host:8000/v1", "org/model", {"constraint": "regex", "top_logprobs": 10})``.
+
+    Options after ``?`` are backend options (values read as YAML scalars), so a worker configured
+    by ``MULCOT_MODEL_SPEC`` alone can set them."""
+    from urllib.parse import parse_qsl
+
+    import yaml
+
+    base, _, rest = target.partition("#")
+    model, _, query = rest.partition("?")
     base = base.strip()
     if not base.startswith(("http://", "https://")):
         raise ValueError(f"openai spec needs an http(s) base URL, got {target!r} (openai:<base_url>#<model>)")
-    return base.rstrip("/"), (model.strip() or None)
+    options = {k: yaml.safe_load(v) for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))}
+    return base.rstrip("/"), (model.strip() or None), options
 
 
 def label_of_token(token: str) -> Label | None:
@@ -167,9 +178,9 @@ class OpenAIStudent(BaseStudent):
     @classmethod
     def from_target(cls, target: str, **options: Any) -> "OpenAIStudent":
         """Build from the part of the spec after ``openai:`` (``<base_url>[#<model>]``)."""
-        base, model = parse_target(target)
+        base, model, spec_options = parse_target(target)
         options.pop("device", None)  # the server owns the device
-        return cls(base, model, **options)
+        return cls(base, model, **{**spec_options, **options})
 
     async def _served_model(self) -> str:
         resp = await self.http.client.get(self.http.base_url + "/models")

@@ -46,8 +46,10 @@ POSTS = [
 def test_spec_parsing() -> None:
     assert parse_spec("openai:http://vllm:8000/v1#sghn/MulCoT-RD-3B") == (
         "openai", "http://vllm:8000/v1#sghn/MulCoT-RD-3B", None)
-    assert parse_target("http://vllm:8000/v1/#sghn/MulCoT-RD-3B") == ("http://vllm:8000/v1", "sghn/MulCoT-RD-3B")
-    assert parse_target("https://h/v1") == ("https://h/v1", None)
+    assert parse_target("http://vllm:8000/v1/#sghn/MulCoT-RD-3B") == ("http://vllm:8000/v1", "sghn/MulCoT-RD-3B", {})
+    assert parse_target("https://h/v1") == ("https://h/v1", None, {})
+    assert parse_target("http://h/v1#m?constraint=regex&top_logprobs=10&chain=false") == (
+        "http://h/v1", "m", {"constraint": "regex", "top_logprobs": 10, "chain": False})
     with pytest.raises(ValueError):
         parse_target("vllm:8000/v1#m")
 
@@ -158,9 +160,10 @@ def test_api_key_model_discovery_and_concurrency(server, monkeypatch) -> None:
         bad.close()
     monkeypatch.setenv("MULCOT_OPENAI_API_KEY", "sk-test")
     server.delay_s = 0.05
-    st = load_student(f"openai:{server.base_url}#{server.model}", max_concurrency=2)
+    st = load_student(f"openai:{server.base_url}#{server.model}?max_concurrency=2&top_logprobs=5")  # spec options
     try:
         preds = st.classify([PostInput(text=f"happy post {i}") for i in range(8)])
         assert len(preds) == 8 and server.max_in_flight == 2
+        assert server.requests[-1]["top_logprobs"] == 5
     finally:
         st.close()
