@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-all bench student lint schemas clean
+.PHONY: setup demo test test-all bench chaos student lint schemas clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ test-all: setup
 bench: setup
 	$(VENV)/bin/mulcot bench stream
 	$(VENV)/bin/mulcot bench model
+
+# Faults (tests/chaos, slow): kill -9 of a worker, Redis paused and restarted, every hostile input
+# class, the oversized-key poison record, an overload burst; prints one figure per line (a few minutes)
+chaos: setup
+	$(PY) -m pytest -q -m slow tests/chaos
 
 # Retrain the default student from ../shared/data and export it over model/weights/default:
 # the assistant recipe, then the student recipe (about 2 hours on 2 CPU cores; docs/results.md)
