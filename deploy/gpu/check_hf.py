@@ -17,7 +17,7 @@ batch of real posts with images from ``../shared/data`` (or synthetic ones):
 then prints card, date, batch size, image size, tokens, posts/s and peak memory, and writes
 JSON with ``--json-out``. The weights are random, so the chains are gibberish: this checks
 that the path runs on a GPU and what it costs, not quality. The tokenizer is the small one of
-``model.testing`` (the real one is not reachable offline); the model's token ids are set to
+``model.tiny`` (the real one is not reachable offline); the model's token ids are set to
 it, so the vocabulary/embedding shape stays the real 151,936 rows.
 
     python deploy/gpu/check_hf.py                      # 3B shape, cuda, bf16
@@ -81,7 +81,11 @@ def build(tiny: bool, device: str, dtype, image_size: int):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from model.backends.hf import _qwen_processor_class
-    from model.testing import QWEN_CHAT_TEMPLATE, tiny_qwen2_5_vl_config, tiny_tokenizer
+    from model.engine.shapes import tiny_module
+
+    t = tiny_module()
+    QWEN_CHAT_TEMPLATE, tiny_qwen2_5_vl_config, tiny_tokenizer = (
+        t.QWEN_CHAT_TEMPLATE, t.tiny_qwen2_5_vl_config, t.tiny_tokenizer)
 
     tok = tiny_tokenizer("qwen2_5_vl")
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in dict(

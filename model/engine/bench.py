@@ -106,8 +106,9 @@ def make_engine(model: Any, processor: Any, posts: list[PostInput], *, slots: in
 
 def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | None = None, n_posts: int | None = None,
                      images: str | Path | None = None, device: str | None = None, dtype: str | None = None,
-                     cuda_graphs: bool = True, reference: bool = True) -> dict:
-    """One side-by-side run (see the module docstring). Returns the JSON dict."""
+                     cuda_graphs: bool = True, reference: bool = True, built: tuple | None = None) -> dict:
+    """One side-by-side run (see the module docstring). Returns the JSON dict. ``built``: an
+    already built ``(model, processor)`` of ``shape`` in ``dtype`` (saves a build per run)."""
     import torch
 
     from .reference import hf_student, label_agreement, reference_run, token_agreement
@@ -120,7 +121,7 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
     n_posts = int(n_posts or 2 * batch)
     d = defaults(shape, device)
     t0 = time.perf_counter()
-    model, processor = build_shape(shape, device=device, dtype=tdtype, image_size=d["image_size"])
+    model, processor = built or build_shape(shape, device=device, dtype=tdtype, image_size=d["image_size"])
     build_s = time.perf_counter() - t0
     posts = bench_posts(n_posts, image_px=max(2 * d["image_size"], 96), images=images)
     engine = make_engine(model, processor, posts, slots=batch, new_tokens=new_tokens, device=device,
@@ -157,7 +158,10 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
         "p50_batch_ms": round(statistics.median(per_batch), 1),
         "peak_gb": _peak_gb(device),
         "generated_tokens": eng_tokens,
-        "cuda_graphs": bool(cuda_graphs and _cuda(device)),
+        "cuda_graphs": bool(engine.cfg.cuda_graphs and _cuda(device)),
+        "graph_error": engine.graph_error,
+        "vision_attention": _vision_attention(device, tdtype),
+        "refills": engine.stats["refills"],
     }
     result: dict[str, Any] = {"engine": eng}
     if reference:
@@ -185,6 +189,14 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
                        engine.cfg, bool(images)))
     engine.close()
     return result
+
+
+def _vision_attention(device: str, dtype: Any) -> str:
+    from . import vision
+
+    if vision.varlen_available(__import__("torch").device(device), dtype) and vision._VARLEN_ERROR is None:
+        return "torch varlen_attn"
+    return "packed SDPA" + (f" (varlen_attn failed: {vision._VARLEN_ERROR})" if vision._VARLEN_ERROR else "")
 
 
 def _env(device, shape, tdtype, batch, new_tokens, n_posts, image_size, build_s, cfg, real_images) -> dict:
@@ -220,7 +232,7 @@ def _env(device, shape, tdtype, batch, new_tokens, n_posts, image_size, build_s,
 
 
 def run_engine_checks(shape: str = "tiny", *, n_posts: int = 8, new_tokens: int = 32, device: str | None = None,
-                      forced_tokens: int | None = None) -> dict:
+                      forced_tokens: int | None = None, built_forced: tuple | None = None) -> dict:
     """The correctness checks: greedy tokens in fp32 (TF32 off) and, in bf16 on CUDA (fp32 on
     CPU), teacher-forced next-token logits and labels, engine vs reference."""
     import torch
@@ -238,7 +250,10 @@ def run_engine_checks(shape: str = "tiny", *, n_posts: int = 8, new_tokens: int 
         for label, dtype in (("fp32_greedy", torch.float32),
                              ("teacher_forced", torch.bfloat16 if _cuda(device) else torch.float32)):
             t0 = time.perf_counter()
-            model, processor = build_shape(shape, device=device, dtype=dtype, image_size=d["image_size"])
+            if label == "teacher_forced" and built_forced is not None:
+                model, processor = built_forced
+            else:
+                model, processor = build_shape(shape, device=device, dtype=dtype, image_size=d["image_size"])
             engine = make_engine(model, processor, posts, slots=n_posts, new_tokens=new_tokens, device=device,
                                  image_size=d["image_size"])
             student = hf_student(model, processor, image_size=d["image_size"], max_new_tokens=new_tokens)

@@ -119,6 +119,7 @@ class Engine:
         self.eos = set([eos] if isinstance(eos, int) else list(eos or []))
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="engine-prep")
         self._graphs: dict[tuple[int, int], Any] = {}
+        self.graph_error: str | None = None
         self._graph_pool = None
         self._text: dict[int, str] = {}
         #: counters of the last run: admission groups, decode steps, posts admitted into a slot
@@ -238,7 +239,14 @@ class Engine:
             return
         g = self._graphs.get((nb, lk))
         if g is None:
-            g = self._capture(nb, lk)
+            try:
+                g = self._capture(nb, lk)
+            except Exception as exc:  # a kernel that cannot be captured: run eager from now on
+                log.warning("CUDA graph capture failed (%s: %s); decode steps run eagerly", type(exc).__name__, exc)
+                self.cfg.cuda_graphs = False
+                self.graph_error = f"{type(exc).__name__}: {exc}"
+                self.decoder.step(nb, lk)
+                return
         g.replay()
 
     def _capture(self, nb: int, lk: int):

@@ -9,6 +9,7 @@ once per post: see :mod:`model.engine.engine`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,17 +73,22 @@ class Planner:
         self.chain_prompt = chain_prompt
         self.render, self.prepare_image = hf_helpers()
         self.image_token_id = int(model.config.image_token_id)
+        # a fast tokenizer's Rust object must not be entered from two threads at once
+        # ("Already borrowed"); images are preprocessed outside the lock (Qwen-VL)
+        self._lock = threading.Lock()
         if self.family in QWEN:
             ip = processor.image_processor
             self.merge = int(getattr(ip, "merge_size", 2))
 
     def _tokens(self, texts: list[str]) -> list[list[int]]:
-        enc = self.processor.tokenizer(texts, add_special_tokens=False)
+        with self._lock:
+            enc = self.processor.tokenizer(texts, add_special_tokens=False)
         return [list(x) for x in enc["input_ids"]]
 
     def plan(self, index: int, post: PostInput) -> PostPlan:
-        label_text = self.render(self.processor, post, label_prompt(post))
-        reason_text = self.render(self.processor, post, self.chain_prompt(post))
+        with self._lock:
+            label_text = self.render(self.processor, post, label_prompt(post))
+            reason_text = self.render(self.processor, post, self.chain_prompt(post))
         pv = grid = pam = None
         if post.image is not None:
             max_side = max(448, 2 * int(self.image_size)) if self.image_size else 2048
@@ -103,8 +109,9 @@ class Planner:
                 kw = {}
                 if self.image_size and self.family == "idefics3":
                     kw["images_kwargs"] = {"size": {"longest_edge": int(self.image_size)}}
-                out = self.processor(text=[label_text, reason_text], images=[[image], [image]], padding=True,
-                                     return_tensors="pt", **kw)
+                with self._lock:
+                    out = self.processor(text=[label_text, reason_text], images=[[image], [image]], padding=True,
+                                         return_tensors="pt", **kw)
                 mask = out["attention_mask"].bool()
                 ids = out["input_ids"]
                 label_ids, reason_ids = [ids[i][mask[i]].tolist() for i in range(2)]

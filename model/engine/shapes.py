@@ -1,5 +1,5 @@
 """Models for the engine's benchmark and checks, built in memory with random weights (no hub):
-the tiny test shapes of :mod:`model.testing`, and the real Qwen2.5-VL-3B-Instruct shape."""
+the tiny test shapes of :mod:`model.tiny`, and the real Qwen2.5-VL-3B-Instruct shape."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ QWEN2_5_VL_3B = {
 SHAPES = ("tiny", "tiny-smolvlm", "3b")
 
 
+def tiny_module():
+    """The module with the tiny offline tokenizer and configs (``model.tiny``, formerly
+    ``model.testing``)."""
+    try:
+        from .. import tiny
+    except ImportError:
+        from .. import testing as tiny  # type: ignore[no-redef]
+    return tiny
+
+
 def _qwen_processor(tok: Any, image_size: int):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -52,32 +62,30 @@ def _qwen_processor(tok: Any, image_size: int):
         from ..hf import _qwen_processor_class  # type: ignore[attr-defined]
     except ImportError:
         from ..backends.hf import _qwen_processor_class
-    from ..testing import QWEN_CHAT_TEMPLATE
-
     px = image_size * image_size
     ip = Qwen2VLImageProcessorPil(size={"shortest_edge": px, "longest_edge": px}, patch_size=14, merge_size=2,
                                   temporal_patch_size=2)
-    return _qwen_processor_class()(image_processor=ip, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE)
+    return _qwen_processor_class()(image_processor=ip, tokenizer=tok, chat_template=tiny_module().QWEN_CHAT_TEMPLATE)
 
 
 def build_shape(shape: str, *, device: str = "cpu", dtype: Any = None, image_size: int = 280, seed: int = 0):
     """``(model, processor)``: ``tiny`` (the test Qwen2.5-VL), ``tiny-smolvlm`` (the test
     Idefics3) or ``3b`` (Qwen2.5-VL-3B's architecture, 3.75 B parameters), random weights, eval
     mode, on ``device`` in ``dtype``. The tokenizer is the small local one of
-    :mod:`model.testing` (the real one is not reachable offline); the 3B model keeps its real
+    :mod:`model.tiny` (the real one is not reachable offline); the 3B model keeps its real
     151,936-row vocabulary."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from ..testing import tiny_idefics3_config, tiny_qwen2_5_vl_config, tiny_tokenizer
-
+    t = tiny_module()
+    tiny_idefics3_config, tiny_qwen2_5_vl_config, tiny_tokenizer = (
+        t.tiny_idefics3_config, t.tiny_qwen2_5_vl_config, t.tiny_tokenizer)
     dtype = dtype or torch.float32
     if shape == "tiny-smolvlm":
         from transformers import Idefics3ForConditionalGeneration, Idefics3Processor
         from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-        from ..testing import IDEFICS3_CHAT_TEMPLATE
-
+        IDEFICS3_CHAT_TEMPLATE = t.IDEFICS3_CHAT_TEMPLATE
         tok = tiny_tokenizer("smolvlm")
         config = tiny_idefics3_config(len(tok), tok, image_size=image_size)
         torch.manual_seed(seed)

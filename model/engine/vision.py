@@ -13,11 +13,17 @@ through ``get_image_features``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from .inputs import QWEN, PostPlan
+
+log = logging.getLogger(__name__)
+
+#: Set to the error text when ``varlen_attn`` failed once (the packed SDPA is used after that).
+_VARLEN_ERROR: str | None = None
 
 #: Name under which :func:`varlen_forward` is registered ("flash" in the name makes the Qwen-VL
 #: vision code pass ``cu_seqlens`` in one call).
@@ -51,13 +57,21 @@ def varlen_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     if not varlen_available(query.device, query.dtype) or cu_seq_lens_q is None:
         return _packed()(module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q,
                          cu_seq_lens_k, **kwargs)
-    from torch.nn.attention.varlen import varlen_attn
+    global _VARLEN_ERROR
+    if _VARLEN_ERROR is None:
+        from torch.nn.attention.varlen import varlen_attn
 
-    cu = cu_seq_lens_q.to(device=query.device, dtype=torch.int32)
-    mx = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
-    q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # (total, heads, dim)
-    out = varlen_attn(q, k, v, cu, cu, mx, mx, scale=scaling)
-    return out.unsqueeze(0), None
+        cu = cu_seq_lens_q.to(device=query.device, dtype=torch.int32)
+        mx = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
+        q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # (total, heads, dim)
+        try:
+            out = varlen_attn(q, k, v, cu, cu, mx, mx, scale=scaling)
+            return out.unsqueeze(0), None
+        except Exception as exc:  # an unsupported head size / card: the packed SDPA from now on
+            _VARLEN_ERROR = f"{type(exc).__name__}: {exc}"
+            log.warning("varlen_attn failed (%s); the vision tower uses the packed SDPA", _VARLEN_ERROR)
+    return _packed()(module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q, cu_seq_lens_k,
+                     **kwargs)
 
 
 def register() -> None:
