@@ -26,7 +26,7 @@ _REPLACED = ("config.json", "model.safetensors.index.json", "generation_config.j
 
 
 def merge(target: str, out: str | Path, *, adapter: str | None = None, dtype: str = "bf16") -> Path:
-    """Merge and save; returns ``out``. Runs on the CPU (a 3B model needs about 8 GB of RAM in bf16)."""
+    """Merge and save; returns ``out``. Runs on the CPU (the model is held in memory in ``dtype``)."""
     from model.backends.hf import load_model_and_processor
 
     out = Path(out)
