@@ -126,3 +126,18 @@ def test_worker_openai_backend_end_to_end(make_settings, start_worker) -> None: 
         assert _metric(text, "mulcot_results_total", label="positive") >= 4
     finally:
         server.stop()
+
+
+def test_openai_api_key_setting_is_masked() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULCOT_")}
+    env["MULCOT_OPENAI_API_KEY"] = "sk-very-secret"
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "config"], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert out.returncode == 0, out.stderr
+    line = next(l for l in out.stdout.splitlines() if "MULCOT_OPENAI_API_KEY" in l)
+    assert "********" in line and "sk-very-secret" not in out.stdout
