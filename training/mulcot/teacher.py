@@ -18,9 +18,10 @@ rerun tries them again.
 Backends:
 
 * :class:`EndpointTeacher` - any OpenAI-compatible ``/chat/completions`` endpoint with image
-  input (vLLM, SGLang, hosted APIs): images as base64 ``data:`` URLs, ``httpx`` async client,
-  a concurrency limit, a request-rate limit, retries with exponential backoff (honouring
-  ``Retry-After``) on 429/5xx/transport errors, token and cost accounting from ``usage``.
+  input (vLLM, SGLang, hosted APIs) through ``model.http.ChatClient``, the client the
+  ``openai:`` student uses too: images as base64 ``data:`` URLs, a concurrency limit, a
+  request-rate limit, retries with exponential backoff (honouring ``Retry-After``) on
+  429/5xx/transport errors, token and cost accounting from ``usage``.
 * :class:`HFTeacher` - an in-process Hugging Face model through ``model.load_student("hf:...")``
   (its ``generate_raw``).
 """
@@ -28,17 +29,15 @@ Backends:
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import os
-import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from model import Label, PostInput, chain_label, parse_chain
+from model.http import RETRY_STATUS, ChatClient, EndpointError, RateLimiter, Usage, image_data_url, message_text
 from model.prompts import PROMPT_VERSION, guided_reasoning_prompt, reasoning_prompt
 
 from ..data import Example
@@ -49,19 +48,6 @@ class Generation:
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-
-@dataclass
-class Usage:
-    requests: int = 0
-    retries: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class TeacherBackend(Protocol):
@@ -80,36 +66,6 @@ class TeacherError(RuntimeError):
 # ------------------------------------------------------------------------------ endpoint backend
 
 
-def image_data_url(image: Any, max_side: int | None = 640, quality: int = 90) -> str:
-    """A PIL image as a ``data:image/jpeg;base64,...`` URL (downscaled to ``max_side``)."""
-    im = image.convert("RGB")
-    if max_side and max(im.size) > max_side:
-        im = im.copy()
-        im.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-class RateLimiter:
-    """At most ``rate`` request starts per second (evenly spaced); ``None``/0 = unlimited."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.interval = 1.0 / rate if rate else 0.0
-        self._next = 0.0
-        self._lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        async with self._lock:
-            now = time.monotonic()
-            delay = self._next - now
-            self._next = max(now, self._next) + self.interval
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
 class EndpointTeacher:
     """OpenAI-compatible chat-completions client with image input.
 
@@ -124,7 +80,7 @@ class EndpointTeacher:
         price_prompt_per_mtok / price_completion_per_mtok: USD per million tokens for the cost.
     """
 
-    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+    RETRY_STATUS = RETRY_STATUS
 
     def __init__(
         self,
@@ -146,25 +102,19 @@ class EndpointTeacher:
         extra_body: dict | None = None,
         client: Any = None,
     ) -> None:
-        import httpx
-
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = client or httpx.AsyncClient(timeout=timeout_s, headers=headers)
-        self.sem = asyncio.Semaphore(max_concurrency)
-        self.limiter = RateLimiter(requests_per_s)
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.http = ChatClient(base_url, api_key=key, max_concurrency=max_concurrency, requests_per_s=requests_per_s,
+                               max_retries=max_retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                               timeout_s=timeout_s, price_prompt_per_mtok=price_prompt_per_mtok,
+                               price_completion_per_mtok=price_completion_per_mtok, client=client)
+        self.url = self.http.url
+        self.model = model
+        self.client = self.http.client
+        self.usage = self.http.usage
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.image_max_side = image_max_side
-        self.price_in = price_prompt_per_mtok
-        self.price_out = price_completion_per_mtok
         self.extra_body = dict(extra_body or {})
-        self.usage = Usage()
 
     def payload(self, prompt: str, image: Any | None) -> dict:
         content: list[dict] = []
@@ -179,54 +129,14 @@ class EndpointTeacher:
             **self.extra_body,
         }
 
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), self.max_backoff_s)
-            except ValueError:
-                pass
-        base = min(self.backoff_s * (2 ** attempt), self.max_backoff_s)
-        return base * (0.5 + random.random() / 2)
-
     async def generate(self, prompt: str, image: Any | None) -> Generation:
-        import httpx
-
-        body = self.payload(prompt, image)
-        last: str = ""
-        async with self.sem:
-            for attempt in range(self.max_retries + 1):
-                await self.limiter.wait()
-                self.usage.requests += 1
-                retry_after = None
-                try:
-                    resp = await self.client.post(self.url, json=body)
-                except (httpx.TransportError, httpx.TimeoutException) as e:
-                    last = f"{type(e).__name__}: {e}"
-                else:
-                    if resp.status_code == 200:
-                        try:
-                            data = resp.json()
-                            text = data["choices"][0]["message"]["content"]
-                        except (ValueError, KeyError, IndexError, TypeError) as e:
-                            raise TeacherError(f"malformed response from {self.url}: {e}: {resp.text[:200]}") from None
-                        if isinstance(text, list):  # content parts
-                            text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-                        usage = data.get("usage") or {}
-                        pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                        self.usage.prompt_tokens += pt
-                        self.usage.completion_tokens += ct
-                        self.usage.cost_usd += (pt * self.price_in + ct * self.price_out) / 1e6
-                        return Generation(text or "", pt, ct)
-                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                    if resp.status_code not in self.RETRY_STATUS:
-                        self.usage.failures += 1
-                        raise TeacherError(f"{self.url} answered {last}")
-                    retry_after = resp.headers.get("retry-after")
-                if attempt < self.max_retries:
-                    self.usage.retries += 1
-                    await asyncio.sleep(self._delay(attempt, retry_after))
-        self.usage.failures += 1
-        raise TeacherError(f"{self.url}: gave up after {self.max_retries + 1} tries: {last}")
+        try:
+            data = await self.http.chat(self.payload(prompt, image))
+        except EndpointError as e:
+            raise TeacherError(str(e)) from None
+        usage = data.get("usage") or {}
+        return Generation(message_text(data), int(usage.get("prompt_tokens") or 0),
+                          int(usage.get("completion_tokens") or 0))
 
     async def aclose(self) -> None:
         await self.client.aclose()
