@@ -35,7 +35,8 @@ def browser():  # type: ignore[no-untyped-def]
 
 
 def test_dashboard_live(browser, served) -> None:  # type: ignore[no-untyped-def]
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    # bypass_csp: the page forbids eval (CSP), which Playwright's polling wait_for_function uses
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)

@@ -2,10 +2,12 @@
 // Reads /api/results (first page), /api/stream (server-sent events, read with fetch so a
 // bearer token can be sent), /api/stats (chart and counters, polled). Text from results is
 // only ever set with textContent. At most MAX_CARDS cards are kept in the DOM; new results
-// are queued and rendered once per animation frame, so 50 results/s cost one DOM update per frame.
+// are queued and rendered in one DOM update at most every FLUSH_EVERY_MS, so 50 results/s cost
+// four small updates a second; cards out of view are not laid out (content-visibility).
 "use strict";
 
 const MAX_CARDS = 200;
+const FLUSH_EVERY_MS = 250; // new cards are added at most 4 times a second
 const STATS_EVERY_MS = 3000;
 const LABELS = ["positive", "neutral", "negative"];
 const CHAIN_FIELDS = [
@@ -29,6 +31,7 @@ const state = {
   lastEventId: null,
   generation: 0,
   flushPending: false,
+  lastFlush: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -83,9 +86,9 @@ function thumbnail(r) {
   return img;
 }
 
-function card(item) {
+function card(item, fresh) {
   const r = item.result;
-  const c = el("article", "card fresh");
+  const c = el("article", fresh ? "card fresh" : "card"); // no highlight animation under a burst
   c.dataset.id = r.id;
   c.dataset.label = r.label;
   c.appendChild(thumbnail(r));
@@ -145,7 +148,8 @@ function enqueue(items, live) {
   if (state.queue.length > MAX_CARDS) state.queue.splice(0, state.queue.length - MAX_CARDS);
   if (!state.flushPending) {
     state.flushPending = true;
-    requestAnimationFrame(flush);
+    const wait = Math.max(0, state.lastFlush + FLUSH_EVERY_MS - performance.now());
+    setTimeout(() => requestAnimationFrame(flush), wait);
   }
 }
 
@@ -158,6 +162,7 @@ function dropCard(c) {
 
 function flush() {
   state.flushPending = false;
+  state.lastFlush = performance.now();
   const feed = $("feed");
   const items = state.queue;
   state.queue = [];
@@ -167,7 +172,7 @@ function flush() {
     const item = items[i];
     const old = state.cards.get(item.result.id);
     if (old) dropCard(old); // a newer result of the same post (label first, then the chain)
-    const c = card(item);
+    const c = card(item, items.length <= 3);
     state.cards.set(item.result.id, c);
     frag.appendChild(c);
   }
