@@ -23,6 +23,14 @@ How a prediction is made (the same two steps as the in-process HF student, see
    SGLang, ``none`` = no fallback: the post fails); its top tokens are read the same way, and if
    they still name no label, the chosen word gets probability 1 (``extra["label_source"]`` says
    which path was taken).
+
+   With ``label_scoring="prompt_logprobs"`` (vLLM: its ``prompt_logprobs``, ``add_generation_prompt``
+   and ``continue_final_message`` request fields) every label word is scored exactly instead, as
+   the HF backend's full-word scoring does: one request per word with the word as the start of
+   the assistant's answer and ``prompt_logprobs: 0``; the log-probabilities of the word's tokens
+   (the last prompt positions; their number is the word request's prompt length minus the label
+   request's) are summed, and a softmax over the three words gives the probabilities. Four
+   requests per post instead of one (vLLM's prefix cache serves the shared prompt).
 2. **Chain** (``explain``): a request with the reasoning prompt (the same user turn: the image
    and the post), greedy, ``stop`` at the ``Prediction`` key; the text is cut there and
    ``"Prediction": <label>`` is appended with the label from step 1
@@ -38,6 +46,7 @@ on a private event loop (``model.http.LoopThread``), with retries and backoff on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -51,6 +60,7 @@ from .hf import chain_with_label
 log = logging.getLogger(__name__)
 
 CONSTRAINTS = ("structured_outputs", "guided_choice", "regex", "none")
+LABEL_SCORING = ("top_logprobs", "prompt_logprobs")
 _STRIP = " \t\r\n\"'`*:.,!_\u2581\u0120"  # quotes, markup, and SentencePiece/BPE space marks
 
 
@@ -113,6 +123,19 @@ def label_probabilities(top: Sequence[dict]) -> tuple[list[float] | None, list[s
     return [p / total for p in found], [LABELS[i].value for i in missing]
 
 
+def _prompt_token_logprob(entry: dict | None, word: str) -> float:
+    """The log-probability of the prompt's own token at one position of vLLM's ``prompt_logprobs``
+    (``{token_id: {"logprob", "rank", "decoded_token"}}``; with ``prompt_logprobs: 0`` it holds
+    only the prompt token; otherwise the entry whose text is part of ``word``)."""
+    if not entry:
+        raise EndpointError("prompt_logprobs has no entry for a label-word token")
+    items = list(entry.values())
+    if len(items) > 1:
+        items = [v for v in items if str(v.get("decoded_token", "")).strip() and
+                 str(v.get("decoded_token", "")).strip().lower() in word] or items
+    return float(items[0]["logprob"])
+
+
 def _top_logprobs(data: dict) -> list[dict]:
     """The first generated token's ``top_logprobs`` of a chat-completions answer ([] if none)."""
     try:
@@ -143,6 +166,7 @@ class OpenAIStudent(BaseStudent):
         max_backoff_s: float = 10.0,
         top_logprobs: int = 20,
         constraint: str = "structured_outputs",
+        label_scoring: str = "top_logprobs",
         max_new_tokens: int = 384,
         temperature: float = 0.0,
         chain: bool = True,
@@ -153,6 +177,8 @@ class OpenAIStudent(BaseStudent):
     ) -> None:
         if constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+        if label_scoring not in LABEL_SCORING:
+            raise ValueError(f"label_scoring must be one of {LABEL_SCORING}, got {label_scoring!r}")
         if chain_prompt not in ("reasoning", "guided"):
             raise ValueError("chain_prompt must be 'reasoning' or 'guided'")
         if ignored:
@@ -167,6 +193,7 @@ class OpenAIStudent(BaseStudent):
         self.version = str(version) if version else "endpoint"
         self.top_logprobs = int(top_logprobs)
         self.constraint = constraint
+        self.label_scoring = label_scoring
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
         self.chain = bool(chain)
@@ -214,6 +241,8 @@ class OpenAIStudent(BaseStudent):
         params = {"max_tokens": 1, "logprobs": True, "top_logprobs": self.top_logprobs}
         data = await self.http.chat(self._body(post, prompt, **params))
         tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+        if self.label_scoring == "prompt_logprobs":
+            return await self._label_words(post, prompt, tokens), tokens, {"label_source": "prompt_logprobs"}
         probs, missing = label_probabilities(_top_logprobs(data))
         if probs is not None:
             return probs, tokens, {"label_source": "logprobs", "labels_not_in_top": missing}
@@ -227,6 +256,25 @@ class OpenAIStudent(BaseStudent):
             return probs, tokens, {"label_source": "choice_logprobs", "labels_not_in_top": missing}
         chosen = Label.parse(message_text(data))  # ValueError: the server ignored the constraint
         return [1.0 if l is chosen else 0.0 for l in LABELS], tokens, {"label_source": "choice"}
+
+    async def _label_words(self, post: PostInput, prompt: str, prompt_tokens: int) -> list[float]:
+        """Exact full-word scores (see module doc); softmax over the three words."""
+        answers = await asyncio.gather(*(self.http.chat({
+            **self._body(post, prompt, max_tokens=1, prompt_logprobs=0, add_generation_prompt=False,
+                         continue_final_message=True),
+        } | {"messages": [user_message(prompt, post.image, image_max_side=self.image_max_side),
+                          {"role": "assistant", "content": word}]}) for word in LABEL_WORDS))
+        scores = []
+        for word, data in zip(LABEL_WORDS, answers):
+            plp = data.get("prompt_logprobs")
+            n = int((data.get("usage") or {}).get("prompt_tokens") or 0) - prompt_tokens
+            if not plp or n < 1 or n >= len(plp):
+                raise EndpointError(f"no usable prompt_logprobs for {word!r} (got {type(plp).__name__}, "
+                                    f"{n} word tokens): this server needs label_scoring=top_logprobs")
+            scores.append(sum(_prompt_token_logprob(entry, word) for entry in plp[-n:]))
+        top = max(scores)
+        exp = [math.exp(x - top) for x in scores]
+        return [e / sum(exp) for e in exp]
 
     async def _chain_one(self, post: PostInput, label: Label) -> tuple[str, int, int]:
         prompt = guided_reasoning_prompt(post, label) if self.chain_prompt == "guided" else reasoning_prompt(post)

@@ -12,6 +12,11 @@ Knobs: ``fail`` - HTTP statuses to answer the next requests with (``Retry-After:
 ``hide_labels`` - texts whose answer position lists no label token (forces the constrained
 fallback); ``partial`` - texts whose top tokens list only the winning label and one other;
 ``contrary`` - texts whose chain argues for another label than the label request's answer.
+
+vLLM's ``prompt_logprobs`` with ``continue_final_message`` (an assistant turn to continue) is
+served too: the "tokenizer" splits the prompt on whitespace and an answer prefix into 4-character
+pieces, and the label words' pieces carry log-probabilities that add up to log(0.7) for the rule's
+label, log(0.2) and log(0.1) for the other two (see :func:`word_logprob`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,16 @@ def top_tokens(label: str) -> list[tuple[str, float]]:
     others = [l for l in LABELS if l != label]
     return [(label, 0.55), (" " + label.capitalize(), 0.15), (others[0], 0.12), (others[1][:3], 0.08),
             ("The", 0.05), ("**", 0.03), ("I", 0.02)]
+
+
+def word_logprob(label: str, word: str) -> float:
+    """Total log-probability of ``word`` as the answer for a post the rule labels ``label``."""
+    others = [l for l in LABELS if l != label]
+    return math.log({label: 0.7, others[0]: 0.2, others[1]: 0.1}.get(word, 0.001))
+
+
+def pieces(text: str) -> list[str]:
+    return [text[i:i + 4] for i in range(0, len(text), 4)]
 
 
 def chain_text(label: str, has_image: bool, image_size: tuple[int, int] | None) -> str:
@@ -111,8 +126,12 @@ class WireServer:
         if body.get("model") != self.model:
             return web.json_response({"error": {"message": f"model {body.get('model')!r} not served"}}, status=404)
         try:
-            (msg,) = body["messages"]
+            msg, *prefill = body["messages"]
             assert msg["role"] == "user"
+            if prefill:  # vLLM: continue the assistant's answer
+                (answer,) = prefill
+                assert answer["role"] == "assistant" and isinstance(answer["content"], str)
+                assert body.get("continue_final_message") is True and body.get("add_generation_prompt") is False
             parts = msg["content"]
             assert [p["type"] for p in parts] in (["text"], ["image_url", "text"])
             prompt = parts[-1]["text"]
@@ -134,11 +153,11 @@ class WireServer:
         try:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            return web.json_response(self._answer(body, prompt, size))
+            return web.json_response(self._answer(body, prompt, size, prefill[0]["content"] if prefill else None))
         finally:
             self.in_flight -= 1
 
-    def _answer(self, body: dict, prompt: str, size: tuple[int, int] | None) -> dict:
+    def _answer(self, body: dict, prompt: str, size: tuple[int, int] | None, prefix: str | None = None) -> dict:
         m = re.search(r"^Text: (.*)$", prompt, re.M)
         text = m.group(1) if m else ""
         label = rule_label(text)
@@ -174,7 +193,16 @@ class WireServer:
                 "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in top[:k]],
             }]}
         n_prompt = len(prompt.split()) + (64 if size else 0)
-        return {
+        extra: dict = {}
+        if prefix is not None:
+            n_prompt += len(pieces(prefix))
+            if body.get("prompt_logprobs") is not None:
+                word = pieces(prefix)
+                each = word_logprob(label, prefix) / len(word)
+                plp: list = [None] + [{"7": {"logprob": -1.0, "rank": 1, "decoded_token": "x"}}] * (n_prompt - 1 - len(word))
+                plp += [{str(100 + i): {"logprob": each, "rank": 1, "decoded_token": w}} for i, w in enumerate(word)]
+                extra["prompt_logprobs"] = plp
+        return {**extra,
             "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "model": self.model,
             "choices": [choice_obj],
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion_tokens,

@@ -167,3 +167,23 @@ def test_api_key_model_discovery_and_concurrency(server, monkeypatch) -> None:
         assert server.requests[-1]["top_logprobs"] == 5
     finally:
         st.close()
+
+
+def test_prompt_logprobs_scoring_scores_every_word_exactly(server) -> None:
+    """vLLM's prompt_logprobs: each label word continued as the answer, its tokens' logprobs summed."""
+    st = load_student(f"openai:{server.base_url}#{server.model}?label_scoring=prompt_logprobs", api_key="sk-test")
+    try:
+        preds = st.classify(POSTS)
+        assert [p.label for p in preds] == [Label.POSITIVE, Label.NEGATIVE, Label.NEUTRAL]
+        assert preds[0].probabilities == pytest.approx({"positive": 0.7, "neutral": 0.2, "negative": 0.1})
+        assert preds[1].probabilities == pytest.approx({"negative": 0.7, "positive": 0.2, "neutral": 0.1})
+        assert all(p.extra["label_source"] == "prompt_logprobs" for p in preds)
+        words = [r for r in server.requests if r.get("continue_final_message")]
+        assert len(words) == 9 and {r["messages"][1]["content"] for r in words} == {"positive", "neutral", "negative"}
+        assert all(r["prompt_logprobs"] == 0 and r["add_generation_prompt"] is False for r in words)
+        # a server without prompt_logprobs: a clear error, not a guess
+        with pytest.raises(EndpointError, match="label_scoring=top_logprobs"):
+            import asyncio
+            asyncio.run_coroutine_threadsafe(st._label_words(POSTS[0], "x", 10**6), st.loop.loop).result(10)
+    finally:
+        st.close()
