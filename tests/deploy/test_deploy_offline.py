@@ -201,7 +201,7 @@ def test_manifests_validate_against_current_kubernetes(rendered) -> None:  # typ
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except SchemaNotFoundError:
-            assert kind in ("ScaledObject", "ServiceMonitor"), kind  # CRDs: checked below
+            assert kind in ("ScaledObject", "ServiceMonitor", "PrometheusRule"), kind  # CRDs: checked below
 
 
 def test_manifests_wiring(rendered) -> None:  # type: ignore[no-untyped-def]
@@ -245,6 +245,11 @@ def test_manifests_wiring(rendered) -> None:  # type: ignore[no-untyped-def]
     assert sm["spec"]["selector"]["matchLabels"].items() <= k["Service"]["metadata"]["labels"].items()
     (ep,) = sm["spec"]["endpoints"]
     assert ep["port"] in {p["name"] for p in k["Service"]["spec"]["ports"]} and ep["path"] == "/metrics"
+    # the Operator's job label is the Service name: the alerts' and dashboard's job="mulcot-worker"
+    assert k["Service"]["metadata"]["name"] == "mulcot-worker"
+    rule = k["PrometheusRule"]
+    assert rule["spec"]["groups"] == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"], \
+        "deploy/k8s/base/prometheusrule.yaml must carry the groups of deploy/prometheus/alerts.yml"
 
 
 # ---- prometheus ---------------------------------------------------------------------------
