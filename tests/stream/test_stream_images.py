@@ -302,3 +302,44 @@ def test_connects_to_the_resolved_address_with_the_url_host(counting_server) -> 
     got = _fetch_with(url, FetchPolicy(allow_private=True, timeout_s=5.0), resolver)
     assert got == counting_server.png
     assert counting_server.hosts == [f"images.pinned.test:{counting_server.port}"]
+
+
+def test_https_sends_the_url_host_as_sni_to_the_resolved_address(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Over TLS the connection goes to the resolved address and the ClientHello names the URL's
+    host (SNI; the certificate is checked against it: this self-signed one fails, as it must)."""
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=img.pinned.test"], check=True, capture_output=True)  # fmt: skip
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    names: list[str | None] = []
+    ctx.sni_callback = lambda sock, name, _ctx: names.append(name)
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+        except (ssl.SSLError, OSError):
+            pass  # the client refuses the self-signed certificate
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    got = _fetch_with(f"https://img.pinned.test:{port}/a.png", FetchPolicy(allow_private=True, timeout_s=5.0), resolver)
+    t.join(5)
+    srv.close()
+    assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_FETCH_FAILED and "CERTIFICATE_VERIFY_FAILED" in got.message
+    assert names == ["img.pinned.test"]
