@@ -87,3 +87,35 @@ def test_dashboard_live(browser, served) -> None:  # type: ignore[no-untyped-def
     )
     assert not errors, errors
     page.close()
+
+
+def test_dashboard_with_a_token(browser, served) -> None:  # type: ignore[no-untyped-def]
+    """With MULCOT_SERVE_TOKEN the page asks for the token, then loads results and thumbnails
+    with it (the thumbnails through fetch, as <img> cannot send the header)."""
+    from stream.serve import start_background
+    from stream.settings import load_settings
+
+    s = load_settings(redis_url=served.ro_redis_url, redis_prefix=served.settings.redis_prefix, serve_token="t0k3n")
+    srv = start_background(s, port=0)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        page.goto(srv.url)
+        page.wait_for_selector("#token-box:not([hidden])", timeout=10_000)
+        assert page.locator("#feed .card").count() == 0
+        page.fill("#f-token", "t0k3n")
+        page.press("#f-token", "Enter")
+        page.wait_for_function("document.querySelectorAll('#feed .card').length >= 20", timeout=15_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#feed .card img.thumb')].slice(0, 5)"
+            ".every(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)",
+            timeout=15_000,
+        )
+        page.wait_for_selector("#conn.on", timeout=10_000)
+        fresh = browser.new_page(bypass_csp=True)  # the token in the URL fragment, which the server never sees
+        fresh.goto(srv.url + "#token=t0k3n")
+        fresh.wait_for_function("document.querySelectorAll('#feed .card').length >= 20", timeout=15_000)
+        assert "token" not in fresh.url
+        page.close()
+        fresh.close()
+    finally:
+        srv.stop()

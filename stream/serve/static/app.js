@@ -201,7 +201,11 @@ async function follow(generation) {
     try {
       const q = query({ after: state.lastEventId, label: state.label, aspect: state.aspect });
       const resp = await fetch("/api/stream" + q, { headers: headers(), signal: ctrl.signal, cache: "no-store" });
-      if (resp.status === 401) { $("token-box").hidden = false; throw new Error("unauthorized"); }
+      if (resp.status === 401) { // wait for a token (entering one restarts the stream)
+        $("token-box").hidden = false;
+        setConn(false, "token needed");
+        return;
+      }
       if (!resp.ok || !resp.body) throw new Error("HTTP " + resp.status);
       setConn(true, "live");
       const reader = resp.body.getReader();
