@@ -140,7 +140,9 @@ class SlotDecoder:
         ``(b,)``) or ``"logits"`` (the last real token's full logits ``(b, vocab)``, for checks)."""
         b, t, _ = embeds.shape
         kpos = starts[:, None] + torch.arange(t, device=embeds.device)[None]  # (b, t)
-        lk = int(kpos.max()) + 1
+        # keys up to the last written position, rounded up to a multiple of 64 (the masked
+        # attention kernels want aligned mask rows; fewer distinct shapes)
+        lk = min(self.max_len, -(-(int(kpos.max()) + 1) // 64) * 64)
         mask = (self.key_ids[:lk][None, None, :] <= kpos[:, :, None])[:, None]  # (b, 1, t, lk)
         srow = slots[:, None].expand(b, t)
         x = embeds

@@ -122,6 +122,7 @@ class Engine:
         self.graph_error: str | None = None
         self._graph_pool = None
         self._text: dict[int, str] = {}
+        self._stop_ends = {s[-1] for s in STOP_STRINGS}  # a stop string ends inside a token holding its last char
         #: counters of the last run: admission groups, decode steps, posts admitted into a slot
         #: another post had used before in the same run (refills)
         self.stats = {"admissions": 0, "steps": 0, "refills": 0}
@@ -279,7 +280,7 @@ class Engine:
         for i in range(start, len(toks)):
             if toks[i] in self.eos:
                 return i
-            if self.cfg.stop_at_prediction:
+            if self.cfg.stop_at_prediction and any(c in self._token_text(toks[i]) for c in self._stop_ends):
                 lo = max(0, i - 16)
                 tail = "".join(self._token_text(t) for t in toks[lo : i + 1])
                 before = tail[: len(tail) - len(self._token_text(toks[i]))]

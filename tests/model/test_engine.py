@@ -26,7 +26,7 @@ def qwen():
 
 
 def _config(**kw) -> EngineConfig:
-    base = dict(slots=3, max_new_tokens=20, max_len=512, sync_every=3, len_bucket=16, kv_bucket=32, image_size=56,
+    base = dict(slots=3, max_new_tokens=16, max_len=512, sync_every=3, len_bucket=16, kv_bucket=32, image_size=56,
                 admit_min=1)
     base.update(kw)
     return EngineConfig(**base)
@@ -48,7 +48,7 @@ def _varied_eos(tokens: list[list[int]]) -> list[int]:
 
 def test_engine_greedy_tokens_equal_generate_with_refill(qwen):
     model, processor = qwen
-    posts = synthetic_posts(9, image_px=112, with_images=0.7)  # text-only posts, aspects, images
+    posts = synthetic_posts(8, image_px=112, with_images=0.7)  # text-only posts, aspects, images
     probe = Engine(model, processor, _config())
     eos = _varied_eos([r.tokens for r in probe.run(posts)])
     probe.close()
@@ -57,8 +57,8 @@ def test_engine_greedy_tokens_equal_generate_with_refill(qwen):
     try:
         engine = Engine(model, processor, _config())
         got = engine.run(posts)
-        student = hf_student(model, processor, image_size=56, max_new_tokens=20)
-        ref = reference_run(student, posts, batch_size=len(posts), max_new_tokens=20)
+        student = hf_student(model, processor, image_size=56, max_new_tokens=16)
+        ref = reference_run(student, posts, batch_size=len(posts), max_new_tokens=16)
     finally:
         model.generation_config.eos_token_id = saved
     lengths = [len(t) for t in ref["tokens"]]
@@ -114,8 +114,8 @@ def test_bench_engine_cli_tiny():
 
     from stream.cli import main
 
-    res = CliRunner().invoke(main, ["bench", "engine", "--shape", "tiny", "--batch", "4", "--posts", "8",
-                                    "--new-tokens", "8", "--json"])
+    res = CliRunner().invoke(main, ["bench", "engine", "--shape", "tiny", "--batch", "3", "--posts", "5",
+                                    "--new-tokens", "6", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
     for side in ("engine", "reference"):
