@@ -160,7 +160,7 @@ class OpenAIStudent(BaseStudent):
         version: str | None = None,
         max_concurrency: int = 16,
         requests_per_s: float | None = None,
-        timeout_s: float = 60.0,
+        timeout_s: float = 120.0,
         max_retries: int = 4,
         backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
