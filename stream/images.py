@@ -340,7 +340,8 @@ class ImageFetcher:
             ip = await self.resolve(host, port)
             # connect to the checked address; the URL's host name goes in Host and the TLS SNI
             pinned = urlunsplit((scheme, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", parts.path or "/", parts.query, ""))
-            host_header = name if parts.port is None else f"{name}:{port}"
+            shown = f"[{name}]" if ":" in name else name  # an IPv6 literal keeps its brackets
+            host_header = shown if parts.port is None else f"{shown}:{port}"
             extensions = {"sni_hostname": name} if scheme == "https" else {}
             client = await self._http()
             try:

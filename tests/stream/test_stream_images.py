@@ -343,3 +343,39 @@ def test_https_sends_the_url_host_as_sni_to_the_resolved_address(tmp_path) -> No
     srv.close()
     assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_FETCH_FAILED and "CERTIFICATE_VERIFY_FAILED" in got.message
     assert names == ["img.pinned.test"]
+
+
+def test_ipv6_literal_url_keeps_brackets_in_host() -> None:
+    import socket
+
+    class V6(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    hosts: list[str] = []
+    png = _encode(Image.new("RGB", (4, 4)))
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hosts.append(self.headers.get("Host", ""))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    try:
+        srv = V6(("::1", 0), H)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        assert _fetch(f"http://[::1]:{port}/a.png", FetchPolicy(allow_private=True)) == png
+        assert hosts == [f"[::1]:{port}"]
+        got = _fetch(f"http://[::1]:{port}/a.png", FetchPolicy())
+        assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_URL_FORBIDDEN and len(hosts) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
