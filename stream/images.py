@@ -278,9 +278,9 @@ class ImageFetcher:
         self._client = None
         self.resolver: Resolver = resolver or system_resolver
 
-    async def resolve(self, host: str, port: int) -> str:
-        """Resolve ``host`` once and check every address it resolves to; return the address
-        to connect to (the first). Literal IP addresses are checked as they are."""
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Resolve ``host`` once and check every address it resolves to; return them, in the
+        resolver's order, to connect to. Literal IP addresses are checked as they are."""
         try:
             addrs = [str(ipaddress.ip_address(host.strip("[]")))]
         except ValueError:
@@ -295,7 +295,7 @@ class ImageFetcher:
                 why = address_forbidden(ip)
                 if why:
                     raise ImageError(ErrorCode.IMAGE_URL_FORBIDDEN, f"host {host!r} resolves to a forbidden address: {why}")
-        return addrs[0]
+        return addrs
 
     async def _http(self):
         if self._client is None:
@@ -337,41 +337,49 @@ class ImageFetcher:
                 name = httpx.URL(url).raw_host.decode("ascii")  # IDNA-encoded host name
             except (ValueError, httpx.InvalidURL) as exc:
                 raise ImageError(ErrorCode.IMAGE_URL_FORBIDDEN, f"malformed URL: {exc}") from None
-            ip = await self.resolve(host, port)
-            # connect to the checked address; the URL's host name goes in Host and the TLS SNI
-            pinned = urlunsplit((scheme, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", parts.path or "/", parts.query, ""))
+            addrs = await self.resolve(host, port)
+            # connect to a checked address; the URL's host name goes in Host and the TLS SNI
             shown = f"[{name}]" if ":" in name else name  # an IPv6 literal keeps its brackets
-            host_header = shown if parts.port is None else f"{shown}:{port}"
+            headers = {"Host": shown if parts.port is None else f"{shown}:{port}"}
             extensions = {"sni_hostname": name} if scheme == "https" else {}
             client = await self._http()
-            try:
-                async with client.stream("GET", pinned, headers={"Host": host_header}, extensions=extensions) as resp:
-                    self._check_peer(resp, host)
-                    if resp.is_redirect:
-                        location = resp.headers.get("location")
-                        if not location:
-                            raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"redirect without location ({resp.status_code})")
-                        url = urljoin(url, location)
+            for n, ip in enumerate(addrs):  # the next checked address only when one cannot be reached
+                pinned = urlunsplit((scheme, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", parts.path or "/", parts.query, ""))
+                try:
+                    got = await self._get(client, pinned, headers, extensions, host)
+                except httpx.ConnectError as exc:
+                    if n + 1 < len(addrs):
                         continue
-                    if resp.status_code != 200:
-                        raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"HTTP {resp.status_code} from {host}")
-                    length = resp.headers.get("content-length")
-                    if length and length.isdigit() and int(length) > self.policy.max_bytes:
-                        raise ImageError(
-                            ErrorCode.IMAGE_TOO_LARGE, f"image is {length} bytes (limit {self.policy.max_bytes})"
-                        )
-                    chunks, total = [], 0
-                    async for chunk in resp.aiter_bytes():
-                        total += len(chunk)
-                        if total > self.policy.max_bytes:
-                            raise ImageError(
-                                ErrorCode.IMAGE_TOO_LARGE, f"image is over {self.policy.max_bytes} bytes"
-                            )
-                        chunks.append(chunk)
-                    return b"".join(chunks)
-            except httpx.HTTPError as exc:
-                raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"fetch failed: {type(exc).__name__}: {exc}") from None
+                    raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"fetch failed: {type(exc).__name__}: {exc}") from None
+                except httpx.HTTPError as exc:
+                    raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"fetch failed: {type(exc).__name__}: {exc}") from None
+                break
+            if isinstance(got, bytes):
+                return got
+            url = urljoin(url, got)  # a redirect: check the next hop the same way
         raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"more than {MAX_REDIRECTS} redirects")
+
+    async def _get(self, client, pinned: str, headers: dict, extensions: dict, host: str) -> bytes | str:  # type: ignore[no-untyped-def, type-arg]
+        """GET the pinned URL: the body (bytes), or a redirect's location (str)."""
+        async with client.stream("GET", pinned, headers=headers, extensions=extensions) as resp:
+            self._check_peer(resp, host)
+            if resp.is_redirect:
+                location = resp.headers.get("location")
+                if not location:
+                    raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"redirect without location ({resp.status_code})")
+                return str(location)
+            if resp.status_code != 200:
+                raise ImageError(ErrorCode.IMAGE_FETCH_FAILED, f"HTTP {resp.status_code} from {host}")
+            length = resp.headers.get("content-length")
+            if length and length.isdigit() and int(length) > self.policy.max_bytes:
+                raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"image is {length} bytes (limit {self.policy.max_bytes})")
+            chunks, total = [], 0
+            async for chunk in resp.aiter_bytes():
+                total += len(chunk)
+                if total > self.policy.max_bytes:
+                    raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"image is over {self.policy.max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     def _check_peer(self, resp, host: str) -> None:
         if self.policy.allow_private:

@@ -379,3 +379,14 @@ def test_ipv6_literal_url_keeps_brackets_in_host() -> None:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_next_checked_address_when_the_first_cannot_be_reached(counting_server) -> None:  # type: ignore[no-untyped-def]
+    """A name with an IPv6 and an IPv4 address, the server on IPv4 only: the second checked
+    address is used (as happy-eyeballs clients do), still with the URL's host."""
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["::1", "127.0.0.1"]
+
+    got = _fetch_with(f"http://dual.pinned.test:{counting_server.port}/a.png", FetchPolicy(allow_private=True), resolver)
+    assert got == counting_server.png and counting_server.hosts == [f"dual.pinned.test:{counting_server.port}"]
