@@ -1,5 +1,5 @@
 """Fixtures of the dashboard/API tests: the stream tests' real Tansu + Valkey (their
-fixtures are reused from tests/stream/conftest.py), a real worker (``noop`` student, the
+fixtures, from tests/stream/stream_fixtures.py), a real worker (``noop`` student, the
 same subprocess a user runs) that fills Redis from posts produced to Kafka, and
 ``mulcot serve`` on a free port, connected to Redis as a read-only ACL user so any write
 the API tried would fail."""
@@ -7,7 +7,6 @@ the API tried would fail."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import signal
@@ -24,10 +23,7 @@ STREAM_TESTS = Path(__file__).resolve().parents[1] / "stream"
 if str(STREAM_TESTS) not in sys.path:
     sys.path.insert(0, str(STREAM_TESTS))
 
-_spec = importlib.util.spec_from_file_location("stream_tests_conftest", STREAM_TESTS / "conftest.py")
-_stream_conftest = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(_stream_conftest)  # type: ignore[union-attr]
-services = _stream_conftest.services  # the same fixture (one pair per test directory's session)
+from stream_fixtures import services  # noqa: E402,F401 - the stream tests' Tansu + Valkey
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "stream" / "samples" / "posts.jsonl"
@@ -82,7 +78,7 @@ class Served:
 
 
 @pytest.fixture(scope="session")
-def served(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # noqa: F811
     from stream.producer import read_posts
     from stream.serve import start_background
     from stream.settings import load_settings
