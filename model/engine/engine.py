@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -123,9 +125,18 @@ class Engine:
         self._graph_pool = None
         self._text: dict[int, str] = {}
         self._stop_ends = {s[-1] for s in STOP_STRINGS}  # a stop string ends inside a token holding its last char
-        #: counters of the last run: admission groups, decode steps, posts admitted into a slot
-        #: another post had used before in the same run (refills)
+        #: counters since the engine was made: admission groups, decode steps, posts admitted
+        #: into a slot another post had used before (refills)
         self.stats = {"admissions": 0, "steps": 0, "refills": 0}
+        self._used: set[int] = set()
+        # the engine thread's state (see submit)
+        self._cv = threading.Condition()
+        self._pending: deque = deque()
+        self._free = list(range(cfg.slots))
+        self._active: dict[int, dict] = {}  # slot -> {"job", "plan", "res", "t0", "checked"}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._device = threading.RLock()  # whoever drives the device: the engine thread or a check
         self._prefix_ids, self._prefix_k, self._prefix_v = self._instruction_prefix()
 
     # ---- shared instruction prefix ------------------------------------------------------
@@ -295,87 +306,147 @@ class Engine:
         """Futures of the posts' plans, submitted to the preprocessing threads."""
         return [self.pool.submit(self.planner.plan, i, p) for i, p in enumerate(posts)]
 
-    def classify(self, posts: Sequence[PostInput]) -> list[EngineResult]:
-        """Label scores only (no chain): one label prefill per group of ``slots`` posts."""
-        futures = self.plans(posts)
-        results: list[EngineResult] = []
-        n = self.cfg.slots
-        for i in range(0, len(futures), n):
-            plans = [f.result() for f in futures[i : i + n]]
-            self._check_fits(plans, chain=False)
-            scores, _ = self._prefill(plans, list(range(len(plans))), chain=False)
-            for p, sc in zip(plans, scores.tolist()):
-                results.append(EngineResult(p.index, sc, len(p.label_ids), len(p.label_ids)))
-        return results
+    def submit(self, posts: Sequence[PostInput], *, chain: bool = True,
+               max_new_tokens: int | None = None) -> Future:
+        """Queue ``posts``; returns a future of their :class:`EngineResult` s (input order).
 
-    def _check_fits(self, plans: Iterable[PostPlan], *, chain: bool) -> None:
-        for p in plans:
-            need = max(len(p.label_ids), len(p.reason_ids) if chain else 0) + self.cfg.len_bucket
-            if chain:
-                need = len(p.reason_ids) + self.width + self.cfg.len_bucket
-            if need > self.cfg.max_len:
-                raise ValueError(f"post {p.index}: {need} tokens do not fit a slot of max_len={self.cfg.max_len}")
+        Any number of callers may submit at once (e.g. a worker with several batches in flight):
+        one engine thread admits their posts into free slots in arrival order, so posts of
+        different caller batches decode side by side and a caller's batch size is not the
+        engine's. ``chain=False``: labels only (a label prefill per post, no slot kept)."""
+        limit = int(max_new_tokens or self.cfg.max_new_tokens)
+        if limit > self.cfg.max_new_tokens:
+            raise ValueError(f"max_new_tokens {limit} > the engine's {self.cfg.max_new_tokens}")
+        job = _Job(self.plans(posts), chain, limit)
+        if not posts:
+            job.done.set_result([])
+            return job.done
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("engine closed")
+            self._pending.extend((job, i) for i in range(len(posts)))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="engine", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return job.done
 
     def run(self, posts: Sequence[PostInput], *, max_new_tokens: int | None = None) -> list[EngineResult]:
         """Labels and greedy chains for ``posts`` (results in input order), with continuous refill."""
+        return self.submit(posts, max_new_tokens=max_new_tokens).result()
+
+    def classify(self, posts: Sequence[PostInput]) -> list[EngineResult]:
+        """Label scores only (no chain)."""
+        return self.submit(posts, chain=False).result()
+
+    def _check_fits(self, plans: Iterable[PostPlan], *, chain: bool) -> None:
+        for p in plans:
+            need = (len(p.reason_ids) + self.width if chain else len(p.label_ids)) + self.cfg.len_bucket
+            if need > self.cfg.max_len:
+                raise ValueError(f"post {p.index}: {need} tokens do not fit a slot of max_len={self.cfg.max_len}")
+
+    # ---- the engine thread --------------------------------------------------------------
+    def _serve(self) -> None:
         cfg = self.cfg
-        limit = int(max_new_tokens or cfg.max_new_tokens)
-        if limit > cfg.max_new_tokens:
-            raise ValueError(f"max_new_tokens {limit} > the engine's {cfg.max_new_tokens}")
-        futures = self.plans(posts)
-        pending = list(range(len(futures)))
-        results: dict[int, EngineResult] = {}
-        free = list(range(cfg.slots))
-        active: dict[int, dict] = {}  # slot -> state
         admit_min = cfg.admit_min or max(1, cfg.slots // 4)
-        d = self.decoder
-        used: set[int] = set()
-        self.stats = {"admissions": 0, "steps": 0, "refills": 0}
-        while pending or active:
-            if pending and (not active or len(free) >= min(admit_min, len(pending))):
-                take = min(len(free), len(pending))
-                idx, pending = pending[:take], pending[take:]
-                plans = [futures[i].result() for i in idx]
-                self._check_fits(plans, chain=True)
-                free.sort()
-                slots, free = free[:take], free[take:]
-                t0 = time.perf_counter()
-                scores, _ = self._prefill(plans, slots, chain=True)
-                self.stats["admissions"] += 1
-                self.stats["refills"] += len(used.intersection(slots))
-                used.update(slots)
-                for p, s, sc in zip(plans, slots, scores.tolist()):
-                    results[p.index] = EngineResult(p.index, sc, len(p.reason_ids), len(p.label_ids))
-                    active[s] = {"plan": p, "t0": t0, "checked": 0}
-            nb = min(cfg.slots, _pow2(max(active) + 1))
-            lk = min(cfg.max_len, _round_up(int(d.length[:nb].max()) + cfg.sync_every + 1, cfg.kv_bucket))
-            for _ in range(cfg.sync_every):
-                self._step(nb, lk)
-            self.stats["steps"] += cfg.sync_every
-            n_gen = d.n_gen[:nb].tolist()
-            out = d.out[:nb].tolist()
-            for s in sorted(active):
-                st = active[s]
-                toks = out[s][: min(n_gen[s], self.width)]
-                stop = self._stop_index(toks, st["checked"], limit)
-                st["checked"] = len(toks)
-                if stop is None:
-                    continue
-                res = results[st["plan"].index]
-                res.tokens = toks[: stop + 1]
-                res.latency_ms = (time.perf_counter() - st["t0"]) * 1000
-                del active[s]
-                free.append(s)
-        ordered = [results[i] for i in range(len(futures))]
-        texts = self.tokenizer.batch_decode([r.tokens for r in ordered], skip_special_tokens=True)
-        for r, t in zip(ordered, texts):
-            r.text = t
-        return ordered
+        while True:
+            with self._cv:
+                while not self._pending and not self._active and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._active:
+                    for job, _ in self._pending:
+                        if not job.done.done():
+                            job.done.set_exception(RuntimeError("engine closed"))
+                    return
+                take: list[tuple[_Job, int]] = []
+                free = len(self._free)
+                want = min(admit_min, len(self._pending))
+                if self._pending and free and (not self._active or free >= want):
+                    while self._pending and len(take) < free:
+                        take.append(self._pending.popleft())
+            try:
+                with self._device:
+                    if take:
+                        self._admit(take)
+                    if self._active:
+                        self._decode_chunk()
+            except Exception as exc:  # fail the jobs in flight, keep serving the others
+                log.exception("engine iteration failed")
+                jobs = {id(j): j for j, _ in take} | {id(st["job"]): st["job"] for st in self._active.values()}
+                for job in jobs.values():
+                    if not job.done.done():
+                        job.done.set_exception(exc)
+                self._free = sorted(set(self._free) | set(self._active))
+                self._active.clear()
+
+    def _admit(self, take: list[tuple["_Job", int]]) -> None:
+        plans: list[tuple[_Job, PostPlan]] = []
+        for job, i in take:
+            if job.done.done():  # failed earlier
+                continue
+            try:
+                plan = job.plans[i].result()
+                self._check_fits([plan], chain=job.chain)
+            except Exception as exc:
+                job.done.set_exception(exc)
+                continue
+            plans.append((job, plan))
+        labels = [(j, p) for j, p in plans if not j.chain]
+        chains = [(j, p) for j, p in plans if j.chain]
+        self._free.sort()
+        if labels:  # free slots as scratch rows, released at once
+            n = len(self._free)
+            for k in range(0, len(labels), n):
+                group = labels[k : k + n]
+                scores, _ = self._prefill([p for _, p in group], self._free[: len(group)], chain=False)
+                for (job, p), sc in zip(group, scores.tolist()):
+                    job.finish(p.index, EngineResult(p.index, sc, len(p.label_ids), len(p.label_ids)), self.tokenizer)
+        if chains:
+            slots, self._free = self._free[: len(chains)], self._free[len(chains):]
+            t0 = time.perf_counter()
+            scores, _ = self._prefill([p for _, p in chains], slots, chain=True)
+            self.stats["admissions"] += 1
+            self.stats["refills"] += len(self._used.intersection(slots))
+            self._used.update(slots)
+            for (job, p), s, sc in zip(chains, slots, scores.tolist()):
+                res = EngineResult(p.index, sc, len(p.reason_ids), len(p.label_ids))
+                self._active[s] = {"job": job, "plan": p, "res": res, "t0": t0, "checked": 0}
+
+    def _decode_chunk(self) -> None:
+        cfg, d = self.cfg, self.decoder
+        nb = min(cfg.slots, _pow2(max(self._active) + 1))
+        lk = min(cfg.max_len, _round_up(int(d.length[:nb].max()) + cfg.sync_every + 1, cfg.kv_bucket))
+        for _ in range(cfg.sync_every):
+            self._step(nb, lk)
+        self.stats["steps"] += cfg.sync_every
+        n_gen = d.n_gen[:nb].tolist()
+        out = d.out[:nb].tolist()
+        for s in sorted(self._active):
+            st = self._active[s]
+            toks = out[s][: min(n_gen[s], self.width)]
+            job = st["job"]
+            stop = self._stop_index(toks, st["checked"], job.limit)
+            st["checked"] = len(toks)
+            if stop is None and not job.done.done():
+                continue
+            res = st["res"]
+            res.tokens = toks[: (stop if stop is not None else len(toks) - 1) + 1]
+            res.latency_ms = (time.perf_counter() - st["t0"]) * 1000
+            del self._active[s]
+            self._free.append(s)
+            if not job.done.done():
+                job.finish(st["plan"].index, res, self.tokenizer)
 
     def teacher_forced(self, posts: Sequence[PostInput], forced: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """For each post, the next-token logits (float32 ``(len(forced[i]), vocab)``) at the chain
         prompt's last position and after each of ``forced[i]``'s tokens but the last, fed in
         place of the engine's own argmax (checks only; eager steps, one group of slots at a time)."""
+        with self._device:
+            if self._active:
+                raise RuntimeError("teacher_forced needs an idle engine")
+            return self._teacher_forced(posts, forced)
+
+    def _teacher_forced(self, posts: Sequence[PostInput], forced: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         futures = self.plans(posts)
         d, n = self.decoder, self.cfg.slots
         out: list[torch.Tensor] = []
@@ -400,7 +471,35 @@ class Engine:
         return out
 
     def close(self) -> None:
+        """Stop the engine thread (chains in flight finish first) and the preprocessing threads."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
         self.pool.shutdown(wait=False)
+
+
+class _Job:
+    """One ``submit`` call: its posts' plans, results and future."""
+
+    def __init__(self, plans: list, chain: bool, limit: int) -> None:
+        self.plans = plans
+        self.chain = chain
+        self.limit = limit
+        self.results: list[EngineResult | None] = [None] * len(plans)
+        self.left = len(plans)
+        self.done: Future = Future()
+
+    def finish(self, i: int, res: EngineResult, tokenizer: Any) -> None:
+        self.results[i] = res
+        self.left -= 1
+        if self.left == 0:
+            if self.chain:
+                texts = tokenizer.batch_decode([r.tokens for r in self.results], skip_special_tokens=True)
+                for r, t in zip(self.results, texts):
+                    r.text = t
+            self.done.set_result(list(self.results))
 
 
 def summarize_latency(results: Sequence[EngineResult]) -> float | None:

@@ -69,6 +69,11 @@ def test_engine_greedy_tokens_equal_generate_with_refill(qwen):
     theirs = torch.tensor(ref["scores"])
     assert torch.allclose(mine.softmax(-1), theirs.softmax(-1), atol=1e-5)
     assert [r.text for r in got] == processor.tokenizer.batch_decode(ref["tokens"], skip_special_tokens=True)
+    # two callers at once (a worker with two batches in flight): their posts share the slots
+    # (the engine read the end-of-turn ids when it was made)
+    first, second = engine.submit(posts[:5]), engine.submit(posts[5:])
+    both = first.result(timeout=120) + second.result(timeout=120)
+    assert [r.tokens for r in both] == ref["tokens"]
     engine.close()
 
 
