@@ -110,7 +110,9 @@ def test_worker_openai_backend_end_to_end(make_settings, start_worker) -> None: 
             assert abs(sum(r["probabilities"].values()) - 1) < 1e-6
             assert r["chain"]["prediction"] == r["label"] and r["chain"]["parsed"]
             assert r["model_name"] == f"openai:{server.model}"
-        assert got["o-img"]["label"] == "positive" and server.images_seen
+        # the post's own 32x32 image reached the server (the warm-up sends a 64x48 one)
+        assert got["o-img"]["label"] == "positive" and (32, 32) in server.images_seen
+        assert "32x32" in got["o-img"]["chain"]["image_analysis"]
         # lag drops to 0 once the worker has committed everything it read
         deadline = time.monotonic() + 40
         lag = None
