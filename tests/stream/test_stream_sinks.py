@@ -116,3 +116,36 @@ def test_redis_refusal_skips_only_the_refused_results(make_settings) -> None:
         assert counts.skips == {"redis": 1} and not counts.retries
     finally:
         store.close()
+
+
+def test_a_retry_resends_only_the_records_kafka_did_not_acknowledge(make_settings) -> None:
+    """The real producer, with a fault injected in front of it: the first attempt of two
+    records fails with a retriable error (a timed-out request). The retry sends those two
+    only, so every record is on the topic exactly once."""
+    from aiokafka.errors import RequestTimedOutError
+
+    s = make_settings()
+    create_topics(s)
+    counts = Counts()
+    failed_once: set[bytes] = set()
+
+    async def run() -> None:
+        prod = producer(s)
+        await prod.start()
+
+        async def flaky_send(topic: str, key: bytes, value: bytes):  # type: ignore[no-untyped-def]
+            if key in (b"p2", b"p5") and key not in failed_once:
+                failed_once.add(key)
+                raise RequestTimedOutError()
+            return await prod.send(topic, key=key, value=value)
+
+        try:
+            sink = KafkaSink(flaky_send, s.output_topic, s.dlq_topic, counters=counts, policy=RetryPolicy(base_s=0.05))
+            await asyncio.wait_for(sink.write([_result(i, s.input_topic) for i in range(8)]), 30)
+        finally:
+            await prod.stop()
+
+    asyncio.run(run())
+    out = read_topic(s, s.output_topic, 9, timeout=3)  # one more than expected: waits the full 3 s for extras
+    assert Counter(m.key.decode() for m in out) == {f"p{i}": 1 for i in range(8)}
+    assert failed_once == {b"p2", b"p5"} and counts.retries == {"kafka": 1} and not counts.skips
