@@ -86,6 +86,10 @@ class EngineResult:
     latency_ms: float = 0.0  # admission -> finished
 
 
+class DoesNotFit(ValueError):
+    """A post's prompt and chain budget are longer than a slot (``EngineConfig.max_len``)."""
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -343,7 +347,7 @@ class Engine:
         for p in plans:
             need = (len(p.reason_ids) + self.width if chain else len(p.label_ids)) + self.cfg.len_bucket
             if need > self.cfg.max_len:
-                raise ValueError(f"post {p.index}: {need} tokens do not fit a slot of max_len={self.cfg.max_len}")
+                raise DoesNotFit(f"post {p.index}: {need} tokens do not fit a slot of max_len={self.cfg.max_len}")
 
     # ---- the engine thread --------------------------------------------------------------
     def _serve(self) -> None:
@@ -507,4 +511,4 @@ def summarize_latency(results: Sequence[EngineResult]) -> float | None:
     return round(statistics.median(xs), 1) if xs else None
 
 
-__all__ = ["Engine", "EngineConfig", "EngineResult", "STOP_STRINGS", "QWEN"]
+__all__ = ["Engine", "EngineConfig", "EngineResult", "DoesNotFit", "STOP_STRINGS", "QWEN"]

@@ -147,3 +147,28 @@ def test_train_check_tiny():
     run = out["runs"][0]
     assert run["micro_batch"] == 1 and run["samples_per_s"] > 0
     assert all(x == x and x > 0 for x in run["losses"])  # finite, positive
+
+
+def test_engine_behind_hf_student_gives_hf_predictions(qwen):
+    """model.engine.student (what HFStudent calls with engine=on) returns the predictions the HF
+    path returns: labels, probabilities, chains, token counts."""
+    from model.engine import student as es
+
+    model, processor = qwen
+    posts = synthetic_posts(4, image_px=112, seed=7)
+    st = hf_student(model, processor, image_size=56, max_new_tokens=10)
+    assert es.attach(st, "auto") is None  # CPU: auto leaves it off
+    st.engine = None
+    ref = st.predict(posts)  # HFStudent's own path
+    st.engine = es.attach(st, True, slots=2, max_len=512)
+    try:
+        mine = es.predict(st, posts)
+        labels_only = es.classify(st, posts)
+    finally:
+        st.engine.close()
+    for a, b, c in zip(mine, ref, labels_only):
+        assert a.label == b.label == c.label
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+        assert a.chain == b.chain and a.generated_tokens == b.generated_tokens
+        assert a.prompt_tokens == b.prompt_tokens
+        assert a.extra["chain_label"] == b.extra["chain_label"]

@@ -1,0 +1,141 @@
+"""The engine behind the HF student: ``HFStudent`` calls these when its ``engine`` option is on
+(default ``"auto"``: on CUDA). Predictions are built exactly as ``HFStudent.classify`` /
+``explain`` build them (same fields, same ``chain_with_label``), so the worker cannot tell the
+paths apart except by speed.
+
+Options (HF student / ``load_student`` options):
+
+* ``engine``: ``"auto"`` (on when the model is on CUDA), ``True`` / ``"on"`` (also on CPU - the
+  tests), ``False`` / ``"off"``;
+* ``engine_slots``: chains decoded together (default 128 on CUDA, 8 on CPU);
+* ``engine_max_len``: tokens per slot (default ``1024 + max_new_tokens``).
+
+The engine is used only where it reproduces the HF path: greedy decoding, the ``reasoning``
+chain prompt, label words with distinct first tokens, a Qwen2/2.5-VL or Idefics3 model. A batch
+with a post too long for a slot falls back to the HF path: these functions then return None
+(logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+from ..prompts import PROMPT_VERSION
+from ..types import PostInput, Prediction
+from .engine import DoesNotFit, Engine, EngineConfig, _round_up
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("qwen2_5_vl", "qwen2_vl", "idefics3")
+
+
+def wanted(option: Any, device: Any) -> bool:
+    """Whether the ``engine`` option asks for the engine on ``device``."""
+    if isinstance(option, str):
+        option = option.strip().lower()
+        if option in ("auto", ""):
+            return str(device).startswith("cuda")
+        return option in ("1", "true", "on", "yes")
+    return bool(option)
+
+
+def attach(student: Any, option: Any = "auto", *, slots: int | None = None, max_len: int | None = None) -> Engine | None:
+    """An :class:`Engine` for ``student`` (an ``HFStudent``) when ``option`` asks for one and the
+    student's settings are ones the engine reproduces; else None (with a log line saying why)."""
+    if not wanted(option, student.device):
+        return None
+    why = None
+    if student.family not in SUPPORTED:
+        why = f"family {student.family}"
+    elif student.do_sample:
+        why = "sampling (the engine decodes greedily)"
+    elif student.chain_prompt != "reasoning":
+        why = f"chain_prompt={student.chain_prompt}"
+    elif not student.first_token_exact or student.label_scoring == "sequence":
+        why = "label words scored as sequences"
+    if why:
+        log.info("HF student: engine not used (%s)", why)
+        return None
+    cuda = student.device.type == "cuda"
+    new = int(student.max_new_tokens)
+    cfg = EngineConfig(
+        slots=int(slots or (128 if cuda else 8)),
+        max_new_tokens=new,
+        max_len=int(max_len or _round_up(1024 + new, 256)),
+        sync_every=8 if cuda else 4,
+        len_bucket=64 if cuda else 16,
+        kv_bucket=256 if cuda else 64,
+        image_size=student.image_size,
+    )
+    engine = Engine(student.model, student.processor, cfg)
+    log.info("HF student: engine on (%d slots x %d tokens, CUDA graphs %s)", cfg.slots, cfg.max_len,
+             cuda and cfg.cuda_graphs)
+    return engine
+
+
+def _label_preds(student: Any, results, ms: float, n: int) -> list[Prediction]:
+    import torch
+
+    out = []
+    for r in results:
+        probs = torch.tensor(r.label_scores).softmax(-1).tolist()
+        out.append(student.label_prediction(
+            probs, prompt_version=PROMPT_VERSION, prompt_tokens=r.label_prompt_tokens, label_ms=ms,
+            extra={"batch_size": n, "label_prompt_tokens": r.label_prompt_tokens, "engine": True}))
+    return out
+
+
+def _fits(call):
+    try:
+        return call()
+    except DoesNotFit as exc:
+        log.info("engine: %s; this batch takes the HF path", exc)
+        return None
+
+
+def classify(student: Any, batch: Sequence[PostInput]) -> list[Prediction] | None:
+    """``HFStudent.classify`` through the engine."""
+    t0 = time.perf_counter()
+    results = _fits(lambda: student.engine.classify(list(batch)))
+    if results is None:
+        return None
+    return _label_preds(student, results, (time.perf_counter() - t0) * 1000, len(batch))
+
+
+def _with_chains(student: Any, preds: Sequence[Prediction], results, ms: float) -> list[Prediction]:
+    try:
+        from ..hf import chain_with_label  # type: ignore[attr-defined]
+    except ImportError:
+        from ..backends.hf import chain_with_label
+    out = []
+    for pred, r in zip(preds, results):
+        chain, own = chain_with_label(r.text, pred.label)
+        extra = dict(pred.extra)
+        extra.update(chain_label=own.value if own else None, chain_agrees=(own == pred.label) if own else None,
+                     chain_prompt_tokens=int(r.prompt_tokens))
+        out.append(Prediction(**{**pred.__dict__, "chain": chain, "prompt_tokens": pred.prompt_tokens + r.prompt_tokens,
+                                 "generated_tokens": len(r.tokens), "chain_ms": ms, "extra": extra}))
+    return out
+
+
+def predict(student: Any, batch: Sequence[PostInput]) -> list[Prediction] | None:
+    """Label + chain in one engine pass (one vision pass per post, shared prompt prefix)."""
+    batch = list(batch)
+    t0 = time.perf_counter()
+    results = _fits(lambda: student.engine.run(batch))
+    if results is None:
+        return None
+    ms = (time.perf_counter() - t0) * 1000
+    return _with_chains(student, _label_preds(student, results, ms, len(batch)), results, ms)
+
+
+def explain(student: Any, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction] | None:
+    """``HFStudent.explain`` through the engine (the chain prompt does not depend on the label;
+    the published label stays the one in ``predictions``)."""
+    t0 = time.perf_counter()
+    results = _fits(lambda: student.engine.run(list(batch)))
+    if results is None:
+        return None
+    return _with_chains(student, predictions, results, (time.perf_counter() - t0) * 1000)
