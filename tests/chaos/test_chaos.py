@@ -298,3 +298,38 @@ def test_overload_burst_bounded_rss(make_settings, start_worker, figures) -> Non
     figures("worker peak RSS MB (idle / after the burst)", f"{rss_idle:.0f} / {peak:.0f}")
     assert not missing
     assert peak < 600, peak
+
+
+def test_redis_refuses_one_result_for_good(make_settings, start_worker, figures) -> None:
+    """A result Redis refuses for good (its key holds a hash: WRONGTYPE on every write) is
+    skipped with a log line and a metric; the batch and the ones after it are written."""
+    import httpx
+
+    from stream.services import free_port
+    from stream.store import ResultStore
+
+    port = free_port()
+    s = make_settings(metrics_port=port, max_batch=8)
+    create_topics(s)
+    store = ResultStore.from_settings(s)
+    try:
+        store.client.hset(store.layout.result("refused"), "not", "a string")
+        w = start_worker(s)
+        ids = [f"p{i}" for i in range(30)]
+        t0 = time.monotonic()
+        produce(s, [post(i) for i in range(15)] + [post("refused")] + [post(i) for i in range(15, 30)])
+        missing = wait_redis(s, ids, timeout=90, worker=w)
+        took = time.monotonic() - t0
+
+        def skipped() -> float:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith('mulcot_sink_skipped_total{sink="redis"}'))
+
+        wait_until(lambda: skipped() >= 1, 30, "the skip to be counted", w)
+        figures("posts around the refused one written to Redis", f"{len(ids) - len(missing)}/{len(ids)} in {took:.1f} s")
+        figures("mulcot_sink_skipped_total{sink=redis}", skipped())
+        figures("SKIPPED log lines", w.log.read_text(errors="replace").count("SKIPPED: Redis refused"))
+        assert not missing and "SKIPPED: Redis refused the result of refused" in w.log.read_text(errors="replace")
+        assert w.alive()
+    finally:
+        store.close()
