@@ -121,3 +121,16 @@ def test_relative_work_dir_is_made_absolute_once(clean_env: Path, monkeypatch: p
     assert s.work_dir == clean_env / ".cache" / "mulcot"
     monkeypatch.chdir("/")
     assert s.work_dir == clean_env / ".cache" / "mulcot"  # fixed when read, not when used
+
+
+def test_env_round_trip(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings.env() is what a child process (WorkerProcess) reads back: the same settings."""
+    s = load_settings(broker="k1:9093", redis_url="redis://:pw@cache:6380/2", count_windows_s=[60, 300],
+                      image_host_allowlist=["*.example.org"], chain=False, sasl_mechanism="PLAIN",
+                      security_protocol="SASL_PLAINTEXT", sasl_password="s3cret", work_dir="rel/dir")  # fmt: skip
+    for k, v in s.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir("/")  # the work dir was made absolute: the child may run anywhere
+    back = load_settings()
+    assert back.model_dump() == s.model_dump()
+    assert back.redis_url_value == s.redis_url_value and back.sasl_password.get_secret_value() == "s3cret"
