@@ -23,7 +23,12 @@ from typing import Sequence
 import torch
 
 from ..chain import parse_chain
-from ..types import BaseStudent, PostInput, Prediction
+from ..types import LABELS, BaseStudent, PostInput, Prediction
+
+EVIDENCE_CLASSES = 3
+"""How many ImageNet classes (with their probabilities) the Image line reports."""
+TEXT_TOKENS = 48
+"""Most tokens the chain writer may spend on the Text line (and again on the Conclusion line)."""
 
 
 def _cpu_has_bf16() -> bool:
@@ -104,29 +109,38 @@ class CompactStudent(BaseStudent):
             return []
         t0 = time.perf_counter()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._label_bf16):
-            probs, words, n_tokens = self._label_pass(batch)
+            probs, words, evidence, n_tokens = self._label_pass(batch)
         ms = (time.perf_counter() - t0) * 1000  # wall time of the batch call, as every backend reports
         return [
             self.label_prediction(
                 p, prompt_version=PROMPT_VERSION, prompt_tokens=n_tokens[i], label_ms=ms,
-                extra={"image_words": words[i], "batch_size": len(batch)},
+                extra={"image_words": words[i], "image_classes": evidence[i], "batch_size": len(batch)},
             )
             for i, p in enumerate(probs.tolist())
         ]
 
     def _label_pass(self, batch: list[PostInput]):
-        from ..compact.text import encode_pairs
-
         with_img = [i for i, p in enumerate(batch) if p.image is not None]
         feats = torch.zeros(len(batch), self.cfg.image_dim)
         has = torch.zeros(len(batch))
         words: list[list[str] | None] = [None] * len(batch)
+        evidence: list[list[list] | None] = [None] * len(batch)  # [[class name, probability], ...]
         if with_img:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._image_bf16):
                 f, logits = self.image.encode([batch[i].image for i in with_img])
             names = self.image.top_names(logits, self.cfg.image_words)
+            top = logits.float().softmax(-1).topk(EVIDENCE_CLASSES, dim=-1)
+            all_names = self.image.top_names(logits, EVIDENCE_CLASSES)
             for j, i in enumerate(with_img):
                 feats[i], has[i], words[i] = f[j], 1.0, names[j]
+                evidence[i] = [[n, float(p)] for n, p in zip(all_names[j], top.values[j].tolist())]
+        probs, n_tokens = self._route_probs(batch, words, feats, has)
+        return probs, words, evidence, n_tokens
+
+    def _route_probs(self, batch: list[PostInput], words, feats: torch.Tensor, has: torch.Tensor):
+        """Each post through its route's classifier: (probabilities [n, 3], prompt tokens)."""
+        from ..compact.text import encode_pairs
+
         probs = torch.zeros(len(batch), 3)
         n_tokens = [0] * len(batch)
         for route, clf in self.classifiers.items():
@@ -142,7 +156,17 @@ class CompactStudent(BaseStudent):
             ).float().softmax(-1).cpu()
             for j, i in enumerate(rows):
                 n_tokens[i] = int(enc["attention_mask"][j].sum())
-        return probs, words, n_tokens
+        return probs, n_tokens
+
+    @torch.inference_mode()
+    def text_only_probs(self, batch: Sequence[PostInput]) -> torch.Tensor:
+        """The classifier's probabilities with the image left out (no image feature, no image
+        words, has-image flag 0): what the text alone says, for the Conflict line."""
+        batch = list(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._label_bf16):
+            probs, _ = self._route_probs(batch, [None] * len(batch), torch.zeros(len(batch), self.cfg.image_dim),
+                                         torch.zeros(len(batch)))
+        return probs
 
     def _route(self, post: PostInput) -> str:
         if "all" in self.classifiers:
@@ -181,34 +205,101 @@ class CompactStudent(BaseStudent):
 
     @torch.inference_mode()
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
+        """Chains in three steps (``model.compact.grounded``): the chain writer writes the Text
+        line; the Image and Conflict lines are written from the evidence (the image classifier's
+        top classes with their scores and the dominant colours; the classifier's text-only label
+        against its label with the image); then the chain writer, with those lines in its
+        context, writes the Conclusion line."""
         from ..compact.explainer import EXPLAINER_PROMPT_VERSION, chat_prompt, user_prompt
+        from ..compact.grounded import (
+            ImageEvidence,
+            conflict_sentence,
+            dominant_colours,
+            image_sentence,
+        )
 
         batch, predictions = list(batch), list(predictions)
         if len(batch) != len(predictions):
             raise ValueError("explain() needs one prediction per post")
         decoder, tok, cfg = self._load_explainer()
-        max_new = self._max_new_tokens or cfg.max_new_tokens
+        cap = min(TEXT_TOKENS, self._max_new_tokens or cfg.max_new_tokens)
+        stops = self._newline_ids(tok)
         out: list[Prediction] = []
         for s in range(0, len(batch), self.chain_batch_size):
             posts, preds = batch[s : s + self.chain_batch_size], predictions[s : s + self.chain_batch_size]
             t0 = time.perf_counter()
+            evidence = self._evidence(posts, preds)
+            img_rows = [i for i, p in enumerate(posts) if p.image is not None]
+            text_probs = self.text_only_probs([posts[i] for i in img_rows]).tolist() if img_rows else []
+            image_lines, conflict_lines, evs = [], [], []
+            for i, (p, pr) in enumerate(zip(posts, preds)):
+                if p.image is None:
+                    image_lines.append(image_sentence(None))
+                    conflict_lines.append(conflict_sentence(pr.label.value, None, None, None))
+                    evs.append(None)
+                    continue
+                ev = ImageEvidence(tuple((n, float(q)) for n, q in evidence[i]), dominant_colours(p.image))
+                evs.append(ev.to_dict())
+                tp = dict(zip((l.value for l in LABELS), text_probs[img_rows.index(i)]))
+                image_lines.append(image_sentence(ev))
+                conflict_lines.append(conflict_sentence(pr.label.value, pr.probabilities, max(tp, key=tp.get), tp))
             prompts = [
-                chat_prompt(tok, user_prompt(p.text, p.aspect, pr.extra.get("image_words"), pr.label.value, cfg))
+                chat_prompt(tok, user_prompt(p.text, p.aspect, pr.extra.get("image_words"), pr.label.value, cfg)) + "Text:"
                 for p, pr in zip(posts, preds)
             ]
-            new = decoder.generate(prompts, max_new)
+            first = decoder.generate(prompts, cap, stops)
+            text_lines = [_line(tok.decode(r, skip_special_tokens=True)) or f"The text reads as {pr.label.value}."
+                          for r, pr in zip(first, preds)]
+            # a post without an image gets its conclusion started from the text alone, so that the
+            # chain writer (trained on chains that all had images) does not go on about one
+            heads = [f"Text: {t}\nImage: {i}\nConflict: {c}\nConclusion:" + ("" if p.image is not None else NO_IMAGE_START)
+                     for t, i, c, p in zip(text_lines, image_lines, conflict_lines, posts)]
+            second = decoder.generate([p + h[len("Text:"):] for p, h in zip(prompts, heads)], cap, stops)
             ms = (time.perf_counter() - t0) * 1000
-            for row, pr in zip(new, preds):
-                n_tok = len(row)
-                text = tok.decode(row, skip_special_tokens=True).strip()
+            for i, pr in enumerate(preds):
+                concl = _line(tok.decode(second[i], skip_special_tokens=True)) or f"the post is {pr.label.value}."
+                text = f"{heads[i]} {concl}" if posts[i].image is not None else f"{heads[i]}{_glue(concl)}"
                 chain = parse_chain(f"{text}\nPrediction: {pr.label.value}")
                 out.append(
                     Prediction(
-                        **{**pr.__dict__, "chain": chain, "generated_tokens": n_tok, "chain_ms": ms,
-                           "prompt_version": f"{pr.prompt_version}+{EXPLAINER_PROMPT_VERSION}"}
+                        **{**pr.__dict__, "chain": chain, "generated_tokens": len(first[i]) + len(second[i]),
+                           "chain_ms": ms, "prompt_version": f"{pr.prompt_version}+{EXPLAINER_PROMPT_VERSION}",
+                           "extra": {**pr.extra, "image_evidence": evs[i]}}
                     )
                 )
         return out
+
+    def _evidence(self, posts: list[PostInput], preds: list[Prediction]) -> list[list | None]:
+        """The image classes of each post with an image: from its prediction when ``classify``
+        recorded them, else from the image encoder now."""
+        out: list[list | None] = [pr.extra.get("image_classes") if p.image is not None else None
+                                  for p, pr in zip(posts, preds)]
+        todo = [i for i, p in enumerate(posts) if p.image is not None and out[i] is None]
+        if todo:
+            _, logits = self.image.encode([posts[i].image for i in todo])
+            top = logits.softmax(-1).topk(EVIDENCE_CLASSES, dim=-1)
+            names = self.image.top_names(logits, EVIDENCE_CLASSES)
+            for j, i in enumerate(todo):
+                out[i] = [[n, float(q)] for n, q in zip(names[j], top.values[j].tolist())]
+        return out
+
+    def _newline_ids(self, tok) -> frozenset[int]:
+        if getattr(self, "_stops", None) is None:
+            self._stops = frozenset(i for i in range(len(tok)) if "\n" in tok.decode([i]))
+        return self._stops
+
+
+NO_IMAGE_START = " From the text alone,"
+
+
+def _glue(text: str) -> str:
+    """A continuation after :data:`NO_IMAGE_START` (the decoded tokens carry their own space)."""
+    return text if text.startswith(" ") else f" {text}"
+
+
+def _line(text: str) -> str:
+    """The first line of generated text, stripped."""
+    return text.strip().split("\n", 1)[0].strip()
 
 
 class _Generate:
@@ -218,11 +309,16 @@ class _Generate:
     def __init__(self, model, tok) -> None:
         self.model, self.tok = model, tok
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop_ids: frozenset[int] = frozenset()
+                 ) -> list[list[int]]:
         tok = self.tok
+        ends = [tok.eos_token_id, *sorted(stop_ids)]
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                  pad_token_id=tok.pad_token_id, eos_token_id=ends)
         rows = gen[:, enc["input_ids"].shape[1]:].tolist()
-        return [r[: r.index(tok.eos_token_id)] if tok.eos_token_id in r else
-                [t for t in r if t != tok.pad_token_id] for r in rows]
+        out = []
+        for r in rows:
+            cut = next((k for k, t in enumerate(r) if t in ends), None)
+            out.append(r[:cut] if cut is not None else [t for t in r if t != tok.pad_token_id])
+        return out

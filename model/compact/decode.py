@@ -52,8 +52,10 @@ class GreedyDecoder:
         return ids[p:]
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
-        """The greedy continuation of each prompt (token ids, without the end token)."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop_ids: frozenset[int] = frozenset()
+                 ) -> list[list[int]]:
+        """The greedy continuation of each prompt (token ids, without the end token). A row also
+        ends at a token of ``stop_ids`` (e.g. every token holding a newline), which is not kept."""
         if not prompts:
             return []
         dev = self.model.device
@@ -90,6 +92,8 @@ class GreedyDecoder:
         for _ in range(max_new_tokens):
             nxt = logits[:, -1].argmax(-1)
             done = nxt == self.eos
+            if stop_ids:
+                done = done | torch.tensor([t in stop_ids for t in nxt.tolist()], device=done.device)
             for row, tok_id, fin in zip(alive.tolist(), nxt.tolist(), done.tolist()):
                 if not fin:
                     result[row].append(tok_id)

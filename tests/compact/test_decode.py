@@ -109,3 +109,15 @@ def test_grouped_eager_attention_matches_eager(tiny_llama):
         assert GreedyDecoder(model, tok, PREFIX).generate(prompts, 16) == want
     finally:
         model.set_attn_implementation("eager")
+
+
+def test_stop_ids_end_a_row_like_an_end_token(tiny_llama):
+    model, tok = tiny_llama
+    prompts = [f"{PREFIX}{p}<|im_end|>\n<|im_start|>assistant\n" for p in POSTS]
+    free = GreedyDecoder(model, tok, PREFIX)
+    free.eos = len(tok) + 1  # never produced
+    first = free.generate(prompts, 16)
+    stop = Counter(t for r in first for t in set(r)).most_common(1)[0][0]
+    got = free.generate(prompts, 16, frozenset({stop}))
+    for full, cut in zip(first, got):  # each row is the free run up to (without) its first stop token
+        assert cut == (full[: full.index(stop)] if stop in full else full)

@@ -69,3 +69,26 @@ def test_classify_is_deterministic_and_batch_independent(student):
 
 def test_empty_batch(student):
     assert student.predict([]) == []
+
+
+def test_chain_image_fields_come_from_the_evidence(student):
+    """No image: the Image line says so. With one: it names the image classifier's guesses with
+    their scores (the evidence recorded in ``extra``), and the Conflict line compares the
+    text-only and multimodal labels; a swapped image changes the Image line."""
+    from model.compact.grounded import AGREE_MARK, CONFLICT_MARK, NO_IMAGE, NO_IMAGE_CONFLICT
+
+    preds = student.predict(POSTS)
+    for post, p in zip(POSTS, preds):
+        if post.image is None:
+            assert p.chain.image_analysis == NO_IMAGE
+            assert p.chain.conflict_resolution == NO_IMAGE_CONFLICT
+            assert p.extra["image_evidence"] is None
+            continue
+        ev = p.extra["image_evidence"]
+        assert ev["classes"] == p.extra["image_classes"] and len(ev["classes"]) == 3
+        for name, score in ev["classes"]:
+            assert f"{name} ({score:.2f})" in p.chain.image_analysis
+        assert p.chain.conflict_resolution.startswith((AGREE_MARK, CONFLICT_MARK))
+        assert p.chain.parsed and p.chain.prediction == p.label.value
+    swapped = student.predict([PostInput(POSTS[0].text, image=POSTS[3].image, id="s")])[0]
+    assert swapped.chain.image_analysis != preds[0].chain.image_analysis

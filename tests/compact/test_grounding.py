@@ -1,0 +1,48 @@
+"""The grounding metrics (training/grounding.py) on hand-written chains."""
+
+from __future__ import annotations
+
+from model import Prediction, parse_chain
+from model.types import Label
+from training.grounding import content_words, derangement, grounding_metrics, jaccard, names_conflict, states_no_image
+
+
+def _pred(label: str, image: str, conflict: str) -> Prediction:
+    chain = parse_chain(f"Text: t.\nImage: {image}\nConflict: {conflict}\nConclusion: c.\nPrediction: {label}")
+    probs = {l: (0.8 if l == label else 0.1) for l in ("positive", "neutral", "negative")}
+    return Prediction(label=Label(label), probabilities=probs, chain=chain)
+
+
+def test_content_words_drop_stopwords_and_image_vocabulary():
+    assert content_words("The image shows a cake (0.41) on a plate.") == {"cake", "plate"}
+    assert content_words("The image shows a cake.", generic=False) == {"image", "shows", "cake"}
+    assert jaccard({"cake"}, {"cake", "plate"}) == 0.5
+
+
+def test_conflict_and_no_image_readings():
+    assert names_conflict("There is a slight conflict between the text and the image.")
+    assert not names_conflict("There is no direct conflict between the text and the image.")
+    assert not names_conflict("There are no conflicts: both are positive.")
+    assert not names_conflict("The text and the image agree.")
+    assert states_no_image("There is no image with this post.")
+    assert not states_no_image("The image shows a dog.")
+
+
+def test_derangement_has_no_fixed_point_and_is_seeded():
+    for n in (2, 3, 10):
+        p = derangement(n, seed=3)
+        assert sorted(p) == list(range(n)) and all(p[i] != i for i in range(n))
+    assert derangement(10, 1) == derangement(10, 1)
+
+
+def test_metrics_from_three_runs():
+    own = [_pred("positive", "A cake (0.41) and a plate.", "No conflict: both positive."),
+           _pred("negative", "A dog (0.30).", "Conflict between text and image: the image moved it.")]
+    swapped = [_pred("positive", "A dog (0.30).", "No conflict."), _pred("negative", "A dog (0.30).", "No conflict.")]
+    none = [_pred("positive", "There is no image.", "x"), _pred("neutral", "The image shows a dog.", "x")]
+    r = grounding_metrics(own, swapped, none)
+    assert r["no_image_honest"] == 0.5
+    assert r["swap_changed"] == 0.5 and r["swap_jaccard"] == 0.5  # {cake, plate} vs {dog}: 0; {dog} vs {dog}: 1
+    assert r["label_flip_swapped"] == 0.0 and r["label_flip_no_image"] == 0.5
+    assert r["conflict_rate"] == 0.5
+    assert r["parse_rate"]["own"] == 1.0 and r["agreement"]["no_image"] == 1.0

@@ -1,0 +1,218 @@
+"""Grounding metrics: does the chain's Image field say only what the student could see?
+
+Each post with an image is run three times through the student (labels and chains): with its
+own image, with another post's image (a seeded derangement of the images of the evaluated
+posts), and with no image. From the three runs:
+
+* ``no_image_honest``: share of the no-image chains whose Image field states there is no image;
+* ``swap_changed``: share of posts whose Image field changes when another image is given;
+* ``swap_jaccard``: mean Jaccard similarity of the content words of the two Image fields
+  (own vs swapped). Content words: lower-cased letter words minus English stopwords and
+  :data:`GENERIC` image vocabulary, so that a fixed template around grounded content is not
+  counted as similarity. ``swap_jaccard_raw`` is the same with stopwords removed only;
+* ``label_flip_swapped``: share of labels that change when the image is swapped;
+* ``conflict_rate``: share of own-image chains whose Conflict field names a conflict between
+  text and image (:func:`names_conflict`, a keyword reading), next to ``teacher_conflict_rate``,
+  the same reading of the teacher's Conflict_resolution on the same posts where the data has
+  teacher chains;
+* parse rate and label agreement of every run's chains.
+
+``python -m training.grounding --student default --data ../shared/data/mvsa_single/dev.jsonl
+--limit 60 --out runs/grounding_mvsa`` (``mulcot distill evaluate --grounding`` runs the same).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+GENERIC = frozenset("""
+image images picture pictures photo photos photograph photographs shows show showing shown appears appear
+appearing depicts depict depicting depicted visible post posts text tweet classifier classifiers guess guesses
+best main colour colours color colors confidence low likely possibly seems scene displays display displayed
+features featuring contains containing includes including overall visual visually
+""".split())
+"""Generic image and template vocabulary left out of the content words (besides stopwords)."""
+
+_WORD = re.compile(r"[a-z]+")
+_NO_IMAGE = re.compile(
+    r"\bno (?:image|picture|photo)\b|\bwithout (?:an? )?(?:image|picture|photo)\b|"
+    r"\b(?:image|picture|photo) (?:is|was) (?:not|missing|absent)|\bnot (?:have|has|include|contain) an? (?:image|picture)",
+    re.IGNORECASE,
+)
+_NO_CONFLICT = re.compile(
+    r"\bno (?:\w+ ){0,2}(?:conflict|contradiction|discrepanc\w*|tension|mismatch|inconsistenc\w*)|"
+    r"\bnot? (?:\w+ ){0,2}(?:conflict|contradict)\w*|\bdoes not conflict|\bwithout (?:any )?conflict",
+    re.IGNORECASE,
+)
+_CONFLICT = re.compile(r"conflict|contradict|discrepanc|mismatch|tension|inconsisten|contrast", re.IGNORECASE)
+
+
+def _stopwords() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def content_words(text: str | None, *, generic: bool = True) -> set[str]:
+    """Lower-cased letter words of ``text`` minus stopwords (and :data:`GENERIC` words)."""
+    drop = _stopwords() | (GENERIC if generic else frozenset())
+    return {w for w in _WORD.findall((text or "").lower()) if w not in drop}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def states_no_image(text: str | None) -> bool:
+    """Whether an Image field says that there is no image."""
+    return bool(_NO_IMAGE.search(text or ""))
+
+
+def names_conflict(text: str | None) -> bool:
+    """Whether a Conflict field names a conflict between text and image (keyword reading: a
+    conflict word not under a negation such as "no conflict" / "does not contradict")."""
+    text = text or ""
+    if _NO_CONFLICT.search(text):
+        return False
+    return bool(_CONFLICT.search(text))
+
+
+def derangement(n: int, seed: int = 0) -> list[int]:
+    """A seeded permutation of ``range(n)`` with no fixed point (n >= 2): post i gets image perm[i]."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    perm = [0] * n
+    for k in range(n):  # each post takes the image of the next one in the shuffled cycle
+        perm[order[k]] = order[(k + 1) % n]
+    return perm
+
+
+def _rate(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def grounding_metrics(own, swapped, none, teacher_chains: Sequence[str | None] = ()) -> dict[str, Any]:
+    """The metrics from three lists of predictions over the same posts (own image, another
+    post's image, no image); ``teacher_chains``: the posts' teacher chains, if any."""
+    from model import parse_chain
+
+    def img(p):
+        return p.chain.image_analysis if p.chain is not None else None
+
+    def parsed(p):
+        return p.chain is not None and (parse_chain(p.chain.raw).parsed if p.chain.raw else p.chain.parsed)
+
+    def agrees(p):
+        return p.chain is not None and p.chain.prediction == p.label.value
+
+    jac = [jaccard(content_words(img(a)), content_words(img(b))) for a, b in zip(own, swapped)]
+    jac_raw = [jaccard(content_words(img(a), generic=False), content_words(img(b), generic=False))
+               for a, b in zip(own, swapped)]
+    teacher = [parse_chain(t).conflict_resolution for t in teacher_chains if t]
+    runs = {"own": own, "swapped": swapped, "no_image": none}
+    return {
+        "n": len(own),
+        "no_image_honest": _rate([states_no_image(img(p)) for p in none]),
+        "own_image_says_none": _rate([states_no_image(img(p)) for p in own]),
+        "swap_changed": _rate([(img(a) or "") != (img(b) or "") for a, b in zip(own, swapped)]),
+        "swap_identical": _rate([(img(a) or "") == (img(b) or "") for a, b in zip(own, swapped)]),
+        "swap_jaccard": sum(jac) / len(jac) if jac else None,
+        "swap_jaccard_raw": sum(jac_raw) / len(jac_raw) if jac_raw else None,
+        "label_flip_swapped": _rate([a.label != b.label for a, b in zip(own, swapped)]),
+        "label_flip_no_image": _rate([a.label != b.label for a, b in zip(own, none)]),
+        "conflict_rate": _rate([names_conflict(p.chain.conflict_resolution) for p in own if p.chain is not None]),
+        "conflict_rate_no_image": _rate([names_conflict(p.chain.conflict_resolution) for p in none if p.chain is not None]),
+        "teacher_conflict_rate": _rate([names_conflict(t) for t in teacher]),
+        "teacher_n": len(teacher),
+        "parse_rate": {k: _rate([parsed(p) for p in v]) for k, v in runs.items()},
+        "agreement": {k: _rate([agrees(p) for p in v]) for k, v in runs.items()},
+    }
+
+
+def evaluate_grounding(student, examples, *, batch_size: int = 16, seed: int = 0, out_dir: str | Path | None = None,
+                       image_max_side: int | None = None) -> dict[str, Any]:
+    """Run ``student`` (a Student or spec) on the posts of ``examples`` that have an image, three
+    ways, and return (and write to ``out_dir/grounding.json``) the grounding metrics."""
+    from model import load_student
+
+    if isinstance(student, str):
+        student = load_student(student)
+    ex = [e for e in examples if e.image_path is not None]
+    if len(ex) < 2:
+        raise ValueError("grounding metrics need at least two posts with images")
+    perm = derangement(len(ex), seed)
+    own_posts = [e.post(max_side=image_max_side) for e in ex]
+    runs: dict[str, list] = {"own": [], "swapped": [], "no_image": []}
+    for s in range(0, len(ex), batch_size):
+        idx = range(s, min(s + batch_size, len(ex)))
+        own = [own_posts[i] for i in idx]
+        runs["own"] += student.predict(own, chain=True)
+        runs["swapped"] += student.predict([replace(own_posts[i], image=own_posts[perm[i]].image) for i in idx], chain=True)
+        runs["no_image"] += student.predict([replace(own_posts[i], image=None) for i in idx], chain=True)
+    report = grounding_metrics(runs["own"], runs["swapped"], runs["no_image"], [e.teacher_cot for e in ex])
+    report["seed"] = seed
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "grounding.json").write_text(json.dumps(report, indent=2))
+        with (out / "grounding_chains.jsonl").open("w") as f:
+            for i, e in enumerate(ex):
+                f.write(json.dumps({
+                    "id": e.id, "swapped_with": ex[perm[i]].id, "label": runs["own"][i].label.value,
+                    **{k: {"label": v[i].label.value, "image": v[i].chain.image_analysis if v[i].chain else None,
+                           "conflict": v[i].chain.conflict_resolution if v[i].chain else None,
+                           "raw": v[i].chain.raw if v[i].chain else None} for k, v in runs.items()},
+                }) + "\n")
+    return report
+
+
+def print_grounding(report: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title=f"grounding ({report['n']} posts with images)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("target", justify="right")
+    targets = {"no_image_honest": "1.0", "swap_changed": ">= 0.95", "swap_jaccard": "<= 0.2"}
+    for k in ("no_image_honest", "swap_changed", "swap_jaccard", "swap_jaccard_raw", "label_flip_swapped",
+              "label_flip_no_image", "conflict_rate", "teacher_conflict_rate"):
+        v = report.get(k)
+        t.add_row(k, "-" if v is None else f"{v:.3f}", targets.get(k, ""))
+    for k in ("own", "swapped", "no_image"):
+        t.add_row(f"parse / agree ({k})", f"{report['parse_rate'][k]:.3f} / {report['agreement'][k]:.3f}", "1.0 / 1.0")
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import os
+
+    import torch
+
+    from .data import load_examples
+
+    torch.set_num_threads(int(os.environ.get("MULCOT_THREADS", "2")))
+    ap = argparse.ArgumentParser(description="Grounding metrics of a student's chains (own / swapped / no image).")
+    ap.add_argument("--student", default="default")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--limit", type=int, default=None, help="first N posts with images")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    ex = [e for e in load_examples(a.data) if e.image_path is not None]
+    if a.limit:
+        ex = ex[: a.limit]
+    report = evaluate_grounding(a.student, ex, batch_size=a.batch_size, seed=a.seed, out_dir=a.out)
+    print_grounding(report)
+
+
+if __name__ == "__main__":
+    main()
