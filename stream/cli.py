@@ -164,14 +164,9 @@ def worker_cmd(**opts: Any) -> None:
 
 
 def _model_load_message(spec: str, exc: Exception) -> str:
-    from model.loading import DEFAULT_WEIGHTS
+    from model.loading import load_error_message
 
-    if spec == "default" and not DEFAULT_WEIGHTS.exists():
-        return (
-            f"cannot load the default student: its weights are not in {DEFAULT_WEIGHTS} "
-            f"(train or fetch them, see docs/model.md), or run with --model noop for a model-free pipeline test"
-        )
-    return f"cannot load student {spec!r}: {type(exc).__name__}: {exc}"
+    return load_error_message(spec, exc)
 
 
 # --- services -------------------------------------------------------------------------

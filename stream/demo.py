@@ -25,25 +25,14 @@ class DemoError(RuntimeError):
 
 
 def check_model(spec: str) -> None:
-    """Fail with a clear message when ``spec`` is malformed or names the default student
-    whose weights are not there (before anything heavy is imported)."""
-    from model import loading
-    from model.loading import SpecError, parse_spec
-
-    DEFAULT_WEIGHTS = loading.DEFAULT_WEIGHTS
+    """Fail with a clear message when ``spec`` is malformed or names a student whose weights
+    are not there (``model.loading.check_spec``: before anything heavy is imported)."""
+    from model.loading import SpecError, check_spec
 
     try:
-        kind, target, _ = parse_spec(spec)
+        check_spec(spec)
     except SpecError as exc:
         raise DemoError(str(exc)) from None
-    if kind == "compact" and not Path(target).is_dir():
-        raise DemoError(f"student weights folder {target!r} (spec {spec!r}) does not exist")
-    if kind == "default" and not DEFAULT_WEIGHTS.exists():
-        raise DemoError(
-            f"the default student is not available: {DEFAULT_WEIGHTS} does not exist. "
-            "Its weights come from the training work (see docs/model.md and docs/training.md); "
-            "until they are there, use --model noop to run the pipeline with a model-free placeholder"
-        )
 
 
 def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout: float = 600.0,

@@ -18,7 +18,7 @@ from model.backends.hf import (
     save_processor,
 )
 from model.prompts import label_prompt, reasoning_prompt
-from model.testing import load_tiny
+from model.tiny import load_tiny
 
 
 def _img(mode: str, size: tuple[int, int], color=128) -> Image.Image:
@@ -245,11 +245,13 @@ def test_backend_generates_a_parseable_chain_when_the_model_knows_one(family, ti
                                                                       tmp_path):
     """Real generation through the backend: a tiny model memorises one chain (and the label
     answer), then ``predict`` must return exactly that chain, parsed, agreeing with the label."""
-    from model.testing import _SAMPLE_CHAINS, overfit_tiny
+    from tiny_helpers import overfit_tiny
+
+    from model.tiny import SAMPLE_CHAINS
 
     src = tiny_qwen_dir if family == "qwen2_5_vl" else tiny_smolvlm_dir
     post = PostInput("Best day ever at the beach with friends!", image=_img("RGB", (80, 60)))
-    target = _SAMPLE_CHAINS[0]  # a positive chain
+    target = SAMPLE_CHAINS[0]  # a positive chain
     out, loss = overfit_tiny(
         src,
         [(post, reasoning_prompt(post), target.render()), (post, label_prompt(post), "positive")],
@@ -282,7 +284,7 @@ def test_sequence_scoring_equals_first_token_for_single_token_words(tiny_dir):
 @pytest.fixture(scope="module")
 def small_vocab_qwen_dir(tmp_path_factory):
     """A tiny Qwen whose tokenizer splits the label words, 'neutral' and 'negative' sharing 'ne'."""
-    from model.testing import build_tiny_qwen2_5_vl
+    from model.tiny import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen-small-vocab"), vocab_size=300)
 
@@ -326,7 +328,7 @@ def test_hub_layout_processor_files(tiny_qwen_dir, tmp_path):
     import json
     import shutil
 
-    from model.testing import QWEN_CHAT_TEMPLATE
+    from model.tiny import QWEN_CHAT_TEMPLATE
 
     d = tmp_path / "hub-like"
     shutil.copytree(tiny_qwen_dir, d)
@@ -364,7 +366,7 @@ def test_missing_models_fail_fast_with_a_clear_message(monkeypatch, tmp_path):
 
 
 def test_model_version_follows_the_weights(tiny_qwen_dir, tmp_path):
-    from model.testing import build_tiny_qwen2_5_vl
+    from model.tiny import build_tiny_qwen2_5_vl
 
     other = build_tiny_qwen2_5_vl(tmp_path / "seed1", seed=1)
     a = load_student(f"hf:{tiny_qwen_dir}", chain=False)

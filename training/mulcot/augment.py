@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from model.loading import as_hf_spec
+
 from ..data import Example, read_jsonl
 from .teacher import HFTeacher, run_teacher
 
@@ -42,7 +44,7 @@ def augment(
         opts["image_size"] = image_size
     if device:
         opts["device"] = device
-    spec = assistant if str(assistant).startswith("hf:") else f"hf:{assistant}"
+    spec = as_hf_spec(assistant)
 
     def factory() -> HFTeacher:
         return HFTeacher(spec, max_new_tokens=max_new_tokens, batch_size=batch_size, student=student, seed=seed,

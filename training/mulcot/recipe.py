@@ -4,8 +4,8 @@ Every field has a description; ``mulcot distill run --schema`` prints them all (
 CLI help). Unknown keys are errors (typos do not pass silently). Relative paths are taken from
 the current directory; dataset fields also accept split names under the data folder
 (``t15/dev`` = ``../shared/data/t15/dev.jsonl``). A model field may be a local directory, a hub
-id, or ``tiny:<family>`` (a tiny random model built by ``model.testing`` into the run folder;
-for tests and dry runs only).
+id, or ``tiny:<family>`` (a tiny random model built by ``model.tiny`` into the run folder;
+for tests and smoke runs only).
 
 :func:`run_recipe` runs the stages in order - teacher, assistant, augment, student, evaluate -
 each writing under ``out_dir/<stage>/``; a finished stage (its ``model_card.json`` or output
@@ -169,16 +169,36 @@ def print_schema(console: Any = None) -> None:
 
 
 def resolve_model(spec: str, out_dir: Path, seed: int = 0) -> str:
-    """``tiny:<family>`` -> a tiny random model built into ``out_dir/tiny-<family>``; else as is."""
-    if spec.startswith("tiny:"):
-        from model.testing import build_tiny
+    """The model directory or hub id a model field names (``model.loading.hf_source``):
+    ``tiny:<family>`` is built into ``out_dir/tiny-<family>``; ``hf:<m>``, a directory or a hub id
+    are used as they are."""
+    from model.loading import SpecError, hf_source
 
-        family = spec.split(":", 1)[1]
-        path = out_dir / f"tiny-{family}"
-        if not (path / "config.json").exists():
-            build_tiny(family, path, seed=seed)
-        return str(path)
-    return spec
+    target, adapter = hf_source(spec, workdir=out_dir, seed=seed)
+    if adapter:
+        raise SpecError(f"model field {spec!r}: a base model takes no +adapter")
+    return target
+
+
+def _check_model_field(m: str) -> tuple[str, str | None]:
+    """(what the dry run says about a model field, the problem or None), without building or
+    loading anything."""
+    from model.loading import SpecError, parse_spec
+
+    try:
+        parsed = parse_spec(m) if ":" in m else None
+    except SpecError as e:
+        return m, str(e)
+    if parsed is not None and parsed.kind == "tiny":
+        return f"{m} (built at run time)", None
+    if parsed is not None and parsed.kind != "hf":
+        return m, f"a {parsed.kind} spec names no HF weights to train"
+    path = parsed.target if parsed is not None else m
+    if Path(path).exists():
+        if not (Path(path) / "config.json").exists():
+            return f"{m} (local)", f"{m} has no config.json"
+        return f"{m} (local)", None
+    return f"{m} (hub id: needs network or a HF cache)", None
 
 
 def _settings(train: TrainConfig, seed: int, progress: bool = True):
@@ -219,21 +239,9 @@ def check_recipe(recipe: Recipe, *, console: Any = None) -> dict:
         cfg = getattr(recipe, stage)
         if not cfg.enabled:
             continue
-        m = cfg.model
-        if m.startswith("tiny:"):
-            from model.testing import FAMILIES
-
-            fam = m.split(":", 1)[1]
-            ok = fam in FAMILIES or fam in ("qwen", "idefics3")
-            info["models"][stage] = f"{m} (built at run time)"
-            if not ok:
-                problems.append(f"{stage}.model: unknown tiny family {fam!r}")
-        elif Path(m).exists():
-            if not (Path(m) / "config.json").exists():
-                problems.append(f"{stage}.model: {m} has no config.json")
-            info["models"][stage] = f"{m} (local)"
-        else:
-            info["models"][stage] = f"{m} (hub id: needs network or a HF cache)"
+        info["models"][stage], problem = _check_model_field(cfg.model)
+        if problem:
+            problems.append(f"{stage}.model: {problem}")
     if recipe.teacher.enabled:
         t = recipe.teacher
         info["teacher"] = f"{t.backend}: {t.model}" + (f" at {t.base_url}" if t.base_url else "")

@@ -52,9 +52,10 @@ def make_student_loss(assistant: Any, lam: float = 0.3, T: float = 2.0):
 def load_assistant(spec: str | Path, *, device: str = "cpu", dtype: str | None = None):
     """The frozen assistant: ``<dir>`` of a trained adapter (its base is read from
     ``adapter_config.json``), ``<base>+<adapter>``, or a plain model; merged, eval, no grads."""
-    spec = str(spec)
-    base, _, adapter = spec.removeprefix("hf:").partition("+")
-    model, processor, info = load_model(base, device=device, dtype=dtype, adapter=adapter or None)
+    from model.loading import hf_source
+
+    base, adapter = hf_source(spec)
+    model, processor, info = load_model(base, device=device, dtype=dtype, adapter=adapter)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

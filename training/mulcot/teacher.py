@@ -156,7 +156,7 @@ class HFTeacher:
 
     def __init__(self, spec: str, *, max_new_tokens: int = 384, batch_size: int = 8, student: Any = None,
                  seed: int | None = None, **options: Any) -> None:
-        from model import load_student
+        from model.loading import as_hf_spec, load_student
 
         options.pop("seed", None)
         if seed is not None:
@@ -164,7 +164,7 @@ class HFTeacher:
 
             torch.manual_seed(seed)
         self.student = student if student is not None else load_student(
-            spec if spec.startswith("hf:") else f"hf:{spec}", max_new_tokens=max_new_tokens, **options)
+            as_hf_spec(spec), max_new_tokens=max_new_tokens, **options)
         if not hasattr(self.student, "generate_raw"):
             raise TypeError(f"{spec}: the teacher needs an HF student with generate_raw()")
         self.model = spec
