@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .kafka import MAX_BATCH, MAX_REQUEST
 from .messages import InRecord, Outcome
 from .metrics import WorkerMetrics
 from .pipeline import BatchProcessor
@@ -175,10 +176,10 @@ class Application:
             broker_commit_interval=s.commit_interval_s,
             broker_max_poll_records=max(500, s.max_batch),
             consumer_auto_offset_reset=s.auto_offset_reset,
-            consumer_max_fetch_size=8 * 1024 * 1024,
+            consumer_max_fetch_size=MAX_REQUEST,
             producer_linger=s.producer_linger_ms / 1000.0,
-            producer_max_batch_size=1024 * 1024,
-            producer_max_request_size=8 * 1024 * 1024,
+            producer_max_batch_size=MAX_BATCH,
+            producer_max_request_size=MAX_REQUEST,
             producer_acks=-1,
             stream_buffer_maxsize=max(4096, 2 * s.max_batch),
             datadir=str(datadir),

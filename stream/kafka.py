@@ -19,7 +19,8 @@ from .settings import Settings
 
 log = logging.getLogger("mulcot.kafka")
 
-MAX_REQUEST = 8 * 1024 * 1024
+MAX_REQUEST = 8 * 1024 * 1024  # largest produce request / partition fetch (the worker's Faust app uses the same)
+MAX_BATCH = 1024 * 1024  # producer batch size
 
 
 class BrokerUnavailable(RuntimeError):
@@ -30,7 +31,7 @@ def producer(settings: Settings, **kw: Any) -> AIOKafkaProducer:
     opts: dict[str, Any] = dict(
         bootstrap_servers=settings.bootstrap_servers,
         linger_ms=settings.producer_linger_ms,
-        max_batch_size=1024 * 1024,
+        max_batch_size=MAX_BATCH,
         max_request_size=MAX_REQUEST,
         acks="all",
         request_timeout_ms=30_000,
