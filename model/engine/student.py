@@ -10,6 +10,10 @@ Options (HF student / ``load_student`` options):
 * ``engine_slots``: chains decoded together (default 128 on CUDA, 8 on CPU);
 * ``engine_max_len``: tokens per slot (default ``1024 + max_new_tokens``).
 
+A worker passes only ``device`` to the loader, so a GPU worker sets these through the
+environment instead: ``MULCOT_ENGINE`` (auto/on/off), ``MULCOT_ENGINE_SLOTS``,
+``MULCOT_ENGINE_MAX_LEN`` (read when the option is not given).
+
 The engine is used only where it reproduces the HF path: greedy decoding, the ``reasoning``
 chain prompt, label words with distinct first tokens, a Qwen2/2.5-VL or Idefics3 model. A batch
 with a post too long for a slot falls back to the HF path: these functions then return None
@@ -19,6 +23,7 @@ with a post too long for a slot falls back to the HF path: these functions then 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Sequence
 
@@ -44,6 +49,11 @@ def wanted(option: Any, device: Any) -> bool:
 def attach(student: Any, option: Any = "auto", *, slots: int | None = None, max_len: int | None = None) -> Engine | None:
     """An :class:`Engine` for ``student`` (an ``HFStudent``) when ``option`` asks for one and the
     student's settings are ones the engine reproduces; else None (with a log line saying why)."""
+    env = os.environ
+    if option is None or option == "auto":
+        option = env.get("MULCOT_ENGINE", "auto")
+    slots = slots or (int(env["MULCOT_ENGINE_SLOTS"]) if env.get("MULCOT_ENGINE_SLOTS") else None)
+    max_len = max_len or (int(env["MULCOT_ENGINE_MAX_LEN"]) if env.get("MULCOT_ENGINE_MAX_LEN") else None)
     if not wanted(option, student.device):
         return None
     why = None
