@@ -38,14 +38,25 @@ RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 API_KEY_ENV = ("MULCOT_OPENAI_API_KEY", "OPENAI_API_KEY")
 
 
+#: Client errors that say nothing about the request itself (key, permission, model name): the
+#: endpoint is misconfigured or unavailable, not the post bad.
+UNAVAILABLE_STATUS = frozenset({401, 403, 404})
+
+
 class EndpointError(RuntimeError):
     """The endpoint did not give a usable answer (after the retries, or a non-retried status).
 
-    ``status`` is the last HTTP status (None for transport errors and malformed answers)."""
+    ``status`` is the last HTTP status (None for transport errors and malformed answers).
+    ``transient`` is True when the endpoint, not the request, is at fault - unreachable,
+    overloaded or failing after every retry (429, 5xx, timeouts), or refusing the key or model
+    (401/403/404) - so a caller should retry later rather than give the input up: the stream
+    then retries the whole batch instead of dead-lettering its posts. It is False for answers
+    about the request itself (400, 413, 422, ...) and for malformed answers."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *, transient: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.transient = transient
 
 
 @dataclass
@@ -209,7 +220,8 @@ class ChatClient:
                     last = f"HTTP {status}: {resp.text[:200]}"
                     if status not in self.RETRY_STATUS:
                         self.usage.failures += 1
-                        raise EndpointError(f"{self.url} answered {last}", status)
+                        raise EndpointError(f"{self.url} answered {last}", status,
+                                            transient=status in UNAVAILABLE_STATUS)
                     retry_after = resp.headers.get("retry-after")
                 if attempt < self.max_retries:
                     self.usage.retries += 1
@@ -217,7 +229,7 @@ class ChatClient:
                     log.debug("%s: %s; retry %d in %.2f s", self.url, last, attempt + 1, delay)
                     await asyncio.sleep(delay)
         self.usage.failures += 1
-        raise EndpointError(f"{self.url}: gave up after {self.max_retries + 1} tries: {last}", status)
+        raise EndpointError(f"{self.url}: gave up after {self.max_retries + 1} tries: {last}", status, transient=True)
 
     def _count(self, usage: dict) -> None:
         pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -276,6 +288,7 @@ __all__ = [
     "RateLimiter",
     "Usage",
     "RETRY_STATUS",
+    "UNAVAILABLE_STATUS",
     "API_KEY_ENV",
     "api_key_from_env",
     "image_data_url",

@@ -302,13 +302,19 @@ class BatchProcessor:
         return self._isolated(lambda batch: self.student.predict(batch, chain=self.chain), inputs)
 
     def _isolated(self, fn: Callable[[list[Any]], Sequence[Prediction]], items: list[Any]) -> list[Prediction | Exception]:
-        """Run ``fn`` on the batch; if it fails, run it item by item so only the bad ones fail."""
+        """Run ``fn`` on the batch; if it fails, run it item by item so only the bad ones fail.
+
+        An exception with a true ``transient`` attribute (``model.http.EndpointError`` of a model
+        server that is unreachable, overloaded or refusing the key/model) is raised instead: the
+        worker retries the whole batch with backoff, so an outage dead-letters nothing."""
         try:
             preds = list(fn(items))
             if len(preds) != len(items):
                 raise RuntimeError(f"student returned {len(preds)} predictions for {len(items)} posts")
             return preds
         except Exception as exc:
+            if getattr(exc, "transient", False):  # a model server down or refusing us: retry the batch later
+                raise
             if len(items) == 1:
                 return [exc]
             log.warning("batch of %d failed in the model (%s); retrying post by post", len(items), exc)
@@ -318,6 +324,8 @@ class BatchProcessor:
                 got = list(fn([item]))
                 out.append(got[0] if len(got) == 1 else RuntimeError(f"student returned {len(got)} predictions for 1 post"))
             except Exception as exc:  # noqa: BLE001 - any model failure is a dead letter
+                if getattr(exc, "transient", False):
+                    raise
                 out.append(exc)
         return out
 

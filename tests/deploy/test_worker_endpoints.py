@@ -16,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from openai_wire_server import WireServer, rule_label
 from stream.health import HealthServer, LagProbe
 from stream.metrics import WorkerMetrics
@@ -143,3 +145,26 @@ def test_openai_api_key_setting_is_masked() -> None:
     assert out.returncode == 0, out.stderr
     line = next(l for l in out.stdout.splitlines() if "MULCOT_OPENAI_API_KEY" in l)
     assert "********" in line and "sk-very-secret" not in out.stdout
+
+
+@pytest.mark.slow
+def test_worker_openai_server_outage_dead_letters_nothing(make_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
+    """While the model server answers 503, the worker retries the batch (nothing acknowledged,
+    no dead letter); once it is back every post gets its result."""
+    server = WireServer().start()
+    try:
+        s = make_settings(model_spec=f"openai:{server.base_url}#{server.model}?max_retries=0&backoff_s=0.01",
+                          partitions=1)
+        create_topics(s)
+        w = start_worker(s)
+        wait_until(lambda: len(server.requests) >= 2, 60, "the warm-up requests", worker=w)
+        server.down = True
+        produce(s, [post(f"d{i}", text=f"happy post {i}") for i in range(5)])
+        wait_until(lambda: server.errors_sent >= 4, 60, "the worker to hit the outage a few times", worker=w)
+        assert wait_redis(s, ["d0"], timeout=1, worker=w) == {"d0"}
+        server.down = False
+        ids = [f"d{i}" for i in range(5)]
+        assert not wait_redis(s, ids, timeout=60, worker=w)
+        assert read_topic(s, s.dlq_topic, 1, timeout=3) == [], "an outage must not dead-letter posts"
+    finally:
+        server.stop()

@@ -9,6 +9,7 @@ every request's shape (model name, bearer key, message parts, the image as a dec
 data URL, ``top_logprobs <= 20``) and answers 400/401 like a real server when they are wrong.
 
 Knobs: ``fail`` - HTTP statuses to answer the next requests with (``Retry-After: 0``);
+``down`` - answer every request 503 while True (an outage);
 ``hide_labels`` - texts whose answer position lists no label token (forces the constrained
 fallback); ``partial`` - texts whose top tokens list only the winning label and one other;
 ``contrary`` - texts whose chain argues for another label than the label request's answer.
@@ -89,6 +90,7 @@ class WireServer:
         self.api_key = api_key
         self.requests: list[dict] = []
         self.fail: list[int] = []
+        self.down = False
         self.errors_sent = 0
         self.hide_labels: set[str] = set()
         self.partial: set[str] = set()
@@ -116,7 +118,7 @@ class WireServer:
         body = await request.json()
         with self._lock:
             self.requests.append(body)
-            status = self.fail.pop(0) if self.fail else None
+            status = self.fail.pop(0) if self.fail else (503 if self.down else None)
         if status:
             self.errors_sent += 1
             return web.json_response({"error": {"message": "busy", "code": status}}, status=status,

@@ -138,12 +138,18 @@ def test_gives_up_and_fails_fast_on_client_errors(server) -> None:
     st = load_student(f"openai:{server.base_url}#{server.model}", api_key="sk-test", backoff_s=0.01, max_retries=1)
     try:
         server.fail = [503, 503]
-        with pytest.raises(EndpointError, match="gave up after 2 tries"):
+        with pytest.raises(EndpointError, match="gave up after 2 tries") as gave_up:
             st.classify(POSTS[:1])
+        assert gave_up.value.transient and gave_up.value.status == 503  # the server's fault: retry later
         server.fail = [400]
-        with pytest.raises(EndpointError, match="HTTP 400"):
+        with pytest.raises(EndpointError, match="HTTP 400") as bad:
             st.classify(POSTS[:1])
-        assert st.http.usage.failures == 2
+        assert not bad.value.transient  # the request's fault: the post becomes a dead letter
+        server.fail = [401]
+        with pytest.raises(EndpointError, match="HTTP 401") as key:
+            st.classify(POSTS[:1])
+        assert key.value.transient  # a wrong key is no reason to give the post up
+        assert st.http.usage.failures == 3
     finally:
         st.close()
 
