@@ -2,9 +2,9 @@
 # Issue 15's GPU check as one command for a lent GPU machine (H100/H200; torch, transformers,
 # peft, accelerate, rich and click are in its image; nothing is fetched, no hub):
 #   1. deploy/gpu/engine_check.py: the Qwen2.5-VL-3B shape (random weights, bf16) built once;
-#      the engine beside the HF reference at batch 128 and 256 (2 x batch posts, 256 new tokens,
-#      280 x 280 images), then the fp32 greedy check (TF32 off, 8 posts x 32 tokens) and the
-#      bf16 teacher-forced check with label agreement;
+#      the engine beside the HF reference at batch 128 (2 x batch posts, 256 new tokens,
+#      280 x 280 images), the fp32 greedy check (TF32 off, 8 posts x 32 tokens) and the bf16
+#      teacher-forced check with label agreement, then the same benchmark at batch 256;
 #   2. deploy/gpu/train_check.py: the student stage's training step at the 3B shape (LoRA on both
 #      towers, gradient checkpointing, bf16, KD loss) at micro-batch 4 and 8.
 # Each part runs under its own time limit (330 s + 120 s: the whole script ends inside 8 minutes);

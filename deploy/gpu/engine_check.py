@@ -4,11 +4,12 @@
 Builds the Qwen2.5-VL-3B shape once in bf16 (random weights, no hub) and runs, writing one JSON
 file per stage as soon as it is done (so a stage cut off by a time limit loses only itself):
 
-1. ``engine_b<N>.json`` for each ``--batches`` N: ``run_engine_bench`` - the engine and the HF
-   reference side by side on 2 x N posts, ``--new-tokens`` each (``mulcot bench engine``'s JSON);
+1. ``engine_b<N>.json`` for the first ``--batches`` N: ``run_engine_bench`` - the engine and the
+   HF reference side by side on 2 x N posts, ``--new-tokens`` each (``mulcot bench engine``'s JSON);
 2. ``engine_checks.json``: ``run_engine_checks`` - greedy tokens in fp32 with TF32 off (8 posts x
    32 new tokens, its own fp32 build) and the bf16 teacher-forced logits + label agreement (on
-   the bf16 build of step 1).
+   the bf16 build of step 1);
+3. ``engine_b<N>.json`` for the other batch sizes.
 
     python3 deploy/gpu/engine_check.py --out /tmp/out --images .gpu_data/t15/images
     python deploy/gpu/engine_check.py --shape tiny --batches 4 --new-tokens 8 --out /tmp/x   # CPU
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     built = build_shape(args.shape, device=device, dtype=dtype, image_size=defaults(args.shape, device)["image_size"])
     print(f"built {args.shape} in {time.perf_counter() - t0:.1f} s", flush=True)
     summary: dict = {}
-    for b in args.batches:
+
+    def bench(b: int) -> None:
         t = time.perf_counter()
         try:
             res = run_engine_bench(args.shape, batch=b, new_tokens=args.new_tokens, images=images, device=device,
@@ -67,9 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
             traceback.print_exc()
             summary[f"b{b}"] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"batch {b}: {time.perf_counter() - t:.1f} s", flush=True)
+        (out / "engine_summary.json").write_text(json.dumps(summary, indent=2))
         if device == "cuda":
             torch.cuda.empty_cache()
-    if not args.skip_checks:
+
+    def checks() -> None:
         t = time.perf_counter()
         try:
             res = run_engine_checks(args.shape, n_posts=args.check_posts, new_tokens=args.check_tokens, device=device,
@@ -81,6 +85,17 @@ def main(argv: list[str] | None = None) -> dict:
             traceback.print_exc()
             summary["checks"] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"checks: {time.perf_counter() - t:.1f} s", flush=True)
+        (out / "engine_summary.json").write_text(json.dumps(summary, indent=2))
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    # the first batch size, then the (short) checks, then the other batch sizes: a time limit
+    # cuts the last one rather than the checks
+    bench(args.batches[0])
+    if not args.skip_checks:
+        checks()
+    for b in args.batches[1:]:
+        bench(b)
     (out / "engine_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
