@@ -414,20 +414,28 @@ class Engine:
             self._used.update(slots)
             for (job, p), s, sc in zip(chains, slots, scores.tolist()):
                 res = EngineResult(p.index, sc, len(p.reason_ids), len(p.label_ids))
-                self._active[s] = {"job": job, "plan": p, "res": res, "t0": t0, "checked": 0}
+                # length: tokens in the cache when decoding starts; toks: the chain read so far
+                self._active[s] = {"job": job, "plan": p, "res": res, "t0": t0, "checked": 0, "toks": [],
+                                   "length": len(p.reason_ids)}
 
     def _decode_chunk(self) -> None:
         cfg, d = self.cfg, self.decoder
         nb = min(cfg.slots, _pow2(max(self._active) + 1))
-        lk = min(cfg.max_len, _round_up(int(d.length[:nb].max()) + cfg.sync_every + 1, cfg.kv_bucket))
+        # keys up to the longest row in flight (free slots below nb step too, ignored)
+        longest = max(st["length"] + st["checked"] for st in self._active.values())
+        lk = min(cfg.max_len, _round_up(longest + cfg.sync_every + 1, cfg.kv_bucket))
         for _ in range(cfg.sync_every):
             self._step(nb, lk)
         self.stats["steps"] += cfg.sync_every
-        n_gen = d.n_gen[:nb].tolist()
-        out = d.out[:nb].tolist()
+        # only the columns written since the last read leave the device
+        lo = min(st["checked"] for st in self._active.values())
+        n_gen = d.n_gen[:nb].clamp(max=self.width).tolist()
+        hi = max(n_gen[s] for s in self._active)
+        new = d.out[:nb, lo:hi].tolist()
         for s in sorted(self._active):
             st = self._active[s]
-            toks = out[s][: min(n_gen[s], self.width)]
+            toks = st["toks"]
+            toks += new[s][st["checked"] - lo : n_gen[s] - lo]
             job = st["job"]
             stop = self._stop_index(toks, st["checked"], job.limit)
             st["checked"] = len(toks)
