@@ -232,6 +232,16 @@ def _load_noop(spec: Spec, options: dict) -> Student:
     return NoopStudent(**options)
 
 
+def _parse_openai(rest: str) -> tuple[str, str | None]:
+    from .backends.openai import parse_target  # no heavy imports: parsing stays cheap
+
+    try:
+        parse_target(rest)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    return rest, None
+
+
 def _load_openai(spec: Spec, options: dict) -> Student:
     from .backends.openai import OpenAIStudent
 
@@ -272,7 +282,7 @@ register_kind("noop", _load_noop, bare=True)
 register_kind("compact", _load_compact, check=_check_compact, syntax="compact:<dir>")
 register_kind("hf", _load_hf, _parse_hf, syntax="hf:<model>[+<adapter>]")
 register_kind("tiny", _load_tiny, _parse_tiny, syntax="tiny:<family>")
-register_kind("openai", _load_openai, syntax="openai:<base_url>[#<model>]")
+register_kind("openai", _load_openai, _parse_openai, syntax="openai:<base_url>[#<model>][?option=value&...]")
 
 
 __all__ = [

@@ -55,7 +55,6 @@ from typing import Any, Sequence
 from ..http import ChatClient, EndpointError, LoopThread, api_key_from_env, message_text, user_message
 from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
 from ..types import LABELS, BaseStudent, Label, PostInput, Prediction
-from .hf import chain_with_label
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +305,8 @@ class OpenAIStudent(BaseStudent):
         t0 = time.perf_counter()
         got = self.loop.gather([self._chain_one(p, pr.label) for p, pr in zip(batch, predictions)])
         ms = (time.perf_counter() - t0) * 1000
+        from .hf import chain_with_label  # lazily: parsing a spec must not import the HF backend
+
         out = []
         for pred, (text, n_prompt, n_gen) in zip(predictions, got):
             chain, own = chain_with_label(text, pred.label)

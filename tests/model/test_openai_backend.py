@@ -16,7 +16,7 @@ from PIL import Image
 from model import load_student
 from model.backends.openai import label_of_token, label_probabilities, parse_target
 from model.http import EndpointError
-from model.loading import parse_spec
+from model.loading import SpecError, parse_spec
 from model.types import Label, PostInput
 from openai_wire_server import WireServer
 
@@ -52,6 +52,8 @@ def test_spec_parsing() -> None:
         "http://h/v1", "m", {"constraint": "regex", "top_logprobs": 10, "chain": False})
     with pytest.raises(ValueError):
         parse_target("vllm:8000/v1#m")
+    with pytest.raises(SpecError, match="http"):  # checked when the spec is parsed, before any request
+        parse_spec("openai:vllm:8000/v1#m")
 
 
 def test_label_token_matching() -> None:
