@@ -18,7 +18,7 @@ How a prediction is made (the same two steps as the in-process HF student, see
    smallest listed probability and an equal share of the probability mass not listed (an upper
    bound: its true probability is below every listed one); ``extra["labels_not_in_top"]`` names
    such labels. When no label word is among the top K at all, a second request constrains the
-   answer to the three words (``constraint``: ``structured_outputs`` = vLLM >= 0.10's
+   answer to the three words (``constraint``: ``structured_outputs`` = vLLM >= 0.10.2's
    ``{"structured_outputs": {"choice": [...]}}``, ``guided_choice`` = older vLLM, ``regex`` =
    SGLang, ``none`` = no fallback: the post fails); its top tokens are read the same way, and if
    they still name no label, the chosen word gets probability 1 (``extra["label_source"]`` says
