@@ -22,10 +22,10 @@ QWEN = ("qwen2_5_vl", "qwen2_vl")
 
 
 def hf_helpers():
-    """``(render_prompt, prepare_image)`` from the HF backend (``model.hf`` after the split,
-    ``model.backends.hf`` before it)."""
+    """``(render_prompt, prepare_image)`` from the HF backend (``model.hf.inputs``; the old path
+    ``model.backends.hf`` as a fallback)."""
     try:
-        from ..hf import prepare_image, render_prompt  # type: ignore[attr-defined]
+        from ..hf.inputs import prepare_image, render_prompt
     except ImportError:
         from ..backends.hf import prepare_image, render_prompt
     return render_prompt, prepare_image

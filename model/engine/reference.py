@@ -24,7 +24,8 @@ from .engine import STOP_STRINGS, Engine
 
 def _hf():
     try:
-        from ..hf import HFStudent, encode_batch  # type: ignore[attr-defined]
+        from ..hf.inputs import encode_batch
+        from ..hf.student import HFStudent
     except ImportError:
         from ..backends.hf import HFStudent, encode_batch
     return HFStudent, encode_batch

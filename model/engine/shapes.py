@@ -59,7 +59,7 @@ def _qwen_processor(tok: Any, image_size: int):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     try:
-        from ..hf import _qwen_processor_class  # type: ignore[attr-defined]
+        from ..hf.processor import _qwen_processor_class
     except ImportError:
         from ..backends.hf import _qwen_processor_class
     px = image_size * image_size

@@ -116,7 +116,7 @@ def classify(student: Any, batch: Sequence[PostInput]) -> list[Prediction] | Non
 
 def _with_chains(student: Any, preds: Sequence[Prediction], results, ms: float) -> list[Prediction]:
     try:
-        from ..hf import chain_with_label  # type: ignore[attr-defined]
+        from ..hf.student import chain_with_label
     except ImportError:
         from ..backends.hf import chain_with_label
     out = []
