@@ -171,6 +171,7 @@ class OpenAIStudent(BaseStudent):
         chain: bool = True,
         chain_prompt: str = "reasoning",
         image_max_side: int | None = 448,
+        image_size: int | None = None,
         extra_body: dict | None = None,
         **ignored: Any,
     ) -> None:
@@ -199,6 +200,9 @@ class OpenAIStudent(BaseStudent):
         self.chain_prompt = chain_prompt
         self.image_max_side = image_max_side
         self.extra_body = dict(extra_body or {})
+        if image_size:  # vLLM + Qwen-VL: the same square pixel budget as the in-process HF student
+            px = int(image_size) ** 2
+            self.extra_body.setdefault("mm_processor_kwargs", {}).update(min_pixels=px, max_pixels=px)
         self.info = {"base_url": self.http.base_url, "model": self.model}
 
     @classmethod

@@ -173,6 +173,13 @@ def test_api_key_model_discovery_and_concurrency(server, monkeypatch) -> None:
         preds = st.classify([PostInput(text=f"happy post {i}") for i in range(8)])
         assert len(preds) == 8 and server.max_in_flight == 2
         assert server.requests[-1]["top_logprobs"] == 5
+        assert "mm_processor_kwargs" not in server.requests[-1]
+    finally:
+        st.close()
+    st = load_student(f"openai:{server.base_url}#{server.model}?image_size=280")
+    try:
+        st.classify(POSTS[1:2])
+        assert server.requests[-1]["mm_processor_kwargs"] == {"min_pixels": 78400, "max_pixels": 78400}
     finally:
         st.close()
 
