@@ -168,8 +168,11 @@ function flush() {
   state.queue = [];
   if (!items.length) return;
   const frag = document.createDocumentFragment();
+  const seen = new Set();
   for (let i = items.length - 1; i >= 0; i--) { // queue is oldest first; the feed is newest first
     const item = items[i];
+    if (seen.has(item.result.id)) continue; // an older version of a post already placed
+    seen.add(item.result.id);
     const old = state.cards.get(item.result.id);
     if (old) dropCard(old); // a newer result of the same post (label first, then the chain)
     const c = card(item, items.length <= 3);
