@@ -13,7 +13,8 @@ to give), of the aspect when there is one, and the EfficientNet-Lite0 pooled fea
 ImageNet-1k logits of the image at the served size. Heads on these features train in seconds,
 so every candidate head is refitted on each fold's training part.
 
-``python -m training.cv features mvsa_single`` then ``python -m training.cv run mvsa_single``.
+``python -m training.cv features mvsa_single``, ``python -m training.cv run mvsa_single``, then
+``python -m training.cv export mvsa_single --candidate NAME --out model/weights/default``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from model.compact.frozen import design
 from model.types import LABELS
 
 LABEL_INDEX = {l.value: i for i, l in enumerate(LABELS)}
@@ -45,23 +47,12 @@ def _examples(dataset: str):
     return out
 
 
-def text_embeddings(texts: list[str], batch: int = 64, max_length: int = 128) -> np.ndarray:
-    """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalised), frozen."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+def text_embeddings(texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalised), frozen: the encoder the
+    served frozen routes use (``model.compact.frozen.SentenceEncoder``)."""
+    from model.compact.frozen import SentenceEncoder
 
-    from model.compact.text import minilm_path
-
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    enc = AutoModel.from_pretrained(minilm_path()).eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch):
-            b = tok(texts[i:i + batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            h = enc(**b).last_hidden_state
-            m = b["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1))
-    return torch.cat(out).numpy().astype(np.float32)
+    return SentenceEncoder().encode(texts)
 
 
 def features(dataset: str, cache: Path = DEFAULT_CACHE, image_size: int = 160) -> dict[str, np.ndarray]:
@@ -112,34 +103,6 @@ def folds(y: np.ndarray, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np
 
 
 # --------------------------------------------------------------------------- candidates
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-6, None)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
-
-
-def design(F: dict[str, np.ndarray], parts: tuple[str, ...]) -> np.ndarray:
-    """The input matrix of a frozen head: named feature blocks side by side."""
-    cols = []
-    for p in parts:
-        if p == "text":
-            cols.append(F["text"])
-        elif p == "aspect":
-            cols.append(F["aspect"])
-        elif p == "image":  # L2-normalised pooled feature (zero for text-only posts)
-            cols.append(_unit(F["image"]) * F["has_image"][:, None])
-        elif p == "imagenet":  # ImageNet-1k probabilities
-            cols.append(_softmax(F["logits"]) * F["has_image"][:, None])
-        elif p == "has_image":
-            cols.append(F["has_image"][:, None])
-        else:
-            raise ValueError(f"unknown feature block {p!r}")
-    return np.concatenate(cols, 1).astype(np.float32)
-
-
 @dataclass
 class Candidate:
     """A frozen-feature head: which feature blocks, and how to build the sklearn model."""
@@ -235,6 +198,24 @@ def print_rows(rows: list[dict], dataset: str, k: int) -> None:
               f"{r['average']} F1 {r['f1_mean']:.4f} +- {r['f1_std']:.4f}   beats baseline: {r['beats_baseline']}")
 
 
+def export(dataset: str, name: str, out: Path, route: str, cache: Path = DEFAULT_CACHE) -> dict:
+    """Fit candidate ``name`` on every train + dev post of ``dataset`` and save it into the student
+    directory ``out`` as ``classifier_<route>`` (``model.compact.frozen``), with its text-only twin
+    (the same head on the text blocks alone, for the chain's Conflict line)."""
+    from model.compact.frozen import TEXT_PARTS, save_frozen
+
+    cand = next((c for c in candidates(dataset) if c.name == name), None)
+    if cand is None:
+        raise SystemExit(f"no candidate {name!r}; known: {[c.name for c in candidates(dataset)]}")
+    F = features(dataset, cache)
+    model = cand.make().fit(design(F, cand.parts), F["y"])
+    text_parts = tuple(p for p in cand.parts if p in TEXT_PARTS)
+    text_model = cand.make().fit(design(F, text_parts), F["y"])
+    meta = {"candidate": cand.name, "fitted_on": f"{dataset} train + dev ({len(F['y'])} posts)"}
+    save_frozen(out, f"classifier_{route}", cand.parts, model, text_model, meta)
+    return meta
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import os
@@ -243,12 +224,18 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(int(os.environ.get("MULCOT_THREADS", "2")))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("verb", choices=["features", "run"])
+    ap.add_argument("verb", choices=["features", "run", "export"])
     ap.add_argument("dataset", choices=sorted(SPLITS))
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candidate", help="export: the candidate's name (as `run` prints it)")
+    ap.add_argument("--out", type=Path, help="export: the student directory")
+    ap.add_argument("--route", default="post", help="export: the route (classifier_<route>)")
     a = ap.parse_args(argv)
+    if a.verb == "export":
+        print(export(a.dataset, a.candidate, a.out, a.route, a.cache))
+        return
     if a.verb == "features":
         F = features(a.dataset, a.cache)
         print({k: v.shape for k, v in F.items()})

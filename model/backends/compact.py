@@ -58,7 +58,8 @@ class CompactStudent(BaseStudent):
     ) -> None:
         from transformers import AutoTokenizer
 
-        from ..compact.text import CompactClassifier, load_classifier, minilm_path
+        from ..compact.frozen import FrozenClassifier, SentenceEncoder
+        from ..compact.text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path
         from ..compact.vision import ImageEncoder
 
         self.path = Path(path)
@@ -69,12 +70,19 @@ class CompactStudent(BaseStudent):
         self.image = ImageEncoder(size=int(image_size or meta.get("image_size", 160)), device=device)
         # one classifier, or one per route: posts with an aspect -> "aspect", others -> "post"
         names = meta.get("classifiers") or {"all": "classifier"}
-        self.classifiers: dict[str, CompactClassifier] = {}
+        self.classifiers: dict[str, CompactClassifier | FrozenClassifier] = {}
+        sentences = None  # one frozen MiniLM shared by the frozen-feature routes
         for route, name in names.items():
+            if json.loads((self.path / f"{name}.json").read_text()).get("kind") == "frozen":
+                sentences = sentences or SentenceEncoder(device)
+                self.classifiers[route] = FrozenClassifier.load(self.path, name, sentences)
+                continue
             clf = load_classifier(self.path, name)
             clf.encoder = clf.encoder.merge_and_unload()
             self.classifiers[route] = clf.to(self.device)
-        self.cfg = next(iter(self.classifiers.values())).cfg
+        # the input format (image words) of the fine-tuned routes; defaults when every route is frozen
+        self.cfg = next((c.cfg for c in self.classifiers.values() if isinstance(c, CompactClassifier)),
+                        ClassifierConfig())
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         self.chain_batch_size = chain_batch_size
         self._max_new_tokens = max_new_tokens
@@ -122,6 +130,7 @@ class CompactStudent(BaseStudent):
     def _label_pass(self, batch: list[PostInput]):
         with_img = [i for i, p in enumerate(batch) if p.image is not None]
         feats = torch.zeros(len(batch), self.cfg.image_dim)
+        lgs = torch.zeros(len(batch), 1000)
         has = torch.zeros(len(batch))
         words: list[list[str] | None] = [None] * len(batch)
         evidence: list[list[list] | None] = [None] * len(batch)  # [[class name, probability], ...]
@@ -132,13 +141,15 @@ class CompactStudent(BaseStudent):
             top = logits.float().softmax(-1).topk(EVIDENCE_CLASSES, dim=-1)
             all_names = self.image.top_names(logits, EVIDENCE_CLASSES)
             for j, i in enumerate(with_img):
-                feats[i], has[i], words[i] = f[j], 1.0, names[j]
+                feats[i], lgs[i], has[i], words[i] = f[j], logits[j], 1.0, names[j]
                 evidence[i] = [[n, float(p)] for n, p in zip(all_names[j], top.values[j].tolist())]
-        probs, n_tokens = self._route_probs(batch, words, feats, has)
+        probs, n_tokens = self._route_probs(batch, words, feats, has, lgs)
         return probs, words, evidence, n_tokens
 
-    def _route_probs(self, batch: list[PostInput], words, feats: torch.Tensor, has: torch.Tensor):
+    def _route_probs(self, batch: list[PostInput], words, feats: torch.Tensor, has: torch.Tensor,
+                     logits: torch.Tensor | None = None, text_only: bool = False):
         """Each post through its route's classifier: (probabilities [n, 3], prompt tokens)."""
+        from ..compact.frozen import FrozenClassifier
         from ..compact.text import encode_pairs
 
         probs = torch.zeros(len(batch), 3)
@@ -147,9 +158,20 @@ class CompactStudent(BaseStudent):
             rows = [i for i, p in enumerate(batch) if self._route(p) == route]
             if not rows:
                 continue
+            idx = torch.tensor(rows)
+            if isinstance(clf, FrozenClassifier):
+                # fp32 like the features it was fitted on (training/cv.py)
+                with torch.autocast(self.device.type, enabled=False):
+                    F = clf.features([batch[i].text for i in rows], [batch[i].aspect for i in rows],
+                                     feats[idx].numpy(), None if logits is None else logits[idx].numpy(),
+                                     has[idx].numpy())
+                probs[idx] = torch.from_numpy(clf.probs(F, text_only=text_only)).float()
+                lens = self.tokenizer([batch[i].text for i in rows], truncation=True, max_length=128)["input_ids"]
+                for j, i in enumerate(rows):
+                    n_tokens[i] = len(lens[j])
+                continue
             enc = encode_pairs(self.tokenizer, [(batch[i].text, batch[i].aspect, words[i]) for i in rows], clf.cfg)
             enc = enc.to(self.device)
-            idx = torch.tensor(rows)
             probs[idx] = clf(
                 enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), feats[idx].to(self.device),
                 has[idx].to(self.device), enc.get("target_mask"),
@@ -165,7 +187,7 @@ class CompactStudent(BaseStudent):
         batch = list(batch)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._label_bf16):
             probs, _ = self._route_probs(batch, [None] * len(batch), torch.zeros(len(batch), self.cfg.image_dim),
-                                         torch.zeros(len(batch)))
+                                         torch.zeros(len(batch)), text_only=True)
         return probs
 
     def _route(self, post: PostInput) -> str:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model.compact.decode import GreedyDecoder
-from model.testing import tiny_tokenizer
+from model.tiny import tiny_tokenizer
 
 PREFIX = "<|im_start|>system\nYou explain the sentiment of posts.<|im_end|>\n<|im_start|>user\n"
 POSTS = [
