@@ -128,10 +128,31 @@ class Planner:
         return plan
 
     def positions(self, ids: list[int], grid: torch.Tensor | None) -> torch.Tensor:
-        """Qwen-VL's 3-D rotary positions of one unpadded prompt (transformers' get_rope_index)."""
-        t = torch.tensor([ids])
-        if grid is None:
+        """Qwen-VL's 3-D rotary positions ``(3, len(ids))`` of one unpadded prompt with at most
+        one image: text tokens count up on all three axes; the image's merged tokens take
+        (t, row, column) offsets from where the image starts; the text after it resumes at that
+        start plus the longer side of the merged grid. The same numbers as transformers'
+        ``get_rope_index`` (a test compares them), without its per-token Python loop."""
+        t = torch.tensor(ids)
+        img = (t == self.image_token_id).nonzero()[:, 0]
+        if grid is None or img.numel() == 0:
             return torch.arange(len(ids))[None].expand(3, -1).clone()
+        a, n = int(img[0]), int(img.numel())
+        gt, gh, gw = (int(x) for x in grid[0])
+        lh, lw = gh // self.merge, gw // self.merge
+        if grid.shape[0] != 1 or int(img[-1]) - a + 1 != n or gt * lh * lw != n:
+            return self.rope_index(ids, grid)
+        pos = torch.empty(3, len(ids), dtype=torch.long)
+        pos[:, :a] = torch.arange(a)
+        tt, hh, ww = torch.meshgrid(torch.arange(gt), torch.arange(lh), torch.arange(lw), indexing="ij")
+        pos[:, a : a + n] = torch.stack([tt, hh, ww]).reshape(3, -1) + a
+        after = len(ids) - a - n
+        pos[:, a + n :] = torch.arange(after) + a + max(gh, gw) // self.merge
+        return pos
+
+    def rope_index(self, ids: list[int], grid: torch.Tensor) -> torch.Tensor:
+        """transformers' ``get_rope_index`` for one prompt (the reference of :meth:`positions`)."""
+        t = torch.tensor([ids])
         mm = (t == self.image_token_id).int()
         pos, _ = self.model.model.get_rope_index(t, mm_token_type_ids=mm, image_grid_thw=grid)
         return pos[:, 0]

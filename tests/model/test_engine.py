@@ -172,3 +172,21 @@ def test_engine_behind_hf_student_gives_hf_predictions(qwen):
         assert a.chain == b.chain and a.generated_tokens == b.generated_tokens
         assert a.prompt_tokens == b.prompt_tokens
         assert a.extra["chain_label"] == b.extra["chain_label"]
+
+
+def test_qwen_positions_equal_get_rope_index(qwen):
+    """The engine's 3-D rotary positions equal transformers' get_rope_index for posts with
+    images of several aspect ratios (and plain counting without an image)."""
+    from PIL import Image
+
+    from model.engine.inputs import Planner
+    from model.types import PostInput
+
+    model, processor = qwen
+    planner = Planner(model, processor, image_size=112)
+    for size in [(112, 112), (300, 80), (60, 200), (33, 33)]:
+        plan = planner.plan(0, PostInput("a post", image=Image.new("RGB", size, (9, 99, 199)), aspect="post"))
+        for ids in (plan.label_ids, plan.reason_ids):
+            assert torch.equal(planner.positions(ids, plan.grid_thw), planner.rope_index(ids, plan.grid_thw))
+    plan = planner.plan(0, PostInput("no image"))
+    assert torch.equal(plan.reason_pos, torch.arange(len(plan.reason_ids))[None].expand(3, -1))
