@@ -300,3 +300,25 @@ def test_grafana_dashboard_queries_name_exported_metrics() -> None:
                    "mulcot_inference_seconds_bucket", "mulcot_batch_size_sum", "sum by (code) (rate(mulcot_dead_letters_total",
                    "mulcot_consumer_lag", "mulcot_sink_retries_total"):
         assert needed in text, f"the dashboard lacks {needed}"
+
+
+def test_lag_from_workers_component(tmp_path: Path) -> None:
+    """The optional component swaps KEDA's kafka trigger for a prometheus one on the workers' own
+    mulcot_consumer_lag (for brokers with stale ListOffsets), the partition cap unchanged."""
+    exe = _tool("kubectl")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    rel = lambda p: os.path.relpath(p, overlay)  # noqa: E731 - kustomize refuses absolute paths
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [rel(DEPLOY / "k8s" / "overlays" / "cpu")],
+        "components": [rel(DEPLOY / "k8s" / "components" / "lag-from-workers")],
+    }))
+    docs = {d["kind"]: d for d in yaml.safe_load_all(_run(exe, "kustomize", str(overlay))) if d}
+    so = docs["ScaledObject"]
+    (trig,) = so["spec"]["triggers"]
+    assert trig["type"] == "prometheus" and int(trig["metadata"]["threshold"]) > 0
+    settings = load_settings(**{k.removeprefix("MULCOT_").lower(): v for k, v in docs["ConfigMap"]["data"].items()})
+    assert trig["metadata"]["query"] == f'sum(mulcot_consumer_lag{{topic="{settings.input_topic}"}})'
+    assert "mulcot_consumer_lag" in exported_metric_names()
+    assert so["spec"]["maxReplicaCount"] == settings.partitions
