@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,8 @@ def make_engine(model: Any, processor: Any, posts: list[PostInput], *, slots: in
 
     d = defaults("tiny" if image_size < 100 else "3b", device)
     planner = Planner(model, processor, image_size=image_size)
-    longest = max(len(planner.plan(i, p).reason_ids) for i, p in enumerate(posts[:64]))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        longest = max(pool.map(lambda ip: len(planner.plan(*ip).reason_ids), enumerate(posts)))
     max_len = _round_up(longest + 64 + new_tokens + d["sync_every"] + 2 * d["len_bucket"], d["kv_bucket"])
     cfg = EngineConfig(slots=slots, max_new_tokens=new_tokens, max_len=max_len, sync_every=d["sync_every"],
                        len_bucket=d["len_bucket"], kv_bucket=d["kv_bucket"], image_size=image_size,
