@@ -281,7 +281,9 @@ class Engine:
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self._graph_pool):
+        # thread_local: CUDA calls of other threads (an HF fallback in another executor thread)
+        # do not abort the capture
+        with torch.cuda.graph(g, pool=self._graph_pool, capture_error_mode="thread_local"):
             d.step(nb, lk)
         self._graphs[(nb, lk)] = g
         return g
