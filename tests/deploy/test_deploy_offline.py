@@ -229,6 +229,7 @@ def test_manifests_wiring(rendered) -> None:  # type: ignore[no-untyped-def]
     assert (gpu == "1") == (overlay == "gpu")
     if overlay == "gpu":
         assert settings.model_device == "cuda" and "cuda" in c["image"]
+        assert dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "a rollout must not need a spare GPU"
     labels = dep["spec"]["selector"]["matchLabels"]
     assert k["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == labels
     assert k["Service"]["spec"]["selector"] == labels
