@@ -385,8 +385,8 @@ class Engine:
                 for job in jobs.values():
                     if not job.done.done():
                         job.done.set_exception(exc)
-                self._free = sorted(set(self._free) | set(self._active))
                 self._active.clear()
+                self._free = list(range(cfg.slots))  # every slot, those taken by the failed admission too
 
     def _admit(self, take: list[tuple["_Job", int]]) -> None:
         plans: list[tuple[_Job, PostPlan]] = []

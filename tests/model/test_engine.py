@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from model.bench import synthetic_posts
+from model.types import PostInput
 from model.engine import Engine, EngineConfig
 from model.engine.reference import hf_student, reference_run
 from model.engine.shapes import build_shape
@@ -180,7 +181,6 @@ def test_qwen_positions_equal_get_rope_index(qwen):
     from PIL import Image
 
     from model.engine.inputs import Planner
-    from model.types import PostInput
 
     model, processor = qwen
     planner = Planner(model, processor, image_size=112)
@@ -190,3 +190,18 @@ def test_qwen_positions_equal_get_rope_index(qwen):
             assert torch.equal(planner.positions(ids, plan.grid_thw), planner.rope_index(ids, plan.grid_thw))
     plan = planner.plan(0, PostInput("no image"))
     assert torch.equal(plan.reason_pos, torch.arange(len(plan.reason_ids))[None].expand(3, -1))
+
+
+def test_engine_fails_one_job_and_keeps_serving(qwen):
+    """A post too long for a slot fails its own job (DoesNotFit: the HF student then takes its
+    own path); the engine serves the next job."""
+    from model.engine import DoesNotFit
+
+    model, processor = qwen
+    engine = Engine(model, processor, _config(slots=2, max_len=256))
+    too_long = PostInput("word " * 400)
+    with pytest.raises(DoesNotFit):
+        engine.run([too_long])
+    got = engine.run(synthetic_posts(2, image_px=112, seed=9))
+    assert all(len(r.tokens) > 0 for r in got)
+    engine.close()
