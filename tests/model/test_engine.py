@@ -205,3 +205,22 @@ def test_engine_fails_one_job_and_keeps_serving(qwen):
     got = engine.run(synthetic_posts(2, image_px=112, seed=9))
     assert all(len(r.tokens) > 0 for r in got)
     engine.close()
+
+
+@pytest.mark.slow
+def test_engine_check_script_tiny(tmp_path):
+    """deploy/gpu/engine_check.py (what deploy/gpu/engine.sh runs on the GPU) at the tiny shape:
+    every stage writes its JSON."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "gpu" / "engine_check.py"
+    spec = importlib.util.spec_from_file_location("engine_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    summary = mod.main(["--shape", "tiny", "--batches", "3", "2", "--new-tokens", "6", "--check-posts", "2",
+                        "--check-tokens", "4", "--out", str(tmp_path)])
+    assert {p.name for p in tmp_path.iterdir()} == {"engine_b3.json", "engine_b2.json", "engine_checks.json",
+                                                    "engine_summary.json"}
+    assert summary["checks"]["fp32_greedy"]["token_agreement"] == 1.0
+    assert all("error" not in summary[k] for k in ("b3", "b2"))
