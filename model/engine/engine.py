@@ -25,11 +25,13 @@ key lengths to multiples of ``kv_bucket``, so shapes repeat and graphs are reuse
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import statistics
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,7 +55,9 @@ STOP_STRINGS = ("Prediction", 'prediction"')
 class EngineConfig:
     """Engine settings.
 
-    ``slots``: rows decoded together (the engine's batch); ``max_new_tokens``: chain budget;
+    ``slots``: rows decoded together (the engine's batch); ``label_rows``: extra cache rows for
+    labels-only posts, so they are scored while every slot holds a chain (default a quarter of
+    ``slots``); ``max_new_tokens``: chain budget;
     ``max_len``: tokens one slot can hold (prompt + chain); ``sync_every``: decode steps between
     two host reads of the new tokens; ``len_bucket`` / ``kv_bucket``: shape rounding;
     ``admit_min``: free slots needed before a new group is admitted while others decode
@@ -64,6 +68,7 @@ class EngineConfig:
     image processor)."""
 
     slots: int = 64
+    label_rows: int | None = None
     max_new_tokens: int = 384
     max_len: int = 2048
     sync_every: int = 8
@@ -119,7 +124,11 @@ class Engine:
             raise ValueError(f"label words share a first token ({firsts}); the engine scores first tokens only")
         self.label_ids = firsts
         self.width = cfg.max_new_tokens + cfg.sync_every + 1
-        self.decoder = SlotDecoder(model, n_slots=cfg.slots, max_len=cfg.max_len, label_ids=firsts,
+        n_label = cfg.label_rows if cfg.label_rows is not None else max(1, cfg.slots // 4)
+        # cache rows [slots, slots + n_label): labels-only scratch, never decoded, so labels are
+        # scored while every slot holds a chain
+        self._label_rows = list(range(cfg.slots, cfg.slots + n_label))
+        self.decoder = SlotDecoder(model, n_slots=cfg.slots + n_label, max_len=cfg.max_len, label_ids=firsts,
                                    out_width=self.width)
         self.device = self.decoder.device
         self.cuda = self.device.type == "cuda"
@@ -337,6 +346,9 @@ class Engine:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="engine", daemon=True)
                 self._thread.start()
+                # stop the thread before the interpreter tears torch down under it
+                ref = weakref.ref(self)
+                atexit.register(lambda: (e := ref()) is not None and e.close())
             self._cv.notify()
         return job.done
 
@@ -367,12 +379,7 @@ class Engine:
                         if not job.done.done():
                             job.done.set_exception(RuntimeError("engine closed"))
                     return
-                take: list[tuple[_Job, int]] = []
-                free = len(self._free)
-                want = min(admit_min, len(self._pending))
-                if self._pending and free and (not self._active or free >= want):
-                    while self._pending and len(take) < free:
-                        take.append(self._pending.popleft())
+                take = self._take(admit_min)
             try:
                 with self._device:
                     if take:
@@ -387,6 +394,24 @@ class Engine:
                         job.done.set_exception(exc)
                 self._active.clear()
                 self._free = list(range(cfg.slots))  # every slot, those taken by the failed admission too
+
+    def _take(self, admit_min: int) -> list[tuple["_Job", int]]:
+        """Queued items to admit now, in arrival order: every labels-only item (they hold no
+        slot: label rows and free slots serve as scratch), and chain items while slots are free -
+        while chains decode, only once ``admit_min`` slots (or as many as are queued) are free."""
+        free = len(self._free)
+        chains = sum(1 for job, _ in self._pending if job.chain)
+        chain_ok = free > 0 and (not self._active or free >= min(admit_min, chains))
+        take, keep, n_chain = [], deque(), 0
+        while self._pending:
+            job, i = self._pending.popleft()
+            if not job.chain or (chain_ok and n_chain < free):
+                take.append((job, i))
+                n_chain += job.chain
+            else:
+                keep.append((job, i))
+        self._pending = keep
+        return take
 
     def _admit(self, take: list[tuple["_Job", int]]) -> None:
         plans: list[tuple[_Job, PostPlan]] = []
@@ -403,11 +428,12 @@ class Engine:
         labels = [(j, p) for j, p in plans if not j.chain]
         chains = [(j, p) for j, p in plans if j.chain]
         self._free.sort()
-        if labels:  # free slots as scratch rows, released at once
-            n = len(self._free)
+        if labels:  # the label rows and the free slots as scratch, released at once
+            rows = self._label_rows + self._free
+            n = len(rows)
             for k in range(0, len(labels), n):
                 group = labels[k : k + n]
-                scores, _ = self._prefill([p for _, p in group], self._free[: len(group)], chain=False)
+                scores, _ = self._prefill([p for _, p in group], rows[: len(group)], chain=False)
                 for (job, p), sc in zip(group, scores.tolist()):
                     job.finish(p.index, EngineResult(p.index, sc, len(p.label_ids), len(p.label_ids)), self.tokenizer)
         if chains:

@@ -224,3 +224,18 @@ def test_engine_check_script_tiny(tmp_path):
                                                     "engine_summary.json"}
     assert summary["checks"]["fp32_greedy"]["token_agreement"] == 1.0
     assert all("error" not in summary[k] for k in ("b3", "b2"))
+
+
+def test_labels_only_posts_do_not_wait_for_chains(qwen):
+    """With every slot holding a chain, a labels-only caller (the worker's label-first path) is
+    served from the label rows at the next engine iteration, not after the chains."""
+    model, processor = qwen
+    engine = Engine(model, processor, _config(slots=2, label_rows=1))
+    posts = synthetic_posts(6, image_px=112, seed=11)
+    alone = [r.label_scores for r in engine.classify(posts[4:])]
+    chains = engine.submit(posts[:4])
+    labels = engine.submit(posts[4:], chain=False).result(timeout=120)
+    assert not chains.done()  # 4 chains on 2 slots: two rounds of 16 tokens still to go
+    assert torch.allclose(torch.tensor([r.label_scores for r in labels]), torch.tensor(alone), atol=1e-5)
+    assert len(chains.result(timeout=120)) == 4
+    engine.close()
