@@ -195,7 +195,7 @@ def _parse_hf(rest: str) -> tuple[str, str | None]:
 
 
 def _load_hf(spec: Spec, options: dict) -> Student:
-    from .backends.hf import HFStudent
+    from .hf.student import HFStudent
 
     return HFStudent.from_pretrained(spec.target, adapter=spec.adapter, **options)
 
@@ -272,7 +272,7 @@ def tiny_path(family: str, workdir: str | Path | None = None, *, seed: int = 0) 
 
 
 def _load_tiny(spec: Spec, options: dict) -> Student:
-    from .backends.hf import HFStudent
+    from .hf.student import HFStudent
 
     return HFStudent.from_pretrained(str(tiny_path(spec.target)), **{"name": str(spec), **options})
 

@@ -16,7 +16,7 @@ What is built, into one directory that ``from_pretrained`` loads like a hub mode
 * a random-initialised model of about a million parameters with the *architecture* of a real
   family (Qwen2.5-VL, or Idefics3 = the SmolVLM architecture);
 * the processor, built from its constructors (``AutoProcessor`` needs torchvision for the
-  video processors, which does not load beside this torch; see ``model.backends.hf``).
+  video processors, which does not load beside this torch; see ``model.hf.processor``).
 
 API (all deterministic for a given ``seed``)::
 
@@ -356,7 +356,7 @@ def build_tiny(family: str, path: str | Path, **kwargs: Any) -> Path:
 def _save_parts(path: Path, tok: Any, image_processor: Any, template: str, processor_class: str,
                 **meta: Any) -> None:
     """Save tokenizer, image processor, chat template and processor metadata the way
-    ``model.backends.hf.build_processor`` reads them (and the way hub repos lay them out)."""
+    ``model.hf.processor.build_processor`` reads them (and the way hub repos lay them out)."""
     tok.save_pretrained(path)
     image_processor.save_pretrained(path)
     (path / "chat_template.jinja").write_text(template)
@@ -370,7 +370,7 @@ def _write_marker(path: Path, family: str, seed: int) -> None:
 def load_tiny(path: str | Path):
     """Load a tiny model directory as plain ``(model, processor)`` (fp32, eval mode), with the
     same processor construction as the HF backend. For training code and tests."""
-    from .backends.hf import load_model_and_processor
+    from .hf.loading import load_model_and_processor
 
     model, processor, _ = load_model_and_processor(str(path), device="cpu")
     return model, processor

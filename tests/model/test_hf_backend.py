@@ -9,14 +9,9 @@ import torch
 from PIL import Image
 
 from model import LABELS, Label, PostInput, load_student, parse_spec
-from model.backends.hf import (
-    HFStudent,
-    chain_with_label,
-    encode_batch,
-    prepare_image,
-    render_prompt,
-    save_processor,
-)
+from model.hf.inputs import encode_batch, prepare_image, render_prompt
+from model.hf.processor import save_processor
+from model.hf.student import HFStudent, chain_with_label
 from model.prompts import label_prompt, reasoning_prompt
 from model.tiny import load_tiny
 

@@ -24,7 +24,8 @@ def overfit_tiny(
     so real generation through the backend reproduces a known chain."""
     import torch
 
-    from model.backends.hf import encode_batch, render_prompt, save_processor
+    from model.hf.inputs import encode_batch, render_prompt
+    from model.hf.processor import save_processor
 
     torch.manual_seed(seed)
     model, processor = load_tiny(src)

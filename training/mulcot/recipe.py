@@ -37,7 +37,9 @@ class DataConfig(_Strict):
                                                      "train rows without a chain are always candidates.")
     limit: int | None = Field(None, description="Use only the first N rows of each file (tests, smoke runs).")
     dev_limit: int | None = Field(None, description="Use only the first N dev/test rows (defaults to `limit`).")
-    image_max_side: int | None = Field(320, description="Downscale images to this longer side when loading.")
+    image_max_side: int | None = Field(320, description="Teacher stage: downscale images to this longer side when "
+                                                       "loading. The assistant and student (training, augmentation, "
+                                                       "evaluation) see images exactly as served: model.hf.inputs.")
 
 
 class TeacherConfig(_Strict):
@@ -360,7 +362,7 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, stages: list[str] | Non
             cands = cands[: g.limit] if g.limit else cands
             s = augment(cands, str(a_dir / "best"), aug_out, samples=g.samples, temperature=g.temperature,
                         top_p=g.top_p, max_new_tokens=g.max_new_tokens, image_size=recipe.assistant.train.image_size,
-                        image_max_side=d.image_max_side, seed=recipe.seed, batch_size=g.batch_size,
+                        seed=recipe.seed, batch_size=g.batch_size,
                         progress=progress)
             summary["stages"]["augment"] = s
             (out / "augment").mkdir(parents=True, exist_ok=True)
@@ -413,7 +415,7 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, stages: list[str] | Non
             name = Path(split).stem if Path(split).exists() else split.replace("/", "_")
             rep = evaluate(student, exs, chain=ev.chain, batch_size=ev.batch_size, out_dir=out / "eval" / name,
                            embeddings=ev.embeddings, train_log=s_dir / "train_log.jsonl", progress=progress,
-                           image_max_side=d.image_max_side, console=console)
+                           console=console)
             reports[split] = {k: rep.get(k) for k in ("n", "accuracy", "weighted_f1", "macro_f1", "chain_parse_rate",
                                                       "label_chain_agreement", "bleu4", "rouge_l", "posts_per_s")}
         summary["stages"]["evaluate"] = reports

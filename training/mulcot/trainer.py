@@ -81,7 +81,7 @@ def make_batches(processor: Any, examples: Sequence[Example], *, family: str, cf
 
 
 def _save_adapter(model: Any, processor: Any, path: Path) -> None:
-    from model.backends.hf import save_processor
+    from model.hf.processor import save_processor
 
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)

@@ -3,7 +3,8 @@ loading, LoRA, batches with answer-only labels, label scoring, tokenizer compati
 
 Batches: each item is (post, prompt, answer). The text is the model's chat template for the
 prompt (ending at the assistant-turn start, exactly what inference sees, via
-``model.backends.hf.render_prompt``) + the answer + the EOS token. Sequences are left-padded
+``model.hf.inputs.render_prompt``) + the answer + the EOS token; images go through the same
+``model.hf.inputs.encode_rendered`` as at inference (same shrink, same resize, same pixels). Sequences are left-padded
 (as at inference), so the answer occupies the last ``n_answer`` positions of each row; ``labels``
 hold the token ids there and ``-100`` everywhere else (prompt, image tokens, padding), and
 ``answer_mask`` is True there. Losses are therefore computed on answer tokens only.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from model import LABELS, PostInput
+from model.hf.inputs import answer_lead, encode_batch, encode_rendered, render_prompt
 from model.prompts import LABEL_WORDS, label_prompt, reasoning_prompt
 
 from ..data import Example
@@ -24,12 +26,9 @@ from ..data import Example
 #: the vision tower (whose blocks reuse some of those names). peft full-matches the regex.
 LORA_TARGET_REGEX = r"^(?!.*(?:visual|vision)).*\.(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 
-QWEN_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
-
-
 def load_model(target: str | Path, *, device: str = "cpu", dtype: Any = None, adapter: str | None = None):
     """``(model, processor, info)`` with the HF backend's loader (processor without torchvision)."""
-    from model.backends.hf import load_model_and_processor
+    from model.hf.loading import load_model_and_processor
 
     model, processor, info = load_model_and_processor(str(target), adapter, device=device, dtype=dtype)
     processor.tokenizer.padding_side = "left"
@@ -52,15 +51,6 @@ def add_lora(model: Any, *, r: int = 16, alpha: int = 32, dropout: float = 0.05,
     if n == 0:
         raise ValueError(f"LoRA target_modules {cfg.target_modules!r} matched no module of {type(model).__name__}")
     return peft_model
-
-
-def answer_lead(processor: Any) -> str:
-    """``" "`` when the chat template's assistant start does not end in whitespace (SmolVLM's
-    ``Assistant:``), else ``""``: the same rule as the HF student's label scoring."""
-    from model.backends.hf import render_prompt
-
-    probe = render_prompt(processor, PostInput(text="x"), "x")
-    return "" if probe[-1:].isspace() else " "
 
 
 def label_token_ids(processor: Any) -> list[int]:
@@ -94,31 +84,10 @@ def label_item(ex: Example, post: PostInput) -> Item:
     return Item(post, label_prompt(post), ex.label.value)
 
 
-def _images_kwargs(processor: Any, posts: Sequence[PostInput], family: str, image_size: int | None) -> dict:
-    from model.backends.hf import prepare_image
-
-    if not any(p.image is not None for p in posts):
-        return {}
-    images = [prepare_image(p.image) if p.image is not None else None for p in posts]
-    kw: dict[str, Any] = {}
-    if family in QWEN_FAMILIES:
-        kw["images"] = [im for im in images if im is not None]
-        if image_size:
-            px = int(image_size) ** 2
-            kw["images_kwargs"] = {"min_pixels": px, "max_pixels": px}
-    else:
-        kw["images"] = [[im] if im is not None else [] for im in images]
-        if image_size and family == "idefics3":
-            kw["images_kwargs"] = {"size": {"longest_edge": int(image_size)}}
-    return kw
-
-
 def collate_items(processor: Any, items: Sequence[Item], *, family: str, image_size: int | None = None,
                   max_answer_tokens: int | None = None) -> dict:
     """Tokenise prompt + answer items into one left-padded batch with answer-only ``labels``."""
     import torch
-
-    from model.backends.hf import render_prompt
 
     tok = processor.tokenizer
     tok.padding_side = "left"
@@ -135,11 +104,7 @@ def collate_items(processor: Any, items: Sequence[Item], *, family: str, image_s
     # count the answer as it re-tokenises (a cut inside a multi-byte character decodes differently)
     answers = [tok.encode(t, add_special_tokens=False) for t in answer_texts]
     texts = [render_prompt(processor, it.post, it.prompt) + t + eos for it, t in zip(items, answer_texts)]
-    kwargs = dict(text=texts, padding=True, return_tensors="pt",
-                  **_images_kwargs(processor, [it.post for it in items], family, image_size))
-    batch = dict(processor(**kwargs))
-    if "mm_token_type_ids" in batch and family not in QWEN_FAMILIES:
-        batch.pop("mm_token_type_ids")
+    batch = dict(encode_rendered(processor, [it.post for it in items], texts, family=family, image_size=image_size))
     input_ids = batch["input_ids"]
     labels = torch.full_like(input_ids, -100)
     mask = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -199,8 +164,6 @@ def label_scores(model: Any, processor: Any, examples: Sequence[Example], *, fam
     ``LABELS`` order (``logits=True``: the raw logits of those words, e.g. as the teacher side
     of :func:`training.losses.kl_on_label_space`)."""
     import torch
-
-    from model.backends.hf import encode_batch
 
     ids = label_token_ids(processor)
     device = next(model.parameters()).device
