@@ -167,16 +167,17 @@ class SlotDecoder:
 
     # ---- decode -------------------------------------------------------------------------
     def _decode_attention(self, q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor):
-        """One query per row against its slot's cache, the query heads of a group folded into
-        one matmul against their shared key/value head (no copy of the cache per head): ``q``
-        ``(b, heads, 1, d)``, ``keys``/``vals`` ``(b, kv_heads, lk, d)``, ``mask`` ``(b, 1, 1, lk)``.
-        Returns ``(b, heads * d)`` in head order."""
+        """One query per row against its slot's cache: ``q`` ``(b, heads, 1, d)``,
+        ``keys``/``vals`` ``(b, kv_heads, lk, d)`` (views of the cache), ``mask`` ``(b, 1, 1, lk)``.
+
+        The query heads of a group are folded into SDPA's query-length axis - ``(b, kv_heads,
+        groups, d)`` against their shared key/value head - so the cache is read once and never
+        copied per head, and the fused kernel keeps scores and softmax in float32 (a plain bf16
+        matmul would round every score to bf16). Returns ``(b, heads * d)`` in head order."""
         b, kvh = q.shape[0], self.kv_heads
         qg = q.reshape(b, kvh, self.heads // kvh, self.head_dim)
-        s = torch.matmul(qg, keys.transpose(-1, -2)).float() * self.scale  # (b, kvh, groups, lk)
-        s = s.masked_fill(~mask, float("-inf"))
-        p = torch.softmax(s, dim=-1).to(vals.dtype)
-        return torch.matmul(p, vals).reshape(b, self.heads * self.head_dim)
+        out = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=mask, scale=self.scale)
+        return out.reshape(b, self.heads * self.head_dim)
 
     @torch.no_grad()
     def step(self, nb: int, lk: int, keep_logits: bool = False) -> None:
