@@ -3,7 +3,7 @@
 
 Builds a random-initialised ``Qwen2_5_VLForConditionalGeneration`` with the architecture of
 Qwen2.5-VL-3B-Instruct (written out below; no hub access needed) directly on the device in
-bf16, wraps it in ``model.backends.hf.HFStudent`` (the code the worker runs) and runs on a
+bf16, wraps it in ``model.hf.student.HFStudent`` (the code the worker runs) and runs on a
 batch of real posts with images from ``../shared/data`` (or synthetic ones):
 
 * labels-only (one scoring forward pass per batch),
@@ -80,7 +80,7 @@ def build(tiny: bool, device: str, dtype, image_size: int):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from model.backends.hf import _qwen_processor_class
+    from model.hf.processor import _qwen_processor_class
     from model.engine.shapes import tiny_module
 
     t = tiny_module()
@@ -116,7 +116,7 @@ def baseline_generate(student, posts, batch_size: int, max_new_tokens: int) -> d
     stop strings, no parsing, the model's own attention (what a hand-written loop would do)."""
     import torch
 
-    from model.backends.hf import encode_batch
+    from model.hf.inputs import encode_batch
     from model.prompts import reasoning_prompt
 
     cuda = torch.cuda.is_available() and student.device.type == "cuda"
@@ -155,7 +155,7 @@ def compare_vision_attention(model, processor, posts, batch_size: int, image_siz
 
     import torch
 
-    from model.backends.hf import HFStudent
+    from model.hf.student import HFStudent
 
     def student(kind: str) -> HFStudent:
         model.set_attn_implementation({"vision_config": stock})
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from model.backends.hf import HFStudent
+    from model.hf.student import HFStudent
     from model.bench import data_posts, print_bench_table, run_model_bench, synthetic_posts
     from model.loading import parse_options
 

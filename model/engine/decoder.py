@@ -55,12 +55,14 @@ class TextParts:
 
 def text_parts(model: Any) -> TextParts:
     """The language-model parts of a Qwen2/2.5-VL or Idefics3 (SmolVLM) model."""
+    from ..hf import IDEFICS3, QWEN_FAMILIES
+
     family = model.config.model_type
     inner = model.model
-    if family in ("qwen2_5_vl", "qwen2_vl"):
+    if family in QWEN_FAMILIES:
         lm = inner.language_model
         return TextParts(lm.embed_tokens, lm.layers, lm.norm, model.lm_head, lm.rotary_emb, True)
-    if family == "idefics3":
+    if family == IDEFICS3:
         lm = inner.text_model
         return TextParts(lm.embed_tokens, lm.layers, lm.norm, model.lm_head, lm.rotary_emb, False)
     raise ValueError(f"the engine supports qwen2_5_vl, qwen2_vl and idefics3 models, not {family!r}")

@@ -15,19 +15,16 @@ from typing import Any
 
 import torch
 
+from ..hf import QWEN_FAMILIES
+from ..hf.inputs import images_kwargs, prepare_image, render_prompt
 from ..prompts import label_prompt, reasoning_prompt
 from ..types import PostInput
 
-QWEN = ("qwen2_5_vl", "qwen2_vl")
+QWEN = QWEN_FAMILIES
 
 
 def hf_helpers():
-    """``(render_prompt, prepare_image)`` from the HF backend (``model.hf.inputs``; the old path
-    ``model.backends.hf`` as a fallback)."""
-    try:
-        from ..hf.inputs import prepare_image, render_prompt
-    except ImportError:
-        from ..backends.hf import prepare_image, render_prompt
+    """``(render_prompt, prepare_image)`` of the HF backend (``model.hf.inputs``)."""
     return render_prompt, prepare_image
 
 
@@ -91,14 +88,11 @@ class Planner:
             reason_text = self.render(self.processor, post, self.chain_prompt(post))
         pv = grid = pam = None
         if post.image is not None:
-            max_side = max(448, 2 * int(self.image_size)) if self.image_size else 2048
-            image = self.prepare_image(post.image, max_side=max_side)
+            # the same image preparation and processor arguments as the HF path (encode_batch)
+            kw = images_kwargs([post], family=self.family, image_size=self.image_size)
+            image, extra = kw["images"][0], kw.get("images_kwargs", {})
             if self.family in QWEN:
-                kw: dict[str, Any] = {}
-                if self.image_size:
-                    px = int(self.image_size) ** 2
-                    kw = {"min_pixels": px, "max_pixels": px}
-                out = self.processor.image_processor(images=[image], return_tensors="pt", **kw)
+                out = self.processor.image_processor(images=[image], return_tensors="pt", **extra)
                 pv, grid = out["pixel_values"], out["image_grid_thw"]
                 n = int(grid.prod()) // self.merge**2
                 pad = self.processor.image_token
@@ -106,12 +100,9 @@ class Planner:
                 reason_text = reason_text.replace(pad, pad * n, 1)
                 label_ids, reason_ids = self._tokens([label_text, reason_text])
             else:
-                kw = {}
-                if self.image_size and self.family == "idefics3":
-                    kw["images_kwargs"] = {"size": {"longest_edge": int(self.image_size)}}
                 with self._lock:
-                    out = self.processor(text=[label_text, reason_text], images=[[image], [image]], padding=True,
-                                         return_tensors="pt", **kw)
+                    out = self.processor(text=[label_text, reason_text], images=[image, image], padding=True,
+                                         return_tensors="pt", images_kwargs=extra)
                 mask = out["attention_mask"].bool()
                 ids = out["input_ids"]
                 label_ids, reason_ids = [ids[i][mask[i]].tolist() for i in range(2)]

@@ -23,11 +23,9 @@ from .engine import STOP_STRINGS, Engine
 
 
 def _hf():
-    try:
-        from ..hf.inputs import encode_batch
-        from ..hf.student import HFStudent
-    except ImportError:
-        from ..backends.hf import HFStudent, encode_batch
+    from ..hf.inputs import encode_batch
+    from ..hf.student import HFStudent
+
     return HFStudent, encode_batch
 
 

@@ -58,10 +58,8 @@ def tiny_module():
 def _qwen_processor(tok: Any, image_size: int):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    try:
-        from ..hf.processor import _qwen_processor_class
-    except ImportError:
-        from ..backends.hf import _qwen_processor_class
+    from ..hf.processor import _qwen_processor_class
+
     px = image_size * image_size
     ip = Qwen2VLImageProcessorPil(size={"shortest_edge": px, "longest_edge": px}, patch_size=14, merge_size=2,
                                   temporal_patch_size=2)

@@ -27,13 +27,14 @@ import os
 import time
 from typing import Any, Sequence
 
+from ..hf import KNOWN_FAMILIES
 from ..prompts import PROMPT_VERSION
 from ..types import PostInput, Prediction
 from .engine import DoesNotFit, Engine, EngineConfig, _round_up
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("qwen2_5_vl", "qwen2_vl", "idefics3")
+SUPPORTED = KNOWN_FAMILIES
 
 
 def wanted(option: Any, device: Any) -> bool:
@@ -115,10 +116,8 @@ def classify(student: Any, batch: Sequence[PostInput]) -> list[Prediction] | Non
 
 
 def _with_chains(student: Any, preds: Sequence[Prediction], results, ms: float) -> list[Prediction]:
-    try:
-        from ..hf.student import chain_with_label
-    except ImportError:
-        from ..backends.hf import chain_with_label
+    from ..hf.student import chain_with_label
+
     out = []
     for pred, r in zip(preds, results):
         chain, own = chain_with_label(r.text, pred.label)
