@@ -34,7 +34,7 @@ How a prediction is made (the same two steps as the in-process HF student, see
 2. **Chain** (``explain``): a request with the reasoning prompt (the same user turn: the image
    and the post), greedy, ``stop`` at the ``Prediction`` key; the text is cut there and
    ``"Prediction": <label>`` is appended with the label from step 1
-   (``hf.chain_with_label``), so the chain's prediction agrees with the label for every
+   (``model.hf.student.chain_with_label``), so the chain's prediction agrees with the label for every
    prediction. What the model's own text argued for is kept in ``extra["chain_label"]`` /
    ``["chain_agrees"]``.
 
@@ -309,7 +309,7 @@ class OpenAIStudent(BaseStudent):
         t0 = time.perf_counter()
         got = self.loop.gather([self._chain_one(p, pr.label) for p, pr in zip(batch, predictions)])
         ms = (time.perf_counter() - t0) * 1000
-        from .hf import chain_with_label  # lazily: parsing a spec must not import the HF backend
+        from ..hf.student import chain_with_label  # lazily: parsing a spec must not import the HF code
 
         out = []
         for pred, (text, n_prompt, n_gen) in zip(predictions, got):
