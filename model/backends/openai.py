@@ -119,6 +119,8 @@ def label_probabilities(top: Sequence[dict]) -> tuple[list[float] | None, list[s
         for i in missing:
             found[i] = floor
     total = sum(found)
+    if not total > 0:  # every label token listed with probability 0 (e.g. vLLM's -9999 logprobs)
+        return None, []
     return [p / total for p in found], [LABELS[i].value for i in missing]
 
 

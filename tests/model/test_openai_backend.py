@@ -68,6 +68,7 @@ def test_label_token_matching() -> None:
     assert missing == [] and sum(probs) == pytest.approx(1.0)
     assert probs == pytest.approx([0.70 / 0.90, 0.12 / 0.90, 0.08 / 0.90], abs=1e-4)
     assert label_probabilities([{"token": "The", "logprob": -0.1}]) == (None, [])
+    assert label_probabilities([{"token": "positive", "logprob": -9999.0}, {"token": "The", "logprob": -0.01}]) == (None, [])
 
 
 def test_labels_probabilities_chains_and_tokens(server, student) -> None:
@@ -108,7 +109,8 @@ def test_chain_that_argues_otherwise_still_agrees_with_label(server, student) ->
 def test_labels_only_and_label_first(server, student) -> None:
     preds = student.predict(POSTS, chain=False)
     assert all(p.chain is None for p in preds) and len(server.requests) == 3
-    early, full = list(student.predict_label_first(POSTS[:2]))
+    early = student.classify(POSTS[:2])
+    full = student.explain(POSTS[:2], early)
     assert [p.label for p in early] == [p.label for p in full] and all(p.chain for p in full)
 
 
