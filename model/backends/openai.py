@@ -21,8 +21,8 @@ How a prediction is made (the same two steps as the in-process HF student, see
    answer to the three words (``constraint``: ``structured_outputs`` = vLLM >= 0.10.2's
    ``{"structured_outputs": {"choice": [...]}}``, ``guided_choice`` = older vLLM, ``regex`` =
    SGLang, ``none`` = no fallback: the post fails); its top tokens are read the same way, and if
-   they still name no label, the chosen word gets probability 1 (``extra["label_source"]`` says
-   which path was taken).
+   they still name no label, the answer's first label word gets probability 1 (``extra["label_source"]``
+   says which path was taken).
 
    With ``label_scoring="prompt_logprobs"`` (vLLM: its ``prompt_logprobs``, ``add_generation_prompt``
    and ``continue_final_message`` request fields) every label word is scored exactly instead, as
@@ -53,6 +53,7 @@ import time
 from typing import Any, Sequence
 
 from ..http import ChatClient, EndpointError, LoopThread, api_key_from_env, message_text, user_message
+from ..chain import label_in
 from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
 from ..types import LABELS, BaseStudent, Label, PostInput, Prediction
 
@@ -254,12 +255,14 @@ class OpenAIStudent(BaseStudent):
         if self.constraint == "none":
             raise EndpointError(f"no label word among the top {self.top_logprobs} tokens "
                                 f"({[t.get('token') for t in _top_logprobs(data)][:5]}...) and constraint='none'")
-        params = {"max_tokens": 4, "logprobs": True, "top_logprobs": self.top_logprobs, **self._constrained()}
+        params = {"max_tokens": 8, "logprobs": True, "top_logprobs": self.top_logprobs, **self._constrained()}
         data = await self.http.chat(self._body(post, prompt, **params))
         probs, missing = label_probabilities(_top_logprobs(data))
         if probs is not None:
             return probs, tokens, {"label_source": "choice_logprobs", "labels_not_in_top": missing}
-        chosen = Label.parse(message_text(data))  # ValueError: the server ignored the constraint
+        chosen = label_in(message_text(data))  # the first label word, should the server ignore the constraint
+        if chosen is None:
+            raise ValueError(f"constrained answer names no label: {message_text(data)[:80]!r}")
         return [1.0 if l is chosen else 0.0 for l in LABELS], tokens, {"label_source": "choice"}
 
     async def _label_words(self, post: PostInput, prompt: str, prompt_tokens: int) -> list[float]:

@@ -12,6 +12,8 @@ Knobs: ``fail`` - HTTP statuses to answer the next requests with (``Retry-After:
 ``down`` - answer every request 503 while True (an outage);
 ``hide_labels`` - texts whose answer position lists no label token (forces the constrained
 fallback); ``partial`` - texts whose top tokens list only the winning label and one other;
+``ignore_constraint`` - texts for which the server ignores the constraint fields (as vLLM does
+with fields it does not know) and answers in a sentence with no label token among its logprobs;
 ``contrary`` - texts whose chain argues for another label than the label request's answer.
 
 vLLM's ``prompt_logprobs`` with ``continue_final_message`` (an assistant turn to continue) is
@@ -95,6 +97,7 @@ class WireServer:
         self.hide_labels: set[str] = set()
         self.partial: set[str] = set()
         self.contrary: set[str] = set()
+        self.ignore_constraint: set[str] = set()
         self.images_seen: list[tuple[int, int]] = []
         self.delay_s = 0.0
         self.in_flight = 0
@@ -164,6 +167,14 @@ class WireServer:
         text = m.group(1) if m else ""
         label = rule_label(text)
         choice = (body.get("structured_outputs") or {}).get("choice") or body.get("guided_choice")
+        if text in self.ignore_constraint and choice:
+            top = [("It", 0.7), ("The", 0.3)]
+            out = f"It is {label}."
+            return {"id": "x", "object": "chat.completion", "model": self.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "stop",
+                                 "logprobs": {"content": [{"token": "It", "logprob": math.log(0.7), "top_logprobs": [
+                                     {"token": t, "logprob": math.log(p)} for t, p in top]}]}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
         max_tokens = int(body.get("max_tokens") or 512)
         top = top_tokens(label)
         if text in self.partial:

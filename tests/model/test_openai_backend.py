@@ -128,6 +128,12 @@ def test_constrained_choice_fallback(server, student) -> None:
     assert p.extra["label_source"] in ("choice_logprobs", "choice")
     constrained = [r for r in server.requests if "structured_outputs" in r]
     assert len(constrained) == 1 and constrained[0]["structured_outputs"]["choice"] == ["positive", "neutral", "negative"]
+    # a server that ignores the constraint and answers in a sentence: its first label word counts
+    server.hide_labels.add(POSTS[0].text)
+    server.ignore_constraint.add(POSTS[0].text)
+    (p,) = student.classify(POSTS[:1])
+    assert p.label is Label.POSITIVE and p.extra["label_source"] == "choice"
+    assert p.probabilities == {"positive": 1.0, "neutral": 0.0, "negative": 0.0}
 
 
 def test_retries_on_429_and_503(server, student) -> None:
