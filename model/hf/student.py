@@ -69,6 +69,9 @@ class HFStudent(BaseStudent):
         vision_attention: str = "packed",
         cache_implementation: str | None = None,
         info: dict | None = None,
+        engine: Any = "auto",
+        engine_slots: int | None = None,
+        engine_max_len: int | None = None,
     ) -> None:
         if chain_prompt not in ("reasoning", "guided"):
             raise ValueError("chain_prompt must be 'reasoning' or 'guided'")
@@ -106,6 +109,13 @@ class HFStudent(BaseStudent):
                 f"label words {LABEL_WORDS} share a first token with this tokenizer "
                 f"({self.label_token_ids}); use label_scoring='sequence' or 'auto'"
             )
+        # the batched engine (model/engine, docs/engine.md): "auto" = on CUDA; None when off or
+        # when these settings are ones it does not reproduce
+        self.engine = None
+        if engine not in (None, False, "off"):
+            from ..engine.student import attach
+
+            self.engine = attach(self, engine, slots=engine_slots, max_len=engine_max_len)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -121,12 +131,15 @@ class HFStudent(BaseStudent):
         ``attn_implementation``, ``vision_attention`` ("packed": Qwen-VL vision towers run all
         their windows in one attention call instead of one call per window, unless flash-attn is
         in use; "model": leave the model's own), ``cache_implementation`` (passed to
-        ``generate``, e.g. "static"; default: transformers' dynamic cache), ``name``, ``version``.
+        ``generate``, e.g. "static"; default: transformers' dynamic cache), ``engine`` ("auto": the
+        batched engine of ``model/engine`` on CUDA; "on"; "off"), ``engine_slots``,
+        ``engine_max_len`` (docs/engine.md), ``name``, ``version``.
         Unknown options are ignored with a log line (settings objects pass extra keys).
         """
         load_keys = ("device", "dtype", "merge_adapter", "attn_implementation")
         init_keys = ("name", "version", "image_size", "max_new_tokens", "do_sample", "temperature", "top_p",
-                     "seed", "chain", "chain_prompt", "label_scoring", "vision_attention", "cache_implementation")
+                     "seed", "chain", "chain_prompt", "label_scoring", "vision_attention", "cache_implementation",
+                     "engine", "engine_slots", "engine_max_len")
         unknown = sorted(set(options) - set(load_keys) - set(init_keys))
         if unknown:
             log.info("HFStudent ignores options %s", unknown)
@@ -212,6 +225,12 @@ class HFStudent(BaseStudent):
         batch = list(batch)
         if not batch:
             return []
+        if self.engine is not None:
+            from ..engine import student as engine_student
+
+            preds = engine_student.classify(self, batch)
+            if preds is not None:  # None: a post too long for the engine's slots
+                return preds
         t0 = time.perf_counter()
         scores, prompt_lens = self.label_logits(batch)
         probs = scores.softmax(-1).cpu().tolist()
@@ -270,6 +289,12 @@ class HFStudent(BaseStudent):
             return []
         if len(batch) != len(predictions):
             raise ValueError("batch and predictions differ in length")
+        if self.engine is not None:
+            from ..engine import student as engine_student
+
+            out = engine_student.explain(self, batch, predictions)
+            if out is not None:
+                return out
         t0 = time.perf_counter()
         if self.chain_prompt == "guided":
             prompts = [guided_reasoning_prompt(p, pr.label) for p, pr in zip(batch, predictions)]
@@ -301,7 +326,14 @@ class HFStudent(BaseStudent):
         return out
 
     def predict(self, batch: Sequence[PostInput], *, chain: bool = True) -> list[Prediction]:
-        """Label (+ chain unless ``chain=False`` or the student was loaded with ``chain=False``)."""
+        """Label (+ chain unless ``chain=False`` or the student was loaded with ``chain=False``).
+        With the engine, label and chain come from one pass (one vision pass per post)."""
+        if self.engine is not None and chain and self.chain and batch:
+            from ..engine import student as engine_student
+
+            preds = engine_student.predict(self, batch)
+            if preds is not None:
+                return preds
         return super().predict(batch, chain=chain and self.chain)
 
     def predict_label_first(self, batch: Sequence[PostInput], *, chain: bool = True) -> Iterator[list[Prediction]]:

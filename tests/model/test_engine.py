@@ -239,3 +239,25 @@ def test_labels_only_posts_do_not_wait_for_chains(qwen):
     assert torch.allclose(torch.tensor([r.label_scores for r in labels]), torch.tensor(alone), atol=1e-5)
     assert len(chains.result(timeout=120)) == 4
     engine.close()
+
+
+def test_hf_student_engine_option(tiny_qwen_dir):
+    """load_student("hf:...", engine="on") serves predict/classify through the engine with the
+    HF path's predictions (engine="off"); "auto" stays off on CPU."""
+    from model import load_student
+
+    posts = synthetic_posts(3, image_px=112, seed=13)
+    off = load_student(f"hf:{tiny_qwen_dir}", max_new_tokens=8, image_size=56, engine="off")
+    on = load_student(f"hf:{tiny_qwen_dir}", max_new_tokens=8, image_size=56, engine="on", engine_slots=2,
+                      engine_max_len=512)
+    auto = load_student(f"hf:{tiny_qwen_dir}", max_new_tokens=8, image_size=56)
+    assert off.engine is None and auto.engine is None and on.engine is not None
+    try:
+        got, ref = on.predict(posts), off.predict(posts)
+        labels = on.classify(posts)
+    finally:
+        on.engine.close()
+    assert all(p.extra.get("engine") for p in got + labels)
+    for a, b in zip(got, ref):
+        assert a.label == b.label and a.chain == b.chain and a.generated_tokens == b.generated_tokens
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
