@@ -18,6 +18,7 @@ file per stage as soon as it is done (so a stage cut off by a time limit loses o
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"batch {b}: {time.perf_counter() - t:.1f} s", flush=True)
         (out / "engine_summary.json").write_text(json.dumps(summary, indent=2))
         if device == "cuda":
+            gc.collect()  # the engine thread's cycle holds the KV cache and graphs
             torch.cuda.empty_cache()
 
     def checks() -> None:
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"checks: {time.perf_counter() - t:.1f} s", flush=True)
         (out / "engine_summary.json").write_text(json.dumps(summary, indent=2))
         if device == "cuda":
+            gc.collect()  # the engine thread's cycle holds the KV cache and graphs
             torch.cuda.empty_cache()
 
     # the first batch size, then the (short) checks, then the other batch sizes: a time limit

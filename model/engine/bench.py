@@ -18,6 +18,7 @@ one ``Engine.run``, so slots are refilled across caller batches. Plus ``token_ag
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -270,6 +271,7 @@ def run_engine_checks(shape: str = "tiny", *, n_posts: int = 8, new_tokens: int 
             engine.close()
             del engine, student, model
             if _cuda(device):
+                gc.collect()  # the engine thread's cycle holds the KV cache and graphs
                 torch.cuda.empty_cache()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
