@@ -159,7 +159,7 @@ def compare_vision_attention(model, processor, posts, batch_size: int, image_siz
 
     def student(kind: str) -> HFStudent:
         model.set_attn_implementation({"vision_config": stock})
-        return HFStudent(model, processor, image_size=image_size, chain=False, vision_attention=kind)
+        return HFStudent(model, processor, image_size=image_size, chain=False, vision_attention=kind, engine="off")
 
     def timed(st: HFStudent) -> float:
         if torch.cuda.is_available() and st.device.type == "cuda":
@@ -227,8 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
     name = "qwen2.5-vl-3b-shape(random)" if not args.tiny else "qwen2.5-vl-tiny"
 
     options = parse_options(args.option)
-    student = HFStudent(model, processor, name=name, image_size=args.image_size,
-                        max_new_tokens=args.max_new_tokens, info=info, **options)
+    # this check measures the HF path (generate) unless --option engine=on; the engine has its
+    # own benchmark (mulcot bench engine)
+    student = HFStudent(model, processor, name=name, image_size=args.image_size, max_new_tokens=args.max_new_tokens,
+                        info=info, **{"engine": "off", **options})
     result = run_model_bench("check_hf", posts, student=student, batch_size=args.batch_size, print_table=False)
     result.update(vision_attention=student.info.get("vision_attention", stock_attention), options=options,
                   build_seconds=round(build_s, 1), posts_source=source, shape="tiny" if args.tiny else "Qwen2.5-VL-3B",

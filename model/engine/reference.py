@@ -30,10 +30,11 @@ def _hf():
 
 
 def hf_student(model: Any, processor: Any, *, image_size: int | None, max_new_tokens: int, chain: bool = True):
-    """The HF student (the worker's code) over an already loaded model."""
+    """The HF student over an already loaded model, on its own HF path (``engine="off"``: the
+    reference must not be the engine)."""
     HFStudent, _ = _hf()
     return HFStudent(model, processor, image_size=image_size, max_new_tokens=max_new_tokens, chain=chain,
-                     label_scoring="first_token")
+                     label_scoring="first_token", engine="off")
 
 
 def reference_generate(student: Any, posts: Sequence[PostInput], max_new_tokens: int, *,
