@@ -85,7 +85,7 @@ def defaults(shape: str, device: str) -> dict:
     gpu = _cuda(device)
     return {
         "image_size": 56 if shape.startswith("tiny") else 280,
-        "len_bucket": 64 if gpu else 16,
+        "len_bucket": 32 if gpu else 16,
         "kv_bucket": 256 if gpu else 64,
         "sync_every": 8 if gpu else 4,
     }

@@ -72,7 +72,7 @@ class EngineConfig:
     max_new_tokens: int = 384
     max_len: int = 2048
     sync_every: int = 8
-    len_bucket: int = 64
+    len_bucket: int = 32
     kv_bucket: int = 256
     admit_min: int | None = None
     cuda_graphs: bool = True

@@ -76,7 +76,7 @@ def attach(student: Any, option: Any = "auto", *, slots: int | None = None, max_
         max_new_tokens=new,
         max_len=int(max_len or _round_up(1024 + new, 256)),
         sync_every=8 if cuda else 4,
-        len_bucket=64 if cuda else 16,
+        len_bucket=32 if cuda else 16,
         kv_bucket=256 if cuda else 64,
         image_size=student.image_size,
     )
