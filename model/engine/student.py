@@ -81,6 +81,10 @@ def attach(student: Any, option: Any = "auto", *, slots: int | None = None, max_
         image_size=student.image_size,
     )
     engine = Engine(student.model, student.processor, cfg)
+    # calls may now come from several threads at once: the engine serialises device work itself
+    # and lets posts of concurrent calls share its slots (a caller may run its model calls on
+    # several threads when this is True)
+    student.thread_safe = True
     log.info("HF student: engine on (%d slots x %d tokens, CUDA graphs %s)", cfg.slots, cfg.max_len,
              cuda and cfg.cuda_graphs)
     return engine
