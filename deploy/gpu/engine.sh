@@ -17,13 +17,16 @@ OUT=${OUT:-/tmp/engine_gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpu.txt"
+# the card and versions head the log (the device tool brings back at most 8 files; this run writes 7)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/engine_check.log"
+$PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" 2>&1 | tee -a "$OUT/engine_check.log"
 IMAGES=${IMAGES:-.gpu_data/t15/images}
-timeout 330 $PY deploy/gpu/engine_check.py --out "$OUT" --images "$IMAGES" --batches 128 256 \
-    --new-tokens 256 2>&1 | tee "$OUT/engine_check.log"
+# ENGINE_ARGS / TRAIN_ARGS replace the defaults (a CPU dry run: ENGINE_ARGS="--shape tiny --batches 4
+# --new-tokens 6 --check-posts 2 --check-tokens 4" TRAIN_ARGS="--tiny --micro-batches 1 --steps 1")
+timeout 330 $PY deploy/gpu/engine_check.py --out "$OUT" --images "$IMAGES" \
+    ${ENGINE_ARGS:---batches 128 256 --new-tokens 256} 2>&1 | tee -a "$OUT/engine_check.log"
 echo "engine_check exit ${PIPESTATUS[0]}"
-timeout 120 $PY deploy/gpu/train_check.py --micro-batches 4 8 --steps 3 --json-out "$OUT/train_check.json" \
-    2>&1 | tee "$OUT/train_check.log"
+timeout 120 $PY deploy/gpu/train_check.py ${TRAIN_ARGS:---micro-batches 4 8 --steps 3} \
+    --json-out "$OUT/train_check.json" 2>&1 | tee "$OUT/train_check.log"
 echo "train_check exit ${PIPESTATUS[0]}"
 ls -l "$OUT"
