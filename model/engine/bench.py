@@ -115,6 +115,7 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
     already built ``(model, processor)`` of ``shape`` in ``dtype`` (saves a build per run)."""
     import torch
 
+    from .engine import summarize_latency
     from .reference import hf_student, label_agreement, reference_run, token_agreement
     from .shapes import build_shape
 
@@ -166,6 +167,7 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
         "graph_error": engine.graph_error,
         "vision_attention": _vision_attention(device, tdtype),
         "refills": engine.stats["refills"],
+        "p50_post_latency_ms": summarize_latency(stream),  # admission to finished, in the stream run
     }
     result: dict[str, Any] = {"engine": eng}
     cfg = engine.cfg

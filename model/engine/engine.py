@@ -546,6 +546,7 @@ class _Job:
 
 
 def summarize_latency(results: Sequence[EngineResult]) -> float | None:
+    """Median admission-to-finish time of chain results, in ms (None without any)."""
     xs = [r.latency_ms for r in results if r.latency_ms]
     return round(statistics.median(xs), 1) if xs else None
 

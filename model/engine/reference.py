@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..prompts import label_prompt, reasoning_prompt
+from ..prompts import reasoning_prompt
 from ..types import PostInput
 from .engine import STOP_STRINGS, Engine
 
@@ -168,7 +168,3 @@ def teacher_forced_check(engine: Engine, student: Any, posts: Sequence[PostInput
            "max_logit_diff": float(f"{max_diff:.4g}"), "mean_logit_diff": float(f"{sum_diff / max(1, n_elems):.4g}")}
     out.update(label_agreement([r.label_scores for r in labels], ref["scores"]))
     return out
-
-
-def label_prompts(posts: Sequence[PostInput]) -> list[str]:  # pragma: no cover - convenience
-    return [label_prompt(p) for p in posts]

@@ -120,17 +120,9 @@ def classify(student: Any, batch: Sequence[PostInput]) -> list[Prediction] | Non
 
 
 def _with_chains(student: Any, preds: Sequence[Prediction], results, ms: float) -> list[Prediction]:
-    from ..hf.student import chain_with_label
+    from ..hf.student import with_generated_chain
 
-    out = []
-    for pred, r in zip(preds, results):
-        chain, own = chain_with_label(r.text, pred.label)
-        extra = dict(pred.extra)
-        extra.update(chain_label=own.value if own else None, chain_agrees=(own == pred.label) if own else None,
-                     chain_prompt_tokens=int(r.prompt_tokens))
-        out.append(Prediction(**{**pred.__dict__, "chain": chain, "prompt_tokens": pred.prompt_tokens + r.prompt_tokens,
-                                 "generated_tokens": len(r.tokens), "chain_ms": ms, "extra": extra}))
-    return out
+    return [with_generated_chain(pred, r.text, r.prompt_tokens, len(r.tokens), ms) for pred, r in zip(preds, results)]
 
 
 def predict(student: Any, batch: Sequence[PostInput]) -> list[Prediction] | None:
