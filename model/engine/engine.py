@@ -149,7 +149,8 @@ class Engine:
         self._cv = threading.Condition()
         self._pending: deque = deque()
         self._free = list(range(cfg.slots))
-        self._active: dict[int, dict] = {}  # slot -> {"job", "plan", "res", "t0", "checked"}
+        self._active: dict[int, dict] = {}  # slot -> {"job", "plan", "res", "t0", "n", "asked", "toks", ...}
+        self._snapshot = None  # the last chunk's tokens on their way to the host (see _decode_chunk)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._device = threading.RLock()  # whoever drives the device: the engine thread or a check
@@ -393,6 +394,7 @@ class Engine:
                     if not job.done.done():
                         job.done.set_exception(exc)
                 self._active.clear()
+                self._snapshot = None
                 self._free = list(range(cfg.slots))  # every slot, those taken by the failed admission too
 
     def _take(self, admit_min: int) -> list[tuple["_Job", int]]:
@@ -445,28 +447,59 @@ class Engine:
             self._used.update(slots)
             for (job, p), s, sc in zip(chains, slots, scores.tolist()):
                 res = EngineResult(p.index, sc, len(p.reason_ids), len(p.label_ids))
-                # length: tokens in the cache when decoding starts; toks: the chain read so far
+                # length: tokens in the cache when decoding starts; n: tokens generated (the
+                # prefill's first one); asked: columns queued for the host; toks: those read
                 self._active[s] = {"job": job, "plan": p, "res": res, "t0": t0, "checked": 0, "toks": [],
-                                   "length": len(p.reason_ids)}
+                                   "length": len(p.reason_ids), "n": 1, "asked": 0}
 
     def _decode_chunk(self) -> None:
+        """Launch ``sync_every`` steps, queue the copy of the tokens they write, then read the
+        previous chunk's copy, which the device finished meanwhile: the host's stop checks overlap
+        the device's next chunk instead of idling it. A finished row is seen one chunk late (its
+        extra tokens are dropped, the output is the same) and its slot is refilled then."""
         cfg, d = self.cfg, self.decoder
+        k = cfg.sync_every
         nb = min(cfg.slots, _pow2(max(self._active) + 1))
-        # keys up to the longest row in flight (free slots below nb step too, ignored)
-        longest = max(st["length"] + st["checked"] for st in self._active.values())
-        lk = min(cfg.max_len, _round_up(longest + cfg.sync_every + 1, cfg.kv_bucket))
-        for _ in range(cfg.sync_every):
+        # keys up to the longest row in flight (free slots below nb step too, ignored); "n" is
+        # the host's count of a row's generated tokens: every step adds one to every row
+        longest = max(st["length"] + st["n"] for st in self._active.values())
+        lk = min(cfg.max_len, _round_up(longest + k + 1, cfg.kv_bucket))
+        for _ in range(k):
             self._step(nb, lk)
-        self.stats["steps"] += cfg.sync_every
-        # only the columns written since the last read leave the device
-        lo = min(st["checked"] for st in self._active.values())
-        n_gen = d.n_gen[:nb].clamp(max=self.width).tolist()
-        hi = max(n_gen[s] for s in self._active)
-        new = d.out[:nb, lo:hi].tolist()
-        for s in sorted(self._active):
-            st = self._active[s]
+        self.stats["steps"] += k
+        rows = {}
+        for s, st in self._active.items():
+            st["n"] = min(st["n"] + k, self.width)
+            rows[s] = (st, st["asked"], st["n"])  # this chunk's copy holds columns [asked, n)
+            st["asked"] = st["n"]
+        lo = min(a for _, a, _ in rows.values())
+        hi = max(n for _, _, n in rows.values())
+        src = d.out[:nb, lo:hi]
+        if self.cuda:
+            buf = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
+            buf.copy_(src, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            buf, event = src.clone(), None
+        previous, self._snapshot = self._snapshot, (buf, event, lo, rows)
+        if previous is not None:
+            self._read(previous)
+        if not self._active:
+            self._snapshot = None  # every row in it has finished
+
+    def _read(self, snapshot) -> None:
+        """Append a chunk's tokens to their rows, finish the rows that stopped, free their slots."""
+        buf, event, lo, rows = snapshot
+        if event is not None:
+            event.synchronize()
+        new = buf.tolist()
+        for s in sorted(rows):
+            st, a, n = rows[s]
+            if self._active.get(s) is not st:  # finished from an earlier chunk; the slot may be refilled
+                continue
             toks = st["toks"]
-            toks += new[s][st["checked"] - lo : n_gen[s] - lo]
+            toks += new[s][a - lo : n - lo]
             job = st["job"]
             stop = self._stop_index(toks, st["checked"], job.limit)
             st["checked"] = len(toks)
