@@ -351,3 +351,7 @@ def engine(shape: str, batch: int, new_tokens: int | None, n_posts: int | None, 
         click.echo(json.dumps(result, indent=2))
     else:
         print_table(result)
+
+
+if __name__ == "__main__":  # `python -m model.engine.bench ...` where the mulcot CLI is not installed (a GPU box)
+    engine()
