@@ -199,19 +199,19 @@ def family_name(family: str) -> str:
     raise ValueError(f"unknown tiny family {family!r}; known: {FAMILIES}")
 
 
+#: The language model of both tiny families: 2 layers of width 64.
+_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096)
+
+
 def tiny_qwen2_5_vl_config(vocab_size: int, tok: Any = None, **overrides: Any):
     """A Qwen2.5-VL config of ~1M parameters (2 text layers, 2 vision blocks)."""
     from transformers import Qwen2_5_VLConfig
 
     ids = (lambda t: tok.convert_tokens_to_ids(t)) if tok is not None else (lambda t: QWEN_SPECIAL.index(t))
     text = dict(
+        **_TINY_TEXT,
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
         bos_token_id=ids("<|endoftext|>"),
         eos_token_id=ids("<|im_end|>"),
@@ -248,14 +248,9 @@ def tiny_idefics3_config(vocab_size: int, tok: Any, image_size: int = 56, **over
     from transformers import Idefics3Config
 
     text = dict(
+        **_TINY_TEXT,
         model_type="llama",
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
         bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
         eos_token_id=tok.convert_tokens_to_ids("<end_of_utterance>"),
         pad_token_id=tok.pad_token_id,

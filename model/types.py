@@ -6,8 +6,9 @@ Nothing here knows about Kafka, Redis or a particular model family.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -21,7 +22,7 @@ class Label(str, enum.Enum):
     NEGATIVE = "negative"
 
     @classmethod
-    def parse(cls, value: str) -> "Label":
+    def parse(cls, value: str) -> Label:
         """Case- and whitespace-insensitive lookup; raises ValueError on anything else."""
         v = str(value).strip().strip("\"'*.,:;").lower()
         for label in cls:
@@ -36,7 +37,7 @@ class Label(str, enum.Enum):
 #: Fixed order of the label space; probability vectors and classifier heads use it.
 LABELS: tuple[Label, ...] = (Label.POSITIVE, Label.NEUTRAL, Label.NEGATIVE)
 
-#: The five chain fields of METHOD.md, in the order models write them.
+#: The five chain fields of the MulCoT-RD method (docs/model.md), in the order models write them.
 CHAIN_FIELDS: tuple[str, ...] = (
     "Text_analysis",
     "Image_analysis",
@@ -51,7 +52,7 @@ class PostInput:
     """One post as a model sees it: text, an optional decoded RGB image, an optional aspect."""
 
     text: str
-    image: "Image.Image | None" = None
+    image: Image.Image | None = None
     aspect: str | None = None
     id: str | None = None
 
@@ -78,12 +79,12 @@ class ReasoningChain:
     parsed: bool = False
     missing: tuple[str, ...] = ()
 
-    def with_prediction(self, label: Label) -> "ReasoningChain":
+    def with_prediction(self, label: Label) -> ReasoningChain:
         """Return a copy whose ``Prediction`` field is ``label`` (the published label)."""
         return replace(self, prediction=label.value)
 
     def fields(self) -> dict[str, str]:
-        """The five fields keyed by their METHOD.md names."""
+        """The five fields keyed by their names in :data:`CHAIN_FIELDS`."""
         return {
             "Text_analysis": self.text_analysis,
             "Image_analysis": self.image_analysis,
@@ -189,15 +190,6 @@ class BaseStudent:
             return []
         preds = self.classify(batch)
         return self.explain(batch, preds) if chain else preds
-
-    def predict_label_first(self, batch: Sequence[PostInput], *, chain: bool = True) -> Iterator[list[Prediction]]:
-        """Yield the labelled predictions (``classify``) first, then - unless ``chain`` is False -
-        the same predictions with their chains, so a caller can publish labels early."""
-        batch = list(batch)
-        preds = self.classify(batch) if batch else []
-        yield preds
-        if chain and batch:
-            yield self.explain(batch, preds)
 
 
 def probabilities_dict(probs: Sequence[float]) -> dict[str, float]:

@@ -314,23 +314,12 @@ class OpenAIStudent(BaseStudent):
         t0 = time.perf_counter()
         got = self.loop.gather([self._chain_one(p, pr.label) for p, pr in zip(batch, predictions)])
         ms = (time.perf_counter() - t0) * 1000
-        from ..hf.student import chain_with_label  # lazily: parsing a spec must not import the HF code
+        from ..hf.student import with_generated_chain  # lazily: parsing a spec must not import the HF code
 
-        out = []
-        for pred, (text, n_prompt, n_gen) in zip(predictions, got):
-            chain, own = chain_with_label(text, pred.label)
-            extra = dict(pred.extra)
-            extra.update(chain_label=own.value if own else None, chain_agrees=(own == pred.label) if own else None,
-                         chain_prompt_tokens=n_prompt)
-            out.append(Prediction(**{**pred.__dict__, "chain": chain, "prompt_tokens": pred.prompt_tokens + n_prompt,
-                                     "generated_tokens": n_gen, "chain_ms": ms, "extra": extra}))
-        return out
+        return [with_generated_chain(pred, text, n_prompt, n_gen, ms) for pred, (text, n_prompt, n_gen) in zip(predictions, got)]
 
     def predict(self, batch: Sequence[PostInput], *, chain: bool = True) -> list[Prediction]:
         return super().predict(batch, chain=chain and self.chain)
-
-    def predict_label_first(self, batch: Sequence[PostInput], *, chain: bool = True):  # type: ignore[no-untyped-def]
-        return super().predict_label_first(batch, chain=chain and self.chain)
 
     def close(self) -> None:
         """Close the HTTP client and stop the private event loop."""

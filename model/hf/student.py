@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..chain import chain_label, parse_chain
 from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
@@ -119,7 +120,7 @@ class HFStudent(BaseStudent):
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, target: str | Path, adapter: str | Path | None = None, **options: Any) -> "HFStudent":
+    def from_pretrained(cls, target: str | Path, adapter: str | Path | None = None, **options: Any) -> HFStudent:
         """Load ``target`` (directory or hub id) with an optional LoRA ``adapter`` merged in.
 
         Options: ``device`` (default cuda if available), ``dtype`` (bf16 on GPU, fp32 on CPU),
@@ -302,28 +303,8 @@ class HFStudent(BaseStudent):
             prompts = [reasoning_prompt(p) for p in batch]
         texts, prompt_lens, counts = self.generate_raw(batch, prompts)
         ms = (time.perf_counter() - t0) * 1000
-        out = []
-        for pred, text, n_prompt, n_gen in zip(predictions, texts, prompt_lens, counts):
-            chain, own = chain_with_label(text, pred.label)
-            extra = dict(pred.extra)
-            extra.update(
-                chain_label=own.value if own else None,
-                chain_agrees=(own == pred.label) if own else None,
-                chain_prompt_tokens=int(n_prompt),
-            )
-            out.append(
-                Prediction(
-                    **{
-                        **pred.__dict__,
-                        "chain": chain,
-                        "prompt_tokens": pred.prompt_tokens + int(n_prompt),
-                        "generated_tokens": int(n_gen),
-                        "chain_ms": ms,
-                        "extra": extra,
-                    }
-                )
-            )
-        return out
+        return [with_generated_chain(pred, text, n_prompt, n_gen, ms)
+                for pred, text, n_prompt, n_gen in zip(predictions, texts, prompt_lens, counts)]
 
     def predict(self, batch: Sequence[PostInput], *, chain: bool = True) -> list[Prediction]:
         """Label (+ chain unless ``chain=False`` or the student was loaded with ``chain=False``).
@@ -336,10 +317,18 @@ class HFStudent(BaseStudent):
                 return preds
         return super().predict(batch, chain=chain and self.chain)
 
-    def predict_label_first(self, batch: Sequence[PostInput], *, chain: bool = True) -> Iterator[list[Prediction]]:
-        """Yield the labels first (``classify``), then, unless labels-only, the same predictions
-        with chains: lets a caller publish the label before the chain is generated."""
-        return super().predict_label_first(batch, chain=chain and self.chain)
+
+def with_generated_chain(pred: Prediction, generated: str, prompt_tokens: int, generated_tokens: int,
+                         chain_ms: float) -> Prediction:
+    """``pred`` (from ``classify``) with the chain made of the ``generated`` text
+    (:func:`chain_with_label`), its token counts and time, and in ``extra`` the label the model's
+    own text argued for (``chain_label``, ``chain_agrees``). The HF, engine and OpenAI students
+    all build their chained predictions here."""
+    chain, own = chain_with_label(generated, pred.label)
+    extra = {**pred.extra, "chain_label": own.value if own else None,
+             "chain_agrees": (own == pred.label) if own else None, "chain_prompt_tokens": int(prompt_tokens)}
+    return Prediction(**{**pred.__dict__, "chain": chain, "prompt_tokens": pred.prompt_tokens + int(prompt_tokens),
+                         "generated_tokens": int(generated_tokens), "chain_ms": chain_ms, "extra": extra})
 
 
 def chain_with_label(generated: str, label: Label):

@@ -137,28 +137,16 @@ def test_aspect_and_text_only_prompts(tiny_student):
     assert preds[0].prompt_tokens != preds[1].prompt_tokens
 
 
-def test_labels_only_and_label_first(tiny_qwen_dir):
+def test_labels_only_and_classify_then_explain(tiny_qwen_dir):
     fast = load_student(f"hf:{tiny_qwen_dir}", chain=False, image_size=56)
     posts = _posts()[:3]
     _check(fast.predict(posts), 3, chain=False)
     full = load_student(f"hf:{tiny_qwen_dir}", max_new_tokens=8, image_size=56)
     _check(full.predict(posts, chain=False), 3, chain=False)
-    stages = list(full.predict_label_first(posts))
-    assert len(stages) == 2
-    _check(stages[0], 3, chain=False)
-    _check(stages[1], 3, chain=True)
-    assert [p.label for p in stages[0]] == [p.label for p in stages[1]]
-    assert len(list(fast.predict_label_first(posts))) == 1  # labels-only student: no chain stage
-    assert len(list(full.predict_label_first(posts, chain=False))) == 1
-
-
-def test_label_first_is_generic_for_every_student():
-    student = load_student("noop")
-    posts = [PostInput("a"), PostInput("b")]
-    stages = list(student.predict_label_first(posts))
-    assert [p.chain for p in stages[0]] == [None, None]
-    assert all(p.chain.prediction == p.label.value for p in stages[1])
-    assert list(student.predict_label_first([])) == [[]]
+    labels = full.classify(posts)
+    with_chains = full.explain(posts, labels)
+    _check(with_chains, 3, chain=True)
+    assert [p.label for p in labels] == [p.label for p in with_chains]
 
 
 def test_greedy_is_deterministic_and_sampling_is_seeded(tiny_qwen_dir):
