@@ -8,15 +8,21 @@
 #   2. deploy/gpu/train_check.py: the student stage's training step at the 3B shape (LoRA on both
 #      towers, gradient checkpointing, bf16, KD loss) at micro-batch 4 and 8.
 # Each part runs under its own time limit (330 s + 120 s: the whole script ends inside 8 minutes);
-# JSON and logs go to $OUT. Real pictures: `.venv/bin/python deploy/gpu/prepare_data.py --n 64
-# --out .gpu_data` here first and carry [".gpu_data"] (else random-colour images are used).
-# Device tool: run(command="bash deploy/gpu/engine.sh", carry=[".gpu_data"], timeout_s=560).
+# JSON and logs go to $OUT. Here first: `.venv/bin/python deploy/gpu/prepare_data.py --n 64 --out
+# .gpu_data` (real pictures; else random-colour images are used) and `bash deploy/gpu/fetch_wheels.sh`
+# (pydantic, which training/ imports and the GPU image lacks).
+# Device tool: run(command="bash deploy/gpu/engine.sh", carry=[".gpu_data", ".whl"], timeout_s=560).
 # Results go into docs/benchmarks.md ("Engine on GPU") with the card, date and versions.
 set -u
 OUT=${OUT:-/tmp/engine_gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
+# pydantic for the training check: wheels made here by deploy/gpu/fetch_wheels.sh, carried as .whl
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 # the card and versions head the log (the device tool brings back at most 8 files; this run writes 7)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/engine_check.log"
 $PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" 2>&1 | tee -a "$OUT/engine_check.log"
