@@ -80,8 +80,8 @@ def build(tiny: bool, device: str, dtype, image_size: int):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from model.hf.processor import _qwen_processor_class
     from model.engine.shapes import tiny_module
+    from model.hf.processor import _qwen_processor_class
 
     t = tiny_module()
     QWEN_CHAT_TEMPLATE, tiny_qwen2_5_vl_config, tiny_tokenizer = (
@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from model.hf.student import HFStudent
     from model.bench import data_posts, print_bench_table, run_model_bench, synthetic_posts
+    from model.hf.student import HFStudent
     from model.loading import parse_options
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run_model_bench("check_hf", posts, student=student, batch_size=args.batch_size, print_table=False)
     result.update(vision_attention=student.info.get("vision_attention", stock_attention), options=options,
                   build_seconds=round(build_s, 1), posts_source=source, shape="tiny" if args.tiny else "Qwen2.5-VL-3B",
-                  date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), torch=torch.__version__)
+                  date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), torch=torch.__version__)
     print_bench_table(result)
     if args.compare:
         result["compare_vision_attention"] = compare_vision_attention(

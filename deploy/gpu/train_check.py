@@ -144,7 +144,7 @@ def run(tiny: bool, micro_batches: list[int], steps: int, device: str, lam: floa
         "loss": f"student stage: sum over chain/label of (1-{lam}) CE + {lam} T^2 KL, T={T}, answer positions only",
         "build_seconds": round(build_s, 1),
         "runs": rows,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__,
     }
 

@@ -236,7 +236,7 @@ def _env(device, shape, tdtype, batch, new_tokens, n_posts, image_size, build_s,
         "real_images": real_images,
         "engine_config": {k: getattr(cfg, k) for k in ("slots", "max_len", "sync_every", "len_bucket", "kv_bucket")},
         "build_seconds": round(build_s, 1),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }

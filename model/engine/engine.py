@@ -33,9 +33,10 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -397,7 +398,7 @@ class Engine:
                 self._snapshot = None
                 self._free = list(range(cfg.slots))  # every slot, those taken by the failed admission too
 
-    def _take(self, admit_min: int) -> list[tuple["_Job", int]]:
+    def _take(self, admit_min: int) -> list[tuple[_Job, int]]:
         """Queued items to admit now, in arrival order: every labels-only item (they hold no
         slot: label rows and free slots serve as scratch), and chain items while slots are free -
         while chains decode, only once ``admit_min`` slots (or as many as are queued) are free."""
@@ -415,7 +416,7 @@ class Engine:
         self._pending = keep
         return take
 
-    def _admit(self, take: list[tuple["_Job", int]]) -> None:
+    def _admit(self, take: list[tuple[_Job, int]]) -> None:
         plans: list[tuple[_Job, PostPlan]] = []
         for job, i in take:
             if job.done.done():  # failed earlier

@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..hf import KNOWN_FAMILIES
 from ..prompts import PROMPT_VERSION

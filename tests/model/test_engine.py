@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from model.bench import synthetic_posts
-from model.types import PostInput
 from model.engine import Engine, EngineConfig
 from model.engine.reference import hf_student, reference_run
 from model.engine.shapes import build_shape
+from model.types import PostInput
 
 
 @pytest.fixture(scope="module")
