@@ -27,8 +27,9 @@ import platform
 import random
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .types import PostInput, Student
 
@@ -173,7 +174,7 @@ def run_model_bench(
     result = {
         "spec": spec,
         "model": getattr(student, "name", spec),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": torch.cuda.get_device_name(0) if torch is not None else f"CPU ({platform.processor() or platform.machine()})",
         "dtype": info.get("dtype"),
         "parameters": info.get("parameters"),
