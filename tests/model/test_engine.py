@@ -106,11 +106,11 @@ def test_checks_at_tiny_shape():
     """The GPU checks' code (fp32 greedy, teacher-forced logits) runs and agrees on CPU."""
     from model.engine.bench import run_engine_checks
 
-    out = run_engine_checks("tiny", n_posts=3, new_tokens=8)
+    out = run_engine_checks("tiny", n_posts=2, new_tokens=5)
     assert out["fp32_greedy"]["token_agreement"] == 1.0
     assert out["fp32_greedy"]["label_agreement"] == 1.0
     tf = out["teacher_forced"]
-    assert tf["positions"] == 3 * 8
+    assert tf["positions"] == 2 * 5
     assert tf["top1_agreement"] == 1.0 and tf["max_logit_diff"] < 1e-3 and tf["label_agreement"] == 1.0
 
 
@@ -120,7 +120,7 @@ def test_bench_engine_cli_tiny():
 
     from stream.cli import main
 
-    res = CliRunner().invoke(main, ["bench", "engine", "--shape", "tiny", "--batch", "3", "--posts", "5",
+    res = CliRunner().invoke(main, ["bench", "engine", "--shape", "tiny", "--batch", "4", "--posts", "4",
                                     "--new-tokens", "6", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
