@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from .types import Student
 
@@ -165,7 +166,7 @@ def as_hf_spec(spec: str | Path, *, workdir: str | Path | None = None, seed: int
     return str(Spec("hf", target, adapter))
 
 
-def parse_options(pairs: "Iterable[str]") -> dict[str, Any]:
+def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings (CLI ``--option``) as load_student keyword options; each value is
     read as YAML, so numbers, true/false and null keep their type. ValueError on a bad pair."""
     import yaml

@@ -6,9 +6,9 @@ Also runnable alone: ``python -m training.cli distill ...``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import click
@@ -61,7 +61,8 @@ def distill() -> None:
 
 
 def _recipe_stage(recipe: str, stage: str, overrides: tuple[str, ...]) -> None:
-    from .mulcot.recipe import load_recipe, run_recipe
+    from .mulcot.recipe import load_recipe
+    from .mulcot.run import run_recipe
 
     r = load_recipe(recipe, list(overrides))
     run_recipe(r, stages=[stage], console=_console())
@@ -89,55 +90,67 @@ def _recipe_stage(recipe: str, stage: str, overrides: tuple[str, ...]) -> None:
 @click.option("--all", "include_chained", is_flag=True, help="Also posts that already have a teacher_cot.")
 def teacher_cmd(recipe, overrides, data_file, out_file, backend, model_name, base_url, api_key_env, max_guided,
                 concurrency, rps, max_retries, max_tokens, price_in, price_out, limit, include_chained) -> None:
-    import os
-
     if recipe:
         return _recipe_stage(recipe, "teacher", overrides)
     if not data_file or not out_file:
         raise click.UsageError("--data and --out are required without --recipe")
     from .data import load_examples, resolve_data_path
-    from .mulcot.teacher import EndpointTeacher, HFTeacher, run_teacher
+    from .mulcot.recipe import TeacherConfig
+    from .mulcot.run import teacher_factory
+    from .mulcot.teacher import run_teacher
 
     exs = [ex for ex in load_examples(resolve_data_path(data_file), limit=limit)
            if ex.label is not None and (include_chained or not ex.teacher_cot)]
-    if backend == "endpoint":
-        if not base_url:
-            raise click.UsageError("--base-url is required for the endpoint backend")
-
-        def factory():
-            return EndpointTeacher(base_url, model_name, api_key=os.environ.get(api_key_env),
-                                   max_concurrency=concurrency, requests_per_s=rps, max_retries=max_retries,
-                                   max_tokens=max_tokens, price_prompt_per_mtok=price_in,
-                                   price_completion_per_mtok=price_out)
-    else:
-        def factory():
-            return HFTeacher(model_name, max_new_tokens=max_tokens)
+    if backend == "endpoint" and not base_url:
+        raise click.UsageError("--base-url is required for the endpoint backend")
+    cfg = TeacherConfig(backend=backend, model=model_name, base_url=base_url, api_key_env=api_key_env,
+                        max_guided=max_guided, max_concurrency=concurrency, requests_per_s=rps,
+                        max_retries=max_retries, max_tokens=max_tokens, price_prompt_per_mtok=price_in,
+                        price_completion_per_mtok=price_out)
+    factory = teacher_factory(cfg, out_dir=Path(out_file).parent)
     summary = run_teacher(exs, factory, out_file, max_guided=max_guided, progress=True)
     click.echo(json.dumps(summary, indent=2))
 
 
 def _train_options(f):
+    """The optimisation options of the assistant and student verbs: defaults and help from
+    the recipe's ``train`` block (:class:`training.mulcot.trainer.TrainConfig`), the one source."""
+    from .mulcot.trainer import TrainConfig
+    from .mulcot.vlm import LoraSettings
+
+    fields = TrainConfig.model_fields
+    lora = LoraSettings.model_fields
+
+    def opt(name: str, **kw: Any):
+        return click.option("--" + name.replace("_", "-"), default=fields[name].default, show_default=True,
+                            help=fields[name].description, **kw)
+
     opts = [
-        click.option("--epochs", default=1, show_default=True),
-        click.option("--lr", default=3e-4, show_default=True),
-        click.option("--batch-size", default=4, show_default=True),
-        click.option("--grad-accum", default=1, show_default=True),
-        click.option("--max-steps", type=int, default=None),
-        click.option("--image-size", type=int, default=280, show_default=True,
-                     help="Model image resolution (Qwen: sqrt of the pixel budget)."),
-        click.option("--lora-r", default=16, show_default=True),
-        click.option("--lora-alpha", default=32, show_default=True),
+        opt("epochs"),
+        opt("lr"),
+        opt("batch_size"),
+        opt("grad_accum"),
+        opt("max_steps", type=int),
+        opt("image_size", type=int),
+        click.option("--lora-r", default=lora["r"].default, show_default=True, help=lora["r"].description),
+        click.option("--lora-alpha", default=lora["alpha"].default, show_default=True, help=lora["alpha"].description),
         click.option("--modules-to-save", multiple=True, help="Modules trained fully (e.g. lm_head for tiny models)."),
         click.option("--limit", type=int, default=None, help="Only the first N train/dev rows."),
         click.option("--seed", default=0, show_default=True),
         click.option("--cpu", is_flag=True, help="Force CPU."),
-        click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True),
+        opt("mixed_precision", type=click.Choice(["no", "bf16", "fp16"])),
         click.option("--recipe", type=click.Path(exists=True), help="Run this stage of a recipe instead."),
         click.option("--set", "overrides", multiple=True, help="Recipe override key.path=value."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def _lora(kw: dict) -> Any:
+    from .mulcot.vlm import LoraSettings
+
+    return LoraSettings(r=kw["lora_r"], alpha=kw["lora_alpha"], modules_to_save=list(kw["modules_to_save"]) or None)
 
 
 def _settings(kw: dict) -> Any:
@@ -159,15 +172,14 @@ def assistant_cmd(model_name, train_file, dev_file, out_dir, **kw) -> None:
         return _recipe_stage(kw["recipe"], "assistant", kw["overrides"])
     if not (model_name and train_file and dev_file and out_dir):
         raise click.UsageError("--model, --train, --dev and --out are required without --recipe")
-    from .mulcot.assistant import train_assistant
     from .data import load_examples, resolve_data_path
+    from .mulcot.assistant import train_assistant
     from .mulcot.recipe import resolve_model
 
     s = train_assistant(model=resolve_model(model_name, Path(out_dir), kw["seed"]),
                         train=load_examples(resolve_data_path(train_file), limit=kw["limit"]),
                         dev=load_examples(resolve_data_path(dev_file), limit=kw["limit"]), out_dir=out_dir,
-                        settings=_settings(kw), lora_r=kw["lora_r"], lora_alpha=kw["lora_alpha"],
-                        lora_modules_to_save=list(kw["modules_to_save"]) or None,
+                        settings=_settings(kw), lora=_lora(kw),
                         card={"data": {"train": str(resolve_data_path(train_file)),
                                        "dev": str(resolve_data_path(dev_file)), "limit": kw["limit"]}})
     click.echo(json.dumps({"best": s["best"], "steps": s["steps"], "processes": s["processes"]}, indent=2))
@@ -193,8 +205,8 @@ def augment_cmd(assistant_spec, data_file, out_file, samples, temperature, max_n
         return _recipe_stage(recipe, "augment", overrides)
     if not (assistant_spec and data_file and out_file):
         raise click.UsageError("--assistant, --data and --out are required without --recipe")
-    from .mulcot.augment import augment, merge_chains
     from .data import load_examples, resolve_data_path
+    from .mulcot.augment import augment, merge_chains
 
     path = resolve_data_path(data_file)
     s = augment(load_examples(path, limit=limit), assistant_spec, out_file, samples=samples, temperature=temperature,
@@ -226,8 +238,7 @@ def student_cmd(model_name, assistant_spec, train_file, dev_file, out_dir, lam, 
     s = train_student(model=resolve_model(model_name, Path(out_dir), kw["seed"]), assistant=assistant_spec,
                       train=load_examples(resolve_data_path(train_file), limit=kw["limit"]),
                       dev=load_examples(resolve_data_path(dev_file), limit=kw["limit"]), out_dir=out_dir,
-                      settings=_settings(kw), lam=lam, T=temperature, lora_r=kw["lora_r"], lora_alpha=kw["lora_alpha"],
-                      lora_modules_to_save=list(kw["modules_to_save"]) or None,
+                      settings=_settings(kw), lam=lam, T=temperature, lora=_lora(kw),
                       card={"data": {"train": str(resolve_data_path(train_file)),
                                      "dev": str(resolve_data_path(dev_file)), "limit": kw["limit"]}})
     click.echo(json.dumps({"best": s["best"], "steps": s["steps"], "processes": s["processes"]}, indent=2))
@@ -272,7 +283,8 @@ def evaluate_cmd(spec, data_file, out_dir, limit, batch_size, no_chain, no_embed
 @click.option("--set", "overrides", multiple=True, help="Override a recipe field: key.path=value (YAML value).")
 @click.option("--schema", is_flag=True, help="Print every recipe field with its type, default and description.")
 def run_cmd(recipe, dry_run, stages, overrides, schema) -> None:
-    from .mulcot.recipe import load_recipe, print_schema, run_recipe
+    from .mulcot.recipe import load_recipe, print_schema
+    from .mulcot.run import run_recipe
 
     if schema:
         print_schema(_console())

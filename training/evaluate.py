@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from model import LABELS, Label, Prediction, ReasoningChain, Student, chain_label, load_student, parse_chain
 
@@ -148,6 +149,35 @@ def evaluate(
     if isinstance(student, str):
         student = load_student(student)
     examples = list(examples)[:limit] if limit else list(examples)
+    preds, predict_s, wall_s = predict_all(student, examples, chain=chain, batch_size=batch_size,
+                                           image_max_side=image_max_side, progress=progress)
+    scored = [(ex, p) for ex, p in zip(examples, preds) if ex.label is not None]
+    report: dict[str, Any] = {
+        "student": f"{getattr(student, 'name', type(student).__name__)}@{getattr(student, 'version', '?')}",
+        "n": len(scored),
+        "n_unlabeled": len(examples) - len(scored),
+        "labels": LABEL_NAMES,
+        **classification_metrics([ex.label.value for ex, _ in scored], [p.label.value for _, p in scored]),
+        "chain_parse_rate": None,
+        "label_chain_agreement": None,
+        "posts_per_s": (len(examples) / predict_s) if predict_s > 0 else None,
+        "predict_s": predict_s,
+        "wall_s": wall_s,
+        "chain": chain,
+    }
+    if chain:
+        report.update(chain_metrics(examples, preds, embeddings=embeddings))
+    if out_dir is not None:
+        report["plots"] = write_outputs(Path(out_dir), examples, preds, report, train_log=train_log)
+        (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if console is not None:
+        print_report(report, console)
+    return report
+
+
+def predict_all(student: Student, examples: Sequence[Example], *, chain: bool, batch_size: int,
+                image_max_side: int | None = None, progress: bool = False) -> tuple[list[Prediction], float, float]:
+    """``(predictions, seconds in predict, wall seconds)`` for ``examples``, ``batch_size`` at a time."""
     preds: list[Prediction] = []
     predict_s = 0.0
     bar = None
@@ -167,78 +197,69 @@ def evaluate(
         preds.extend(out)
         if bar is not None:
             bar.update(len(chunk))
-    wall_s = time.perf_counter() - t_wall
     if bar is not None:
         bar.close()
+    return preds, predict_s, time.perf_counter() - t_wall
 
-    scored = [(ex, p) for ex, p in zip(examples, preds) if ex.label is not None]
-    gold = [ex.label.value for ex, _ in scored]
-    pred = [p.label.value for _, p in scored]
-    report: dict[str, Any] = {
-        "student": f"{getattr(student, 'name', type(student).__name__)}@{getattr(student, 'version', '?')}",
-        "n": len(scored),
-        "n_unlabeled": len(examples) - len(scored),
-        "labels": LABEL_NAMES,
-        **classification_metrics(gold, pred),
-        "chain_parse_rate": None,
-        "label_chain_agreement": None,
-        "posts_per_s": (len(examples) / predict_s) if predict_s > 0 else None,
-        "predict_s": predict_s,
-        "wall_s": wall_s,
-        "chain": chain,
+
+def chain_metrics(examples: Sequence[Example], preds: Sequence[Prediction], *, embeddings: bool = True) -> dict:
+    """Parse rate, label/chain agreement, distinct-n, and (with teacher chains) BLEU-4, ROUGE-L
+    and the MiniLM embedding cosine of the chains in ``preds``."""
+    have = [p.chain for p in preds if p.chain is not None]
+    out: dict[str, Any] = {
+        "n_chains": len(have),
+        "chain_parse_rate": (sum(_chain_parsed(c) for c in have) / len(preds)) if preds else None,
+        "label_chain_agreement": (sum(1 for p in preds if p.chain is not None and _own_label(p) == p.label)
+                                  / len(preds)) if preds else None,
+    }
+    gen_texts = [_canonical(c) for c in have]
+    out["distinct_1"] = distinct_n(gen_texts, 1)
+    out["distinct_2"] = distinct_n(gen_texts, 2)
+    pairs = [(_canonical(p.chain), _canonical(ex.teacher_cot))
+             for ex, p in zip(examples, preds) if ex.teacher_cot and p.chain is not None]
+    out["n_with_teacher"] = len(pairs)
+    if pairs:
+        hyps, refs = [h for h, _ in pairs], [r for _, r in pairs]
+        out["bleu4"] = bleu4(hyps, refs)
+        out["rouge_l"] = rouge_l(hyps, refs)
+        out["embedding_cosine"] = embedding_cosine(hyps, refs, MiniLMEmbedder()) if embeddings else None
+    return out
+
+
+#: The chain fields of a prediction row, spelt as in the stream's results (``stream.protocol``).
+ROW_CHAIN_FIELDS = ("text_analysis", "image_analysis", "conflict_resolution", "final_conclusion", "prediction")
+
+
+def prediction_row(ex: Example, p: Prediction) -> dict[str, Any]:
+    """One line of ``predictions.jsonl``."""
+    return {
+        "id": ex.id,
+        "gold": ex.label.value if ex.label else None,
+        "label": p.label.value,
+        "correct": (ex.label == p.label) if ex.label else None,
+        "probabilities": p.probabilities,
+        "chain": {k: getattr(p.chain, k) for k in ROW_CHAIN_FIELDS} if p.chain else None,
+        "chain_raw": p.chain.raw if p.chain else None,
+        "chain_parsed": _chain_parsed(p.chain) if p.chain else None,
     }
 
-    if chain:
-        chains = [p.chain for p in preds]
-        have = [c for c in chains if c is not None]
-        report["n_chains"] = len(have)
-        report["chain_parse_rate"] = (sum(_chain_parsed(c) for c in have) / len(preds)) if preds else None
-        report["label_chain_agreement"] = (
-            sum(1 for p in preds if p.chain is not None and _own_label(p) == p.label) / len(preds)
-            if preds else None
-        )
-        gen_texts = [_canonical(c) for c in have]
-        report["distinct_1"] = distinct_n(gen_texts, 1)
-        report["distinct_2"] = distinct_n(gen_texts, 2)
-        pairs = [(_canonical(p.chain), _canonical(ex.teacher_cot))
-                 for ex, p in zip(examples, preds) if ex.teacher_cot and p.chain is not None]
-        report["n_with_teacher"] = len(pairs)
-        if pairs:
-            hyps, refs = [h for h, _ in pairs], [r for _, r in pairs]
-            report["bleu4"] = bleu4(hyps, refs)
-            report["rouge_l"] = rouge_l(hyps, refs)
-            report["embedding_cosine"] = embedding_cosine(hyps, refs, MiniLMEmbedder()) if embeddings else None
 
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for ex, p in zip(examples, preds):
-                row = {
-                    "id": ex.id,
-                    "gold": ex.label.value if ex.label else None,
-                    "label": p.label.value,
-                    "correct": (ex.label == p.label) if ex.label else None,
-                    "probabilities": p.probabilities,
-                    "chain": p.chain.fields() if p.chain else None,
-                    "chain_raw": p.chain.raw if p.chain else None,
-                    "chain_parsed": _chain_parsed(p.chain) if p.chain else None,
-                }
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        plots = {"confusion": str(out / "confusion.png"), "confidence": str(out / "confidence.png")}
-        if report["confusion"] is not None:
-            plot_confusion(report["confusion"], out / "confusion.png", title=report["student"])
-        else:
-            plots.pop("confusion")
-        plot_confidence(scored, out / "confidence.png")
-        if train_log is not None and Path(train_log).exists():
-            if plot_loss_curves(train_log, out / "loss_curves.png"):
-                plots["loss_curves"] = str(out / "loss_curves.png")
-        report["plots"] = plots
-        (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    if console is not None:
-        print_report(report, console)
-    return report
+def write_outputs(out: Path, examples: Sequence[Example], preds: Sequence[Prediction], report: dict[str, Any], *,
+                  train_log: str | Path | None = None) -> dict[str, str]:
+    """``predictions.jsonl`` and the PNG plots in ``out``; returns the plots written."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for ex, p in zip(examples, preds):
+            f.write(json.dumps(prediction_row(ex, p), ensure_ascii=False) + "\n")
+    plots = {}
+    if report["confusion"] is not None:
+        plot_confusion(report["confusion"], out / "confusion.png", title=report["student"])
+        plots["confusion"] = str(out / "confusion.png")
+    plot_confidence([(ex, p) for ex, p in zip(examples, preds) if ex.label is not None], out / "confidence.png")
+    plots["confidence"] = str(out / "confidence.png")
+    if train_log is not None and Path(train_log).exists() and plot_loss_curves(train_log, out / "loss_curves.png"):
+        plots["loss_curves"] = str(out / "loss_curves.png")
+    return plots
 
 
 def evaluate_file(student: Student | str, data: str | Path, **kwargs: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Distillation losses of the student stage (METHOD.md step 4), reusable by any student.
+"""Distillation losses of the student stage (docs/training.md, "4. Student"), reusable by any student.
 
 For each task (chain generation, label prediction)::
 
@@ -11,7 +11,7 @@ reference code takes the KL over every position; that is the defect avoided here
 
 Two entry points:
 
-* :func:`distill_loss` - token-level, for causal LMs that share a tokenizer with the teacher
+* :func:`distill_loss_terms` - token-level, for causal LMs that share a tokenizer with the teacher
   (``[B, L, V]`` logits);
 * :func:`kl_on_label_space` - for classifier-style students (``[B, C]`` logits over the
   ``model.LABELS`` order), with the teacher's logits projected to the same label space
@@ -20,7 +20,8 @@ Two entry points:
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,23 @@ def distill_loss_terms(
     *,
     shift: bool = False,
 ) -> LossTerms:
-    """Like :func:`distill_loss` but returns :class:`LossTerms` (loss, ce, kl, n)."""
+    """Token-level ``(1 - lam) * CE + lam * T^2 * KL(teacher || student)`` on answer positions.
+
+    Args:
+        student_logits: ``[B, L, V]`` (any float dtype; computed in float32).
+        teacher_logits: ``[B, L, V']`` from the frozen teacher/assistant on the *same token ids*
+            (shared tokenizer); it is detached. If ``V' != V`` the common prefix is used.
+        labels: ``[B, L]`` target ids, ``-100`` where no loss is wanted.
+        mask: optional ``[B, L]`` bool/0-1, True on answer positions; combined (AND) with
+            ``labels != -100``. Prompt, image and padding positions must be False/-100.
+        lam: weight of the KL term (0 = plain CE, 1 = pure distillation). Default 0.3.
+        T: softmax temperature of the KL (the KL is multiplied by ``T**2``). Default 2.0.
+        shift: set True when passing raw causal-LM outputs (``logits[:, t]`` predicts
+            ``labels[:, t+1]``); the function then shifts logits, labels and mask itself.
+
+    Returns :class:`LossTerms`: ``loss`` (the scalar to minimise), ``ce`` and ``kl`` (both means
+    over the kept positions, 0 when none) and ``n`` (how many positions were kept).
+    """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     if T <= 0:
@@ -97,35 +114,6 @@ def distill_loss_terms(
     ce = F.cross_entropy(s.float(), y)
     kl = _kl_rows(s, t, T).mean() if lam > 0 else s.sum() * 0.0
     return LossTerms((1.0 - lam) * ce + lam * kl, ce, kl, n)
-
-
-def distill_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    lam: float = 0.3,
-    T: float = 2.0,
-    *,
-    shift: bool = False,
-) -> torch.Tensor:
-    """Token-level ``(1 - lam) * CE + lam * T^2 * KL(teacher || student)`` on answer positions.
-
-    Args:
-        student_logits: ``[B, L, V]`` (any float dtype; computed in float32).
-        teacher_logits: ``[B, L, V']`` from the frozen teacher/assistant on the *same token ids*
-            (shared tokenizer); it is detached. If ``V' != V`` the common prefix is used.
-        labels: ``[B, L]`` target ids, ``-100`` where no loss is wanted.
-        mask: optional ``[B, L]`` bool/0-1, True on answer positions; combined (AND) with
-            ``labels != -100``. Prompt, image and padding positions must be False/-100.
-        lam: weight of the KL term (0 = plain CE, 1 = pure distillation). Default 0.3.
-        T: softmax temperature of the KL (the KL is multiplied by ``T**2``). Default 2.0.
-        shift: set True when passing raw causal-LM outputs (``logits[:, t]`` predicts
-            ``labels[:, t+1]``); the function then shifts logits, labels and mask itself.
-
-    Returns a scalar tensor: both terms are means over the kept positions (0 when none).
-    """
-    return distill_loss_terms(student_logits, teacher_logits, labels, mask, lam, T, shift=shift).loss
 
 
 def kl_on_label_space(
@@ -164,7 +152,6 @@ def label_word_logits(lm_logits: torch.Tensor, label_token_ids: Sequence[int]) -
 __all__ = [
     "IGNORE_INDEX",
     "LossTerms",
-    "distill_loss",
     "distill_loss_terms",
     "kl_on_label_space",
     "label_word_logits",

@@ -8,7 +8,8 @@ on (``tests/model/test_hf_inputs.py`` checks that the tensors are identical).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..types import PostInput
 from . import IDEFICS3, QWEN_FAMILIES
@@ -17,8 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 
-def prepare_image(image: "Image.Image", *, min_side: int = 28, max_ratio: float = 50.0,
-                  max_side: int | None = None) -> "Image.Image":
+def prepare_image(image: Image.Image, *, min_side: int = 28, max_ratio: float = 50.0,
+                  max_side: int | None = None) -> Image.Image:
     """Make any PIL image safe for the VLM image processors: RGB (transparent pixels on white,
     palette/greyscale/1-bit converted), at least ``min_side`` pixels on each side, and an aspect
     ratio of at most ``max_ratio`` (Qwen's processor refuses > 200; extreme strips are padded

@@ -13,6 +13,7 @@ from accelerate import Accelerator
 import training.mulcot.assistant as assistant_mod
 from training.data import load_examples
 from training.mulcot.trainer import TrainSettings
+from training.mulcot.vlm import LoraSettings
 
 _live: list[torch.nn.Parameter] = []
 _orig_add_lora = assistant_mod.add_lora
@@ -27,10 +28,10 @@ def _capturing_add_lora(*args, **kwargs):
 def main(model: str, train: str, dev: str, out: str) -> None:
     assistant_mod.add_lora = _capturing_add_lora
     acc = Accelerator(cpu=True)
-    settings = TrainSettings(epochs=1, batch_size=2, lr=2e-2, image_size=56, log_every=1, progress=False,
+    settings = TrainSettings(epochs=1, batch_size=2, grad_accum=1, lr=2e-2, image_size=56, log_every=1, progress=False,
                              max_answer_tokens=64, cpu=True)
     s = assistant_mod.train_assistant(model=model, train=load_examples(train), dev=load_examples(dev), out_dir=out,
-                                      settings=settings, lora_r=4, lora_alpha=8, lora_modules_to_save=["lm_head"],
+                                      settings=settings, lora=LoraSettings(r=4, alpha=8, modules_to_save=["lm_head"]),
                                       accelerator=acc)
     info = {
         "rank": acc.process_index,

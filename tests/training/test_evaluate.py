@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
@@ -99,6 +99,9 @@ def test_evaluate_metrics_on_scripted_student(synthetic_jsonl: Path, tmp_path: P
         assert key in on_disk
     rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and sum(r["correct"] for r in rows) == 9
+    # chain keys spelt as in the stream's results (stream.protocol)
+    assert list(rows[0]["chain"]) == ["text_analysis", "image_analysis", "conflict_resolution", "final_conclusion",
+                                      "prediction"]
     png = (out / "confusion.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from training.losses import (
-    distill_loss,
     distill_loss_terms,
     kl_on_label_space,
     label_word_logits,
@@ -31,7 +32,7 @@ def _batch(seed=0, B=3, L=7, V=11):
 def test_masked_positions_do_not_affect_loss_or_gradient():
     """The paper's code takes the KL over prompt and padding; ours must ignore them entirely."""
     s, t, y, mask = _batch()
-    base = distill_loss(s, t, y, mask, lam=0.3, T=2.0)
+    base = distill_loss_terms(s, t, y, mask, lam=0.3, T=2.0).loss
 
     # Garbage (huge values, inf, NaN) everywhere outside the mask, in student, teacher and labels.
     s2, t2, y2 = s.clone(), t.clone(), y.clone()
@@ -40,18 +41,18 @@ def test_masked_positions_do_not_affect_loss_or_gradient():
     t2[off] = float("nan")
     t2[0, 0, 0] = float("inf")
     y2[off] = 0
-    changed = distill_loss(s2, t2, y2, mask, lam=0.3, T=2.0)
+    changed = distill_loss_terms(s2, t2, y2, mask, lam=0.3, T=2.0).loss
     assert torch.isfinite(changed)
     assert torch.allclose(base, changed, atol=0, rtol=0)
 
     # Gradient flows only into answer positions.
     s3 = s.clone().requires_grad_(True)
-    distill_loss(s3, t, y, mask, lam=0.3, T=2.0).backward()
+    distill_loss_terms(s3, t, y, mask, lam=0.3, T=2.0).loss.backward()
     assert s3.grad[off].abs().max().item() == 0.0
     assert s3.grad[mask].abs().sum().item() > 0.0
 
     # Whereas an unmasked KL (the defect) does depend on those positions.
-    unmasked = distill_loss(s2, t.clone(), y, None, lam=0.3, T=2.0)
+    unmasked = distill_loss_terms(s2, t.clone(), y, None, lam=0.3, T=2.0).loss
     assert not torch.allclose(base, unmasked)
 
 
@@ -59,7 +60,7 @@ def test_ignore_index_labels_act_as_a_mask():
     s, t, y, mask = _batch(1)
     y_ign = y.clone()
     y_ign[~mask] = -100
-    assert torch.allclose(distill_loss(s, t, y_ign, None), distill_loss(s, t, y, mask))
+    assert torch.allclose(distill_loss_terms(s, t, y_ign, None).loss, distill_loss_terms(s, t, y, mask).loss)
 
 
 def test_lam_zero_is_cross_entropy_and_lam_one_is_scaled_kl():
@@ -67,7 +68,7 @@ def test_lam_zero_is_cross_entropy_and_lam_one_is_scaled_kl():
     y_ign = y.clone()
     y_ign[~mask] = -100
     ce_ref = F.cross_entropy(s.reshape(-1, s.shape[-1]), y_ign.reshape(-1), ignore_index=-100)
-    assert torch.allclose(distill_loss(s, t, y, mask, lam=0.0), ce_ref, atol=1e-6)
+    assert torch.allclose(distill_loss_terms(s, t, y, mask, lam=0.0).loss, ce_ref, atol=1e-6)
 
     T = 3.0
     kl_ref = 0.0
@@ -78,7 +79,7 @@ def test_lam_zero_is_cross_entropy_and_lam_one_is_scaled_kl():
         kl_ref += float((p * (p.log() - q.log())).sum())
         n += 1
     kl_ref = kl_ref / n * T * T
-    assert distill_loss(s, t, y, mask, lam=1.0, T=T).item() == pytest.approx(kl_ref, rel=1e-5)
+    assert distill_loss_terms(s, t, y, mask, lam=1.0, T=T).loss.item() == pytest.approx(kl_ref, rel=1e-5)
 
     terms = distill_loss_terms(s, t, y, mask, lam=0.3, T=T)
     assert terms.n == int(mask.sum())
@@ -96,17 +97,17 @@ def test_kl_is_zero_when_teacher_equals_student_and_teacher_gets_no_grad():
 
 def test_shift_matches_manual_alignment_and_vocab_padding():
     s, t, y, mask = _batch(4, V=13)
-    manual = distill_loss(s[:, :-1], t[:, :-1], y[:, 1:], mask[:, 1:])
-    assert torch.allclose(distill_loss(s, t, y, mask, shift=True), manual)
+    manual = distill_loss_terms(s[:, :-1], t[:, :-1], y[:, 1:], mask[:, 1:]).loss
+    assert torch.allclose(distill_loss_terms(s, t, y, mask, shift=True).loss, manual)
     # Teacher with a larger padded vocabulary (same tokenizer): the extra rows are dropped.
     t_big = torch.cat([t, torch.full((*t.shape[:-1], 5), -1e9)], -1)
-    assert torch.allclose(distill_loss(s, t_big, y, mask), distill_loss(s, t, y, mask), atol=1e-5)
+    assert torch.allclose(distill_loss_terms(s, t_big, y, mask).loss, distill_loss_terms(s, t, y, mask).loss, atol=1e-5)
 
 
 def test_empty_mask_gives_zero_with_graph():
     s, t, y, _ = _batch(5)
     s.requires_grad_(True)
-    loss = distill_loss(s, t, y, torch.zeros_like(y, dtype=torch.bool))
+    loss = distill_loss_terms(s, t, y, torch.zeros_like(y, dtype=torch.bool)).loss
     assert loss.item() == 0.0
     loss.backward()
 
@@ -114,11 +115,11 @@ def test_empty_mask_gives_zero_with_graph():
 def test_bad_arguments_raise():
     s, t, y, mask = _batch(6)
     with pytest.raises(ValueError):
-        distill_loss(s, t, y, mask, lam=1.5)
+        distill_loss_terms(s, t, y, mask, lam=1.5)
     with pytest.raises(ValueError):
-        distill_loss(s, t, y, mask, T=0)
+        distill_loss_terms(s, t, y, mask, T=0)
     with pytest.raises(ValueError):
-        distill_loss(s, t[:, :-1], y, mask)
+        distill_loss_terms(s, t[:, :-1], y, mask)
 
 
 def test_kl_on_label_space():
@@ -147,9 +148,6 @@ def test_label_word_logits_gathers_columns():
     lm = torch.arange(20.0).reshape(2, 10)
     out = label_word_logits(lm, [7, 2, 5])
     assert out.tolist() == [[7.0, 2.0, 5.0], [17.0, 12.0, 15.0]]
-
-
-from hypothesis import given, settings, strategies as st
 
 
 @settings(max_examples=40, deadline=None)

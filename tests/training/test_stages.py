@@ -8,25 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from mulcot_train_synth import write_dataset
 
 from model import load_student
+from training.data import load_examples
 from training.mulcot.assistant import train_assistant
 from training.mulcot.augment import augment, merge_chains
-from training.data import load_examples
 from training.mulcot.student import make_student_loss, train_student
 from training.mulcot.trainer import TrainSettings
 from training.mulcot.vlm import (
+    LoraSettings,
+    chain_item,
     check_shared_tokenizer,
     collate_items,
-    chain_item,
     label_item,
     load_model,
     model_inputs,
 )
 
-from mulcot_train_synth import write_dataset
-
-FAST = dict(batch_size=4, lr=2e-2, image_size=56, log_every=1, progress=False, max_answer_tokens=96)
+FAST = dict(batch_size=4, grad_accum=1, lr=2e-2, image_size=56, log_every=1, progress=False, max_answer_tokens=96)
 
 
 def _log(path: Path) -> list[dict]:
@@ -71,7 +71,7 @@ def test_assistant_trains_resumes_and_loads(splits, tiny_qwen, tmp_path: Path):
     out = tmp_path / "assistant"
     settings = TrainSettings(epochs=3, **FAST)
     s = train_assistant(model=tiny_qwen, train=load_examples(train), dev=load_examples(dev), out_dir=out,
-                        settings=settings, lora_r=8, lora_alpha=16, lora_modules_to_save=["lm_head"])
+                        settings=settings, lora=LoraSettings(r=8, alpha=16, modules_to_save=["lm_head"]))
     assert s["epochs_run"] == 3 and s["steps"] == 9
     rows = [r for r in _log(out / "train_log.jsonl") if r["kind"] == "train"]
     assert {"ce_chain", "ce_label", "loss"} <= set(rows[0])
@@ -91,8 +91,7 @@ def test_assistant_trains_resumes_and_loads(splits, tiny_qwen, tmp_path: Path):
 
     # resume: a rerun with more epochs continues after epoch 3 (no step is redone)
     s2 = train_assistant(model=tiny_qwen, train=load_examples(train), dev=load_examples(dev), out_dir=out,
-                         settings=TrainSettings(epochs=4, **FAST), lora_r=8, lora_alpha=16,
-                         lora_modules_to_save=["lm_head"])
+                         settings=TrainSettings(epochs=4, **FAST), lora=LoraSettings(r=8, alpha=16, modules_to_save=["lm_head"]))
     assert s2["epochs_run"] == 4 and s2["steps"] == 12
     dev_rows = [r for r in _log(out / "train_log.jsonl") if r["kind"] == "dev"]
     assert [r["epoch"] for r in dev_rows] == [1, 2, 3, 4]
@@ -100,10 +99,9 @@ def test_assistant_trains_resumes_and_loads(splits, tiny_qwen, tmp_path: Path):
 
 def test_assistant_smolvlm_runs_with_grad_accumulation(splits, tiny_smolvlm, tmp_path: Path):
     train, dev, _ = splits
-    settings = TrainSettings(epochs=1, grad_accum=2, **{**FAST, "batch_size": 2})
+    settings = TrainSettings(epochs=1, **{**FAST, "grad_accum": 2, "batch_size": 2})
     s = train_assistant(model=tiny_smolvlm, train=load_examples(train)[:8], dev=load_examples(dev)[:3],
-                        out_dir=tmp_path / "a", settings=settings, lora_r=4, lora_alpha=8,
-                        lora_modules_to_save=["lm_head"])
+                        out_dir=tmp_path / "a", settings=settings, lora=LoraSettings(r=4, alpha=8, modules_to_save=["lm_head"]))
     # 8 posts / batch 2 = 4 micro-batches, accumulated 2 at a time = 2 optimizer steps
     assert s["steps"] == 2 and (tmp_path / "a" / "best" / "adapter_config.json").exists()
     assert [r["step"] for r in _log(tmp_path / "a" / "train_log.jsonl") if r["kind"] == "train"] == [1, 2]
@@ -113,8 +111,7 @@ def test_augment_and_student(splits, tiny_qwen, tmp_path: Path):
     train, dev, label_only = splits
     a_dir = tmp_path / "assistant"
     train_assistant(model=tiny_qwen, train=load_examples(train), dev=load_examples(dev), out_dir=a_dir,
-                    settings=TrainSettings(epochs=1, **FAST), lora_r=8, lora_alpha=16,
-                    lora_modules_to_save=["lm_head"])
+                    settings=TrainSettings(epochs=1, **FAST), lora=LoraSettings(r=8, alpha=16, modules_to_save=["lm_head"]))
 
     # augment: one row per label-only post, kept iff the sampled chain's prediction equals gold
     aug = tmp_path / "aug.jsonl"
@@ -136,7 +133,7 @@ def test_augment_and_student(splits, tiny_qwen, tmp_path: Path):
     out = tmp_path / "student"
     s = train_student(model=tiny_qwen, assistant=a_dir / "best", train=load_examples(train),
                       dev=load_examples(dev), out_dir=out, settings=TrainSettings(epochs=3, **FAST),
-                      lam=0.3, T=2.0, lora_r=8, lora_alpha=16, lora_modules_to_save=["lm_head"])
+                      lam=0.3, T=2.0, lora=LoraSettings(r=8, alpha=16, modules_to_save=["lm_head"]))
     assert s["steps"] == 9
     rows = [r for r in _log(out / "train_log.jsonl") if r["kind"] == "train"]
     for r in rows:

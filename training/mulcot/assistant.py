@@ -1,4 +1,4 @@
-"""Assistant stage (METHOD.md step 2): multi-task LoRA fine-tuning of an HF image-text-to-text model.
+"""Assistant stage (docs/training.md, "2. Assistant"): multi-task LoRA fine-tuning of an HF image-text-to-text model.
 
 Two tasks over the same post and image: the reasoning prompt -> the teacher chain, and the label
 prompt -> the label word. ``loss = CE(chain) + CE(label)`` (equal weights), each on answer
@@ -8,13 +8,14 @@ as a LoRA adapter under ``out_dir/best`` (``load_student("hf:<out_dir>/best")`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..data import Example
 from ..losses import distill_loss_terms
 from .trainer import TrainSettings, fit
-from .vlm import add_lora, load_model, model_inputs
+from .vlm import LoraSettings, add_lora, load_model, model_inputs
 
 
 def ce_on_answers(model: Any, batch: dict):
@@ -49,28 +50,23 @@ def train_assistant(
     dev: Sequence[Example],
     out_dir: str | Path,
     settings: TrainSettings,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: float = 0.05,
-    lora_targets: str | list[str] | None = None,
-    lora_modules_to_save: list[str] | None = None,
+    lora: LoraSettings | None = None,
     dtype: str | None = None,
     card: dict | None = None,
     accelerator: Any = None,
 ) -> dict:
-    """Train the assistant; returns the training summary (see :func:`training.trainer.fit`)."""
+    """Train the assistant; returns the training summary (see :func:`training.mulcot.trainer.fit`)."""
+    lora = lora or LoraSettings()
     chains = sum(1 for ex in train if ex.teacher_cot)
     if chains == 0:
         raise ValueError("assistant stage: no training example has a teacher chain (run the teacher stage first)")
     base, processor, info = load_model(model, device="cpu", dtype=dtype)
-    peft_model = add_lora(base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_targets,
-                          modules_to_save=lora_modules_to_save)
+    peft_model = add_lora(base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.targets,
+                          modules_to_save=lora.modules_to_save)
     card = {
         "recipe_stage": "assistant",
         "base_model": str(model),
-        "lora": {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout,
-                 "targets": lora_targets or "language-model q/k/v/o/gate/up/down",
-                 "modules_to_save": lora_modules_to_save},
+        "lora": lora.card(),
         "loss": "CE(chain) + CE(label), answer tokens only",
         **(card or {}),
     }

@@ -1,4 +1,4 @@
-"""Rationale augmentation (METHOD.md step 3): the trained assistant writes chains for label-only posts.
+"""Rationale augmentation (docs/training.md, "3. Augmentation"): the trained assistant writes chains for label-only posts.
 
 For each post without a chain, the assistant samples up to ``samples`` chains with the reasoning
 prompt (temperature about 0.7); the first whose prediction equals the gold label is kept
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from model.loading import as_hf_spec
 

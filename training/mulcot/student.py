@@ -1,10 +1,10 @@
-"""Student stage (METHOD.md step 4): joint chain + label training distilled from the frozen assistant.
+"""Student stage (docs/training.md, "4. Student"): joint chain + label training distilled from the frozen assistant.
 
 For each task (chain, label)::
 
     loss_task = (1 - lam) * CE(student, gold) + lam * T^2 * KL(assistant || student) at temperature T
 
-on answer positions only (:func:`training.losses.distill_loss`; prompt, image and padding
+on answer positions only (:func:`training.losses.distill_loss_terms`; prompt, image and padding
 positions are masked - the MulCoT-RD reference code's defect is not reproduced), summed over
 the two tasks. Defaults ``lam = 0.3``, ``T = 2.0``. Student and assistant must share a tokenizer
 (and image tokenisation): checked before training, with a clear error.
@@ -12,13 +12,14 @@ the two tasks. Defaults ``lam = 0.3``, ``T = 2.0``. Student and assistant must s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..data import Example
 from ..losses import distill_loss_terms
 from .trainer import TrainSettings, fit
-from .vlm import add_lora, check_same_vision_tokens, check_shared_tokenizer, load_model, model_inputs
+from .vlm import LoraSettings, add_lora, check_same_vision_tokens, check_shared_tokenizer, load_model, model_inputs
 
 
 def make_student_loss(assistant: Any, lam: float = 0.3, T: float = 2.0):
@@ -72,11 +73,7 @@ def train_student(
     settings: TrainSettings,
     lam: float = 0.3,
     T: float = 2.0,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: float = 0.05,
-    lora_targets: str | list[str] | None = None,
-    lora_modules_to_save: list[str] | None = None,
+    lora: LoraSettings | None = None,
     dtype: str | None = None,
     card: dict | None = None,
     accelerator: Any = None,
@@ -84,21 +81,20 @@ def train_student(
     """Train the student by joint distillation; returns the training summary."""
     from accelerate import Accelerator
 
+    lora = lora or LoraSettings()
     acc = accelerator or Accelerator(cpu=settings.cpu, gradient_accumulation_steps=settings.grad_accum,
                                      mixed_precision=settings.mixed_precision)
     base, processor, info = load_model(model, device="cpu", dtype=dtype)
     teacher, t_processor, t_info = load_assistant(assistant, device=str(acc.device), dtype=dtype)
     check_shared_tokenizer(processor, t_processor)
     check_same_vision_tokens(base, teacher)
-    peft_model = add_lora(base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_targets,
-                          modules_to_save=lora_modules_to_save)
+    peft_model = add_lora(base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.targets,
+                          modules_to_save=lora.modules_to_save)
     card = {
         "recipe_stage": "student",
         "base_model": str(model),
         "assistant": str(assistant),
-        "lora": {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout,
-                 "targets": lora_targets or "language-model q/k/v/o/gate/up/down",
-                 "modules_to_save": lora_modules_to_save},
+        "lora": lora.card(),
         "loss": f"sum over tasks (chain, label) of (1-{lam})*CE + {lam}*T^2*KL(assistant||student), T={T}, "
                 "answer tokens only",
         "lam": lam,

@@ -1,4 +1,4 @@
-"""Teacher stage (METHOD.md step 1): five-field chains from a large MLLM, kept when they match gold.
+"""Teacher stage (docs/training.md, "1. Teacher"): five-field chains from a large MLLM, kept when they match gold.
 
 For each post: a label-free pass with ``model.prompts.reasoning_prompt``; when the parsed
 prediction (``model.chain.chain_label``) differs from the gold label, up to ``max_guided``
@@ -32,9 +32,10 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from model import Label, PostInput, chain_label, parse_chain
 from model.http import RETRY_STATUS, ChatClient, EndpointError, RateLimiter, Usage, image_data_url, message_text
@@ -73,11 +74,11 @@ class EndpointTeacher:
         base_url: e.g. ``http://localhost:8000/v1`` (``/chat/completions`` is appended).
         model: the model name the endpoint serves (e.g. ``Qwen/Qwen2.5-VL-72B-Instruct``).
         api_key: bearer token; default ``$OPENAI_API_KEY`` if set.
-        max_concurrency: requests in flight at once.
-        requests_per_s: request-rate limit (None = unlimited).
-        max_retries: retries per request on 429, 5xx, timeouts and transport errors.
-        backoff_s: first backoff; doubles per retry, with jitter, capped at ``max_backoff_s``.
-        price_prompt_per_mtok / price_completion_per_mtok: USD per million tokens for the cost.
+        temperature, max_tokens: of each answer; image_max_side: longer side of the uploaded image.
+        client_options: passed to :class:`model.http.ChatClient` - ``max_concurrency`` (requests in
+            flight), ``requests_per_s`` (None = unlimited), ``max_retries`` (on 429, 5xx, timeouts
+            and transport errors), ``backoff_s`` / ``max_backoff_s``, ``timeout_s``,
+            ``price_prompt_per_mtok`` / ``price_completion_per_mtok`` (USD per million tokens).
     """
 
     RETRY_STATUS = RETRY_STATUS
@@ -88,25 +89,15 @@ class EndpointTeacher:
         model: str,
         *,
         api_key: str | None = None,
-        max_concurrency: int = 8,
-        requests_per_s: float | None = None,
-        max_retries: int = 4,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 30.0,
-        timeout_s: float = 120.0,
         temperature: float = 0.0,
         max_tokens: int = 768,
         image_max_side: int | None = 640,
-        price_prompt_per_mtok: float = 0.0,
-        price_completion_per_mtok: float = 0.0,
         extra_body: dict | None = None,
-        client: Any = None,
+        **client_options: Any,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.http = ChatClient(base_url, api_key=key, max_concurrency=max_concurrency, requests_per_s=requests_per_s,
-                               max_retries=max_retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                               timeout_s=timeout_s, price_prompt_per_mtok=price_prompt_per_mtok,
-                               price_completion_per_mtok=price_completion_per_mtok, client=client)
+        # concurrency, rate limit, retries, backoff, timeout, prices, client: model.http.ChatClient's
+        self.http = ChatClient(base_url, api_key=key, **client_options)
         self.url = self.http.url
         self.model = model
         self.client = self.http.client
@@ -248,7 +239,7 @@ async def teach_one(backend: TeacherBackend, ex: Example, *, max_guided: int = 2
     stage, keep, chain, pred, raw = "failed", False, None, None, ""
     plan = [(free_stage, reasoning_prompt(post))] * free_samples
     plan += [("guided", guided_reasoning_prompt(post, ex.label))] * max_guided
-    for attempt, (name, prompt) in enumerate(plan, 1):
+    for name, prompt in plan:
         try:
             gen = await backend.generate(prompt, post.image)
         except TeacherError as e:
@@ -369,17 +360,6 @@ def run_teacher(examples: Sequence[Example], backend_factory: Callable[[], Teach
     return asyncio.run(main())
 
 
-def make_backend(kind: str, **cfg: Any) -> TeacherBackend:
-    """``kind``: ``endpoint`` (needs ``base_url``, ``model``) or ``hf`` (needs ``model``: an hf spec)."""
-    if kind == "endpoint":
-        return EndpointTeacher(**cfg)
-    if kind == "hf":
-        cfg = dict(cfg)
-        spec = cfg.pop("model")
-        return HFTeacher(spec, **cfg)
-    raise ValueError(f"unknown teacher backend {kind!r} (endpoint | hf)")
-
-
 __all__ = [
     "EndpointTeacher",
     "HFTeacher",
@@ -392,5 +372,4 @@ __all__ = [
     "run_teacher",
     "run_teacher_async",
     "done_ids",
-    "make_backend",
 ]

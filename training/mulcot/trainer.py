@@ -26,36 +26,45 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Literal
+
+from pydantic import Field
 
 from ..data import Example
-from ..recipe import git_commit, versions
+from ..recipe import StrictModel, git_commit, versions
 from .vlm import chain_item, collate_items, dev_metrics, label_item
 
 
-@dataclass
-class TrainSettings:
-    """Optimisation settings (the recipe's ``train`` block)."""
+class TrainConfig(StrictModel):
+    """Optimisation settings: the ``train`` block of a recipe, and the defaults of the CLI verbs."""
 
-    epochs: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_steps: int | None = None
-    image_size: int | None = 280
-    image_max_side: int | None = None
-    max_answer_tokens: int | None = 384
-    eval_batch_size: int = 8
-    plateau_patience: int = 1
-    plateau_factor: float = 0.5
-    log_every: int = 10
-    seed: int = 0
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
-    cpu: bool = False
-    progress: bool = True
+    epochs: int = Field(20, ge=1, description="Epochs (the paper: 20).")
+    lr: float = Field(3e-4, description="AdamW learning rate (the paper: 3e-4).")
+    weight_decay: float = Field(0.0, description="AdamW weight decay.")
+    batch_size: int = Field(4, ge=1, description="Posts per step per process (each post gives a chain and a label item).")
+    grad_accum: int = Field(10, ge=1, description="Gradient accumulation steps (effective batch = batch_size x grad_accum "
+                                                  "x processes; the paper: 40).")
+    max_steps: int | None = Field(None, description="Stop after this many optimizer steps.")
+    image_size: int | None = Field(280, description="Image resolution of the model (Qwen: sqrt of the pixel budget; "
+                                                    "the paper: about 280).")
+    max_answer_tokens: int | None = Field(384, description="Truncate chain targets to this many tokens.")
+    eval_batch_size: int = Field(8, description="Batch size for dev scoring.")
+    plateau_patience: int = Field(1, description="Reduce-on-plateau patience (epochs) on dev accuracy.")
+    plateau_factor: float = Field(0.5, description="Reduce-on-plateau factor.")
+    log_every: int = Field(10, description="Log the training loss every N steps.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision (bf16 on GPU).")
+    cpu: bool = Field(False, description="Force CPU even when a GPU is present.")
+
+
+class TrainSettings(TrainConfig):
+    """:class:`TrainConfig` plus what the run adds."""
+
+    image_max_side: int | None = Field(None, description="Downscale images to this longer side when loading "
+                                                         "(None: as served, see model.hf.inputs).")
+    seed: int = Field(0, description="Seed for Python, NumPy, torch and data order.")
+    progress: bool = Field(True, description="Show a progress bar.")
 
 
 def seed_everything(seed: int) -> None:
@@ -89,6 +98,96 @@ def _save_adapter(model: Any, processor: Any, path: Path) -> None:
         save_processor(processor, path)
     except Exception:  # the base model's processor is used when this fails
         pass
+
+
+def _resume(last: Path, acc: Any, model: Any, optimizer: Any, scheduler: Any, stage: str) -> dict:
+    """The trainer state of an interrupted run (weights, optimizer and scheduler restored from
+    ``last/``), or a fresh one."""
+    import torch
+
+    if not (last / "trainer_state.json").exists():
+        return {"epoch": 0, "step": 0, "best": None, "history": []}
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = json.loads((last / "trainer_state.json").read_text())
+    set_peft_model_state_dict(acc.unwrap_model(model), load_file(str(last / "adapter_model.safetensors")))
+    optimizer.load_state_dict(torch.load(last / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(last / "scheduler.pt", map_location="cpu", weights_only=False))
+    if acc.is_main_process:
+        print(f"[{stage}] resuming after epoch {state['epoch']} (step {state['step']})")
+    return state
+
+
+def _select(state: dict, epoch: int, metrics: dict, stage: str) -> bool:
+    """Record the epoch's dev metrics in ``state``; True when it is the best so far (dev
+    accuracy, ties by F1)."""
+    acc_dev = metrics.get("dev_accuracy")
+    state["epoch"] = epoch
+    state["history"].append({"kind": "dev", "stage": stage, "epoch": epoch, "step": state["step"], **metrics})
+    key = (acc_dev if acc_dev is not None else -1.0, metrics.get("dev_f1") or -1.0)
+    improved = state["best"] is None or key > tuple(state["best"]["key"])
+    if improved:
+        state["best"] = {"epoch": epoch, "key": list(key), **metrics}
+    return improved
+
+
+def _save_epoch(out: Path, state: dict, improved: bool, model: Any, processor: Any, optimizer: Any,
+                scheduler: Any) -> None:
+    """The dev row in the log, the resumable checkpoint in ``last/``, and ``best/`` when improved."""
+    import torch
+
+    last = out / "last"
+    with (out / "train_log.jsonl").open("a") as f:
+        f.write(json.dumps(state["history"][-1]) + "\n")
+    _save_adapter(model, processor, last)
+    torch.save(optimizer.state_dict(), last / "optimizer.pt")
+    torch.save(scheduler.state_dict(), last / "scheduler.pt")
+    (last / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    if improved:
+        if (out / "best").exists():
+            shutil.rmtree(out / "best")
+        _save_adapter(model, processor, out / "best")
+
+
+def _write_model_card(out: Path, stage: str, summary: dict, state: dict, cfg: TrainSettings,
+                      card: dict | None) -> None:
+    model_card = {
+        "stage": stage,
+        **(card or {}),
+        "metrics": {"best": state["best"], "history": state["history"]},
+        "training": {k: v for k, v in summary.items() if k not in ("best", "history")},
+        "settings": cfg.model_dump(),
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_with": f"load_student('hf:{(out / 'best').resolve()}')",
+    }
+    (out / "model_card.json").write_text(json.dumps(model_card, indent=2, default=str))
+
+
+class _LossLog:
+    """Running means of the loss terms, written to ``train_log.jsonl`` every ``log_every`` steps."""
+
+    def __init__(self, path: Path, stage: str, write: bool):
+        self.path, self.stage, self.write = path, stage, write
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, terms: dict) -> None:
+        for k, v in terms.items():
+            if v is not None:
+                self.sums[k] = self.sums.get(k, 0.0) + float(v.detach() if hasattr(v, "detach") else v)
+        self.n += 1
+
+    def flush(self, epoch: int, step: int, lr: float) -> dict:
+        row = {"kind": "train", "stage": self.stage, "epoch": epoch, "step": step, "lr": lr,
+               **{k: v / max(self.n, 1) for k, v in self.sums.items()}}
+        if self.write:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        self.sums, self.n = {}, 0
+        return row
 
 
 def fit(
@@ -135,33 +234,17 @@ def fit(
                                                            patience=cfg.plateau_patience)
     model.train()
     model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    state = _resume(out / "last", acc, model, optimizer, scheduler, stage)
 
-    state = {"epoch": 0, "step": 0, "best": None, "history": []}
-    last = out / "last"
-    if (last / "trainer_state.json").exists():  # resume
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        state = json.loads((last / "trainer_state.json").read_text())
-        weights = load_file(str(last / "adapter_model.safetensors"))
-        set_peft_model_state_dict(acc.unwrap_model(model), weights)
-        optimizer.load_state_dict(torch.load(last / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(last / "scheduler.pt", map_location="cpu", weights_only=False))
-        if acc.is_main_process:
-            print(f"[{stage}] resuming after epoch {state['epoch']} (step {state['step']})")
-
-    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.epochs * math.ceil(len(loader) / cfg.grad_accum)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    log_path = out / "train_log.jsonl"
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+    losses = _LossLog(out / "train_log.jsonl", stage, acc.is_main_process)
     bar = tqdm(total=total, initial=min(state["step"], total), desc=stage, unit="step",
                disable=not (cfg.progress and acc.is_main_process))
     t0 = time.perf_counter()
-    running: dict[str, float] = {}
-    n_running = 0
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
@@ -173,48 +256,24 @@ def fit(
                 acc.backward(terms["loss"])
                 optimizer.step()
                 optimizer.zero_grad()
-            for k, v in terms.items():
-                if v is not None:
-                    running[k] = running.get(k, 0.0) + float(v.detach() if hasattr(v, "detach") else v)
-            n_running += 1
+            losses.add(terms)
             if acc.sync_gradients:
                 state["step"] += 1
                 bar.update(1)
                 if state["step"] % cfg.log_every == 0 or state["step"] == total:
-                    row = {"kind": "train", "stage": stage, "epoch": epoch, "step": state["step"],
-                           "lr": optimizer.param_groups[0]["lr"], **{k: v / n_running for k, v in running.items()}}
+                    row = losses.flush(epoch, state["step"], optimizer.param_groups[0]["lr"])
                     bar.set_postfix(loss=f"{row['loss']:.3f}")
-                    if acc.is_main_process:
-                        with log_path.open("a") as f:
-                            f.write(json.dumps(row) + "\n")
-                    running, n_running = {}, 0
                 if cfg.max_steps and state["step"] >= cfg.max_steps:
                     break
         # ---- end of epoch: dev selection, scheduler, checkpoints
         unwrapped = acc.unwrap_model(model)
         metrics = dev_metrics(unwrapped, processor, list(dev_examples), family=family, image_size=cfg.image_size,
                               batch_size=cfg.eval_batch_size, image_max_side=cfg.image_max_side) if dev_examples else {}
-        acc_dev = metrics.get("dev_accuracy")
-        if acc_dev is not None:
-            scheduler.step(acc_dev)
-        state["epoch"] = epoch
-        row = {"kind": "dev", "stage": stage, "epoch": epoch, "step": state["step"], **metrics}
-        state["history"].append(row)
-        key = (acc_dev if acc_dev is not None else -1.0, metrics.get("dev_f1") or -1.0)
-        improved = state["best"] is None or key > tuple(state["best"]["key"])
-        if improved:
-            state["best"] = {"epoch": epoch, "key": list(key), **metrics}
+        if metrics.get("dev_accuracy") is not None:
+            scheduler.step(metrics["dev_accuracy"])
+        improved = _select(state, epoch, metrics, stage)
         if acc.is_main_process:
-            with log_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            _save_adapter(unwrapped, processor, last)
-            torch.save(optimizer.state_dict(), last / "optimizer.pt")
-            torch.save(scheduler.state_dict(), last / "scheduler.pt")
-            (last / "trainer_state.json").write_text(json.dumps(state, indent=1))
-            if improved:
-                if (out / "best").exists():
-                    shutil.rmtree(out / "best")
-                _save_adapter(unwrapped, processor, out / "best")
+            _save_epoch(out, state, improved, unwrapped, processor, optimizer, scheduler)
             print(f"[{stage}] epoch {epoch}: {json.dumps(metrics)}{' (best)' if improved else ''}")
         acc.wait_for_everyone()
     bar.close()
@@ -231,20 +290,9 @@ def fit(
         "dev_examples": len(dev_examples),
     }
     if acc.is_main_process:
-        model_card = {
-            "stage": stage,
-            **(card or {}),
-            "metrics": {"best": state["best"], "history": state["history"]},
-            "training": {k: v for k, v in summary.items() if k not in ("best", "history")},
-            "settings": cfg.__dict__,
-            "git_commit": git_commit(),
-            "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "load_with": f"load_student('hf:{(out / 'best').resolve()}')",
-        }
-        (out / "model_card.json").write_text(json.dumps(model_card, indent=2, default=str))
+        _write_model_card(out, stage, summary, state, cfg, card)
     acc.wait_for_everyone()
     return summary
 
 
-__all__ = ["TrainSettings", "fit", "make_batches", "seed_everything"]
+__all__ = ["TrainConfig", "TrainSettings", "fit", "make_batches", "seed_everything"]

@@ -12,19 +12,41 @@ hold the token ids there and ``-100`` everywhere else (prompt, image tokens, pad
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from pydantic import Field
 
 from model import LABELS, PostInput
 from model.hf.inputs import answer_lead, encode_batch, encode_rendered, render_prompt
 from model.prompts import LABEL_WORDS, label_prompt, reasoning_prompt
 
 from ..data import Example
+from ..recipe import StrictModel
 
 #: LoRA on the language model's attention and MLP projections (q/k/v/o/gate/up/down), not on
 #: the vision tower (whose blocks reuse some of those names). peft full-matches the regex.
 LORA_TARGET_REGEX = r"^(?!.*(?:visual|vision)).*\.(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+class LoraSettings(StrictModel):
+    """The LoRA adapter of the assistant or the student (a recipe's ``lora`` block)."""
+
+    r: int = Field(16, description="LoRA rank.")
+    alpha: int = Field(32, description="LoRA alpha.")
+    dropout: float = Field(0.05, description="LoRA dropout.")
+    targets: str | list[str] | None = Field(None, description="peft target_modules (default: the language model's "
+                                                              "q/k/v/o/gate/up/down projections, not the vision tower).")
+    modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved with the adapter "
+                                                                "(e.g. [lm_head] for tiny random test models).")
+
+    def card(self) -> dict:
+        """The adapter's settings as a model card records them."""
+        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout,
+                "targets": self.targets or "language-model q/k/v/o/gate/up/down",
+                "modules_to_save": self.modules_to_save}
+
 
 def load_model(target: str | Path, *, device: str = "cpu", dtype: Any = None, adapter: str | None = None):
     """``(model, processor, info)`` with the HF backend's loader (processor without torchvision)."""
@@ -199,6 +221,7 @@ def dev_metrics(model: Any, processor: Any, examples: Sequence[Example], *, fami
 
 __all__ = [
     "LORA_TARGET_REGEX",
+    "LoraSettings",
     "Item",
     "load_model",
     "add_lora",
