@@ -256,8 +256,11 @@ def student_cmd(model_name, assistant_spec, train_file, dev_file, out_dir, lam, 
 @click.option("--train-log", type=click.Path(exists=True), default=None, help="train_log.jsonl to plot loss curves from.")
 @click.option("--image-max-side", type=int, default=None, help="Downscale images before the student sees them.")
 @click.option("--option", "options", multiple=True, help="load_student option key=value (e.g. image_size=280).")
+@click.option("--grounding", is_flag=True, help="Also the grounding metrics: posts with images rerun with another "
+                                                 "post's image and with none (about 3x the work; training/grounding.py).")
+@click.option("--grounding-limit", type=int, default=None, help="Grounding on the first N posts with images only.")
 def evaluate_cmd(spec, data_file, out_dir, limit, batch_size, no_chain, no_embeddings, train_log, image_max_side,
-                 options) -> None:
+                 options, grounding, grounding_limit) -> None:
     from model import load_student
 
     from .data import load_examples, resolve_data_path
@@ -269,7 +272,8 @@ def evaluate_cmd(spec, data_file, out_dir, limit, batch_size, no_chain, no_embed
     except (OSError, ValueError) as e:  # missing weights/data, bad spec (SpecError is a ValueError)
         raise click.ClickException(str(e)) from None
     evaluate(student, exs, chain=not no_chain, batch_size=batch_size, out_dir=out_dir, embeddings=not no_embeddings,
-             train_log=train_log, image_max_side=image_max_side, progress=True, console=_console())
+             train_log=train_log, image_max_side=image_max_side, progress=True, console=_console(),
+             grounding=grounding, grounding_limit=grounding_limit)
     if out_dir:
         click.echo(f"wrote {Path(out_dir) / 'report.json'}")
 

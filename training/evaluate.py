@@ -124,6 +124,8 @@ def evaluate(
     train_log: str | Path | None = None,
     progress: bool = False,
     console: Any = None,
+    grounding: bool = False,
+    grounding_limit: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``student`` on ``examples`` and return the report dict.
 
@@ -139,6 +141,9 @@ def evaluate(
         embeddings: compute the MiniLM embedding cosine (needs the installed MiniLM package).
         train_log: a training log JSONL (``training.trainer`` format) to plot loss curves from.
         progress: show a progress bar.
+        grounding: also run the grounding metrics (``training.grounding``: each post with an
+            image again with another post's image and with none; about three times the work),
+            reported under ``grounding``; ``grounding_limit``: only the first N posts with images.
 
     Report keys: ``n``, ``n_unlabeled``, ``accuracy``, ``weighted_f1``, ``macro_f1``,
     ``confusion``, ``labels``, ``per_class``, ``chain_parse_rate``, ``label_chain_agreement``,
@@ -167,11 +172,21 @@ def evaluate(
     }
     if chain:
         report.update(chain_metrics(examples, preds, embeddings=embeddings))
+    if grounding:
+        from .grounding import evaluate_grounding
+
+        with_images = [ex for ex in examples if ex.image_path is not None][:grounding_limit]
+        report["grounding"] = evaluate_grounding(student, with_images, batch_size=batch_size, out_dir=out_dir,
+                                                 image_max_side=image_max_side)
     if out_dir is not None:
         report["plots"] = write_outputs(Path(out_dir), examples, preds, report, train_log=train_log)
         (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     if console is not None:
         print_report(report, console)
+        if report.get("grounding"):
+            from .grounding import print_grounding
+
+            print_grounding(report["grounding"], console)
     return report
 
 
