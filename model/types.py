@@ -184,6 +184,14 @@ class BaseStudent:
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    @staticmethod
+    def explain_inputs(batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[PostInput]:
+        """``batch`` as a list, checked to pair one to one with ``predictions`` (ValueError)."""
+        batch = list(batch)
+        if len(batch) != len(predictions):
+            raise ValueError("batch and predictions differ in length")
+        return batch
+
     def predict(self, batch: Sequence[PostInput], *, chain: bool = True) -> list[Prediction]:
         batch = list(batch)
         if not batch:

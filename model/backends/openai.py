@@ -50,10 +50,11 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from ..http import ChatClient, EndpointError, LoopThread, api_key_from_env, message_text, user_message
 from ..chain import label_in
+from ..http import ChatClient, EndpointError, LoopThread, api_key_from_env, message_text, user_message
 from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
 from ..types import LABELS, BaseStudent, Label, PostInput, Prediction
 
@@ -209,7 +210,7 @@ class OpenAIStudent(BaseStudent):
         self.info = {"base_url": self.http.base_url, "model": self.model}
 
     @classmethod
-    def from_target(cls, target: str, **options: Any) -> "OpenAIStudent":
+    def from_target(cls, target: str, **options: Any) -> OpenAIStudent:
         """Build from the part of the spec after ``openai:`` (``<base_url>[#<model>]``)."""
         base, model, spec_options = parse_target(target)
         options.pop("device", None)  # the server owns the device
@@ -306,11 +307,9 @@ class OpenAIStudent(BaseStudent):
         ]
 
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
-        batch = list(batch)
+        batch = self.explain_inputs(batch, predictions)
         if not batch:
             return []
-        if len(batch) != len(predictions):
-            raise ValueError("batch and predictions differ in length")
         t0 = time.perf_counter()
         got = self.loop.gather([self._chain_one(p, pr.label) for p, pr in zip(batch, predictions)])
         ms = (time.perf_counter() - t0) * 1000

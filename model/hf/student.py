@@ -285,11 +285,9 @@ class HFStudent(BaseStudent):
         return texts, enc["attention_mask"].sum(-1).tolist(), counts
 
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
-        batch = list(batch)
+        batch = self.explain_inputs(batch, predictions)
         if not batch:
             return []
-        if len(batch) != len(predictions):
-            raise ValueError("batch and predictions differ in length")
         if self.engine is not None:
             from ..engine import student as engine_student
 
