@@ -369,17 +369,15 @@ def _compact_recipe_model():
 @click.option("--schema", is_flag=True, help="Print every recipe field with its type, default and description.")
 @recipe_options(_compact_recipe_model())
 def compact_cmd(recipe, stage, export_dir, version, overrides, schema, **fields) -> None:
-    from .compact.recipe import CompactRecipe
+    from .compact.recipe import CompactRecipe, load_compact_recipe
     from .compact.run import run_compact
-    from .recipe import print_schema, read_recipe_file
+    from .recipe import print_schema
 
     if schema:
         print_schema(CompactRecipe, _console(), title="compact recipe fields (TOML or YAML)")
         return
     try:
-        raw = read_recipe_file(recipe, list(overrides))
-        raw.update({k: v for k, v in fields.items() if v is not None})
-        r = CompactRecipe.model_validate(raw)
+        r = load_compact_recipe(recipe, list(overrides), {k: v for k, v in fields.items() if v is not None})
     except Exception as e:  # pydantic ValidationError, TOML/YAML errors, bad --set
         raise click.ClickException(f"invalid recipe {recipe or '(defaults)'}:\n{e}") from None
     run_compact(r, stage=stage, export=export_dir, version=version)

@@ -51,9 +51,13 @@ def read_recipe_file(path: str | Path | None, overrides: list[str] | None = None
     return raw
 
 
-def load_model_file(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
-    """``model`` validated from a recipe file plus overrides (pydantic ValidationError when invalid)."""
-    return model.model_validate(read_recipe_file(path, overrides))
+def load_model_file(model: type[M], path: str | Path | None, overrides: list[str] | None = None,
+                    updates: dict[str, Any] | None = None) -> M:
+    """``model`` validated from a recipe file plus ``key.path=value`` overrides, then top-level
+    ``updates`` (typed CLI options); pydantic ValidationError when invalid."""
+    raw = read_recipe_file(path, overrides)
+    raw.update(updates or {})
+    return model.model_validate(raw)
 
 
 def schema_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -70,6 +70,8 @@ class CompactRecipe(StrictModel):
     explainer_lr: float = Field(3e-4, description="AdamW learning rate of the explainer's LoRA.")
 
 
-def load_compact_recipe(path: str | Path | None, overrides: list[str] | None = None) -> CompactRecipe:
-    """The recipe of a TOML/YAML file (defaults when ``path`` is None) with ``key=value`` overrides."""
-    return load_model_file(CompactRecipe, path, overrides)
+def load_compact_recipe(path: str | Path | None, overrides: list[str] | None = None,
+                        updates: dict | None = None) -> CompactRecipe:
+    """The recipe of a TOML/YAML file (defaults when ``path`` is None) with ``key=value``
+    overrides, then ``updates`` (field -> value, e.g. from CLI options)."""
+    return load_model_file(CompactRecipe, path, overrides, updates)
