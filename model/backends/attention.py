@@ -25,11 +25,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..hf import QWEN_FAMILIES
+
 #: Name under which :func:`packed_sdpa_forward` is registered with transformers.
 PACKED_SDPA = "flash_packed_sdpa"
 
-#: Families whose vision tower takes ``cu_seqlens`` (window / per-image attention).
-PACKED_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+#: Families whose vision tower takes ``cu_seqlens`` (window / per-image attention): the Qwen-VL ones.
+PACKED_FAMILIES = QWEN_FAMILIES
 
 
 def packed_sdpa_forward(
