@@ -1,4 +1,5 @@
-"""``mulcot bench model``: throughput of a student on its own (no Kafka, no Redis).
+"""``mulcot bench model`` (:func:`bench_model`, registered under the ``mulcot.bench`` entry
+points): throughput of a student on its own (no Kafka, no Redis).
 
 Measures, for one student spec and one batch size, over the same posts:
 
@@ -30,6 +31,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import click
 
 from .types import PostInput, Student
 
@@ -225,4 +228,37 @@ def print_bench_table(result: dict, console: Any = None) -> None:
                   f"params {result.get('parameters') or '-'}, dtype {result.get('dtype') or '-'}")
 
 
-__all__ = ["run_model_bench", "synthetic_posts", "data_posts", "print_bench_table"]
+
+# --------------------------------------------------------------------------- CLI
+@click.command("model")
+@click.option("--model", "spec", default="default", show_default=True, help="student spec for model.load_student")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--posts", "n_posts", type=int, default=32, show_default=True, help="how many posts")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="use real posts (t15 test) from this data folder instead of synthetic ones")  # fmt: skip
+@click.option("--image-size", type=int, help="image side passed to the student")
+@click.option("--max-new-tokens", type=int, help="chain token budget passed to the student")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="other load_student option, e.g. chain_decoder=generate (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
+def bench_model(spec: str, batch_size: int, n_posts: int, data_dir: Path | None, image_size: int | None,
+                max_new_tokens: int | None, options: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+    """The student alone: labels-only and label+chain posts/s, tokens, agreement, memory
+    (model.bench.run_model_bench; see docs/model.md)."""
+    from .loading import load_error_message, parse_options
+
+    try:
+        opts = parse_options(options)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--option") from None
+    posts = data_posts(data_dir, n_posts) if data_dir else None
+    try:
+        result = run_model_bench(spec, posts, batch_size=batch_size, n_posts=n_posts, image_size=image_size,
+                                 max_new_tokens=max_new_tokens, print_table=not as_json, **opts)  # fmt: skip
+    except Exception as exc:
+        raise click.ClickException(load_error_message(spec, exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+
+
+__all__ = ["bench_model", "run_model_bench", "synthetic_posts", "data_posts", "print_bench_table"]

@@ -118,3 +118,17 @@ def test_gpu_check_on_real_images_subset(data_dir, tmp_path):
     assert result["posts"] == 3 and result["posts_with_image"] == 3
     assert result["posts_source"].endswith("t15/test.jsonl")
     assert "baseline_generate" not in result
+
+
+def test_bench_model_comes_through_the_entry_point_group():
+    """`mulcot bench model` is model.bench's command, found through the `mulcot.bench` entry points."""
+    from click.testing import CliRunner
+
+    from stream.cli import main
+
+    res = CliRunner().invoke(main, ["bench", "model", "--model", "noop", "--posts", "4", "--batch-size", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["spec"] == "noop" and out["labels_only"]["posts"] == 4
+    res = CliRunner().invoke(main, ["bench", "model", "--model", "compact:/nonexistent"])
+    assert res.exit_code != 0 and "does not exist" in res.output
