@@ -278,6 +278,15 @@ async def teach_one(backend: TeacherBackend, ex: Example, *, max_guided: int = 2
     }
 
 
+def _tally(summary: dict, row: dict, free_stage: str) -> None:
+    """Count one written row in the run summary."""
+    summary["processed"] += 1
+    summary["kept"] += row["keep"]
+    summary["kept_free"] += row["keep"] and row["stage"] == free_stage
+    summary["kept_guided"] += row["keep"] and row["stage"] == "guided"
+    summary["failed"] += not row["keep"]
+
+
 async def run_teacher_async(
     examples: Sequence[Example],
     backend: TeacherBackend,
@@ -327,11 +336,7 @@ async def run_teacher_async(
                     row["image"] = os.path.relpath(Path(ex.image_path).resolve(), out.parent.resolve())
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
-                summary["processed"] += 1
-                summary["kept"] += row["keep"]
-                summary["kept_free"] += row["keep"] and row["stage"] == free_stage
-                summary["kept_guided"] += row["keep"] and row["stage"] == "guided"
-                summary["failed"] += not row["keep"]
+                _tally(summary, row, free_stage)
                 if on_row:
                     on_row(row)
                 if bar is not None:
