@@ -47,7 +47,7 @@ class CompactStudent(BaseStudent):
         path: Path,
         *,
         device: str = "cpu",
-        chain_batch_size: int = 64,
+        chain_batch_size: int = 32,
         max_new_tokens: int | None = None,
         chain_dtype: str = "auto",
         label_dtype: str = "auto",
