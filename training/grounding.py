@@ -38,7 +38,7 @@ features featuring contains containing includes including overall visual visuall
 """.split())
 """Generic image and template vocabulary left out of the content words (besides stopwords)."""
 
-_WORD = re.compile(r"[a-z]+")
+_WORD = re.compile(r"[a-z]{2,}")
 _NO_IMAGE = re.compile(
     r"\bno (?:image|picture|photo)\b|\bwithout (?:an? )?(?:image|picture|photo)\b|"
     r"\b(?:image|picture|photo) (?:is|was) (?:not|missing|absent)|\bnot (?:have|has|include|contain) an? (?:image|picture)",
@@ -59,7 +59,7 @@ def _stopwords() -> frozenset[str]:
 
 
 def content_words(text: str | None, *, generic: bool = True) -> set[str]:
-    """Lower-cased letter words of ``text`` minus stopwords (and :data:`GENERIC` words)."""
+    """Lower-cased letter words (two letters or more) of ``text`` minus stopwords (and :data:`GENERIC` words)."""
     drop = _stopwords() | (GENERIC if generic else frozenset())
     return {w for w in _WORD.findall((text or "").lower()) if w not in drop}
 

@@ -46,3 +46,32 @@ def test_metrics_from_three_runs():
     assert r["label_flip_swapped"] == 0.0 and r["label_flip_no_image"] == 0.5
     assert r["conflict_rate"] == 0.5
     assert r["parse_rate"]["own"] == 1.0 and r["agreement"]["no_image"] == 1.0
+
+
+def test_evidence_sentences_say_only_what_the_evidence_says():
+    from PIL import Image
+
+    from model.compact.grounded import (
+        CONFLICT_MARK,
+        NO_IMAGE,
+        ImageEvidence,
+        conflict_sentence,
+        dominant_colours,
+        image_sentence,
+    )
+
+    red = Image.new("RGB", (40, 30), (220, 20, 20))
+    assert dominant_colours(red) == (("red", 1.0),)
+    ev = ImageEvidence((("cake", 0.41), ("plate", 0.12), ("bakery", 0.05)), dominant_colours(red))
+    line = image_sentence(ev)
+    assert "cake (0.41)" in line and "plate (0.12)" in line and "bakery (0.05)" in line and "red (100%)" in line
+    assert content_words(line) == {"cake", "plate", "bakery", "red"}
+    assert "low confidence" in image_sentence(ImageEvidence((("web site", 0.15),)))
+    assert image_sentence(None) == NO_IMAGE and states_no_image(NO_IMAGE)
+    probs = {"positive": 0.6, "neutral": 0.3, "negative": 0.1}
+    text = {"positive": 0.2, "neutral": 0.7, "negative": 0.1}
+    moved = conflict_sentence("positive", probs, "neutral", text)
+    assert moved.startswith(CONFLICT_MARK) and names_conflict(moved) and "from neutral to positive" in moved
+    same = conflict_sentence("positive", probs, "positive", probs)
+    assert not names_conflict(same)
+    assert not names_conflict(conflict_sentence("positive", None, None, None))
