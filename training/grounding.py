@@ -1,8 +1,8 @@
 """Grounding metrics: does the chain's Image field say only what the student could see?
 
 Each post with an image is run three times through the student (labels and chains): with its
-own image, with another post's image (a seeded derangement of the images of the evaluated
-posts), and with no image. From the three runs:
+own image, with another post's image (a seeded derangement of the evaluated posts that never
+gives a post its own image file: ``swap_partners``), and with no image. From the three runs:
 
 * ``no_image_honest``: share of the no-image chains whose Image field states there is no image;
 * ``swap_changed``: share of posts whose Image field changes when another image is given;
@@ -92,6 +92,21 @@ def derangement(n: int, seed: int = 0) -> list[int]:
     return perm
 
 
+def swap_partners(images: Sequence[object], seed: int = 0) -> list[int]:
+    """A seeded derangement in which post i gets the image of post perm[i], with perm[i] also
+    holding a *different image* where the posts allow it (Twitter-2015 repeats one tweet's image
+    for each of its aspects)."""
+    perm = derangement(len(images), seed)
+    for i in range(len(perm)):
+        if images[perm[i]] != images[i]:
+            continue
+        for j in range(len(perm)):  # trade partners with a post for which both trades differ
+            if j != i and images[perm[j]] != images[i] and images[perm[i]] != images[j]:
+                perm[i], perm[j] = perm[j], perm[i]
+                break
+    return perm
+
+
 def _rate(flags: Sequence[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
@@ -145,7 +160,7 @@ def evaluate_grounding(student, examples, *, batch_size: int = 16, seed: int = 0
     ex = [e for e in examples if e.image_path is not None]
     if len(ex) < 2:
         raise ValueError("grounding metrics need at least two posts with images")
-    perm = derangement(len(ex), seed)
+    perm = swap_partners([str(e.image_path) for e in ex], seed)
     own_posts = [e.post(max_side=image_max_side) for e in ex]
     runs: dict[str, list] = {"own": [], "swapped": [], "no_image": []}
     for s in range(0, len(ex), batch_size):

@@ -75,3 +75,13 @@ def test_evidence_sentences_say_only_what_the_evidence_says():
     same = conflict_sentence("positive", probs, "positive", probs)
     assert not names_conflict(same)
     assert not names_conflict(conflict_sentence("positive", None, None, None))
+
+
+def test_swap_partners_never_give_a_post_its_own_image_file():
+    from training.grounding import swap_partners
+
+    images = ["a", "a", "b", "c", "c", "c", "d"]
+    for seed in range(20):
+        perm = swap_partners(images, seed)
+        assert sorted(perm) == list(range(len(images)))
+        assert all(images[perm[i]] != images[i] for i in range(len(images)))
