@@ -44,7 +44,7 @@ student: setup
 	$(VENV)/bin/mulcot distill compact training/recipes/compact.toml --export model/weights/default
 
 lint: setup
-	$(PY) -m ruff check --select F model stream training tests
+	$(PY) -m ruff check model stream training tests
 
 schemas: setup
 	$(PY) -m stream.protocol --write docs/schemas

@@ -24,8 +24,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class LoopThread:
             raise RuntimeError("LoopThread.run called from its own loop")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
 
-    def gather(self, coros: "list[Awaitable[T]]", timeout: float | None = None) -> list[T]:
+    def gather(self, coros: list[Awaitable[T]], timeout: float | None = None) -> list[T]:
         """Run the coroutines concurrently on the loop; their results in order (the first
         exception is raised)."""
 

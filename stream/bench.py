@@ -26,9 +26,10 @@ import random
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _jpeg(target_kb: int, seed: int) -> bytes:
@@ -213,7 +214,7 @@ def measure_stream(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, 
     from .settings import load_settings
 
     log_dir = Path(tempfile.mkdtemp(prefix="mulcot-bench-"))
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     load0 = os.getloadavg()[0]
     with embedded_services(log_dir=log_dir) as (kafka, redis):
         s = load_settings(

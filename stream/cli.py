@@ -283,9 +283,9 @@ def results_cmd(broker: str | None, redis_url: str | None, post_id: str | None, 
     if as_json and not follow:
         click.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
         return
-    from .render import result_line, results_table
-
     from rich.console import Console
+
+    from .render import result_line, results_table
 
     console = Console()
     if as_json:

@@ -28,8 +28,9 @@ import asyncio
 import json
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("mulcot.health")
 
@@ -145,7 +146,7 @@ class LagProbe:
             await self.consumer.stop()
             self.consumer = None
 
-    async def update(self, partitions: "set[int] | list[int]") -> dict[int, int]:
+    async def update(self, partitions: set[int] | list[int]) -> dict[int, int]:
         from aiokafka import TopicPartition
 
         if self.consumer is None:

@@ -30,10 +30,10 @@ import asyncio
 import io
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -319,7 +319,7 @@ class ImageFetcher:
         async with self._sem:
             try:
                 return await asyncio.wait_for(self._fetch(url), self.policy.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ImageError(
                     ErrorCode.IMAGE_FETCH_FAILED, f"fetch timed out after {self.policy.timeout_s:g}s"
                 ) from None

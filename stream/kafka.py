@@ -64,7 +64,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
-    except (asyncio.TimeoutError, KafkaConnectionError, OSError) as exc:
+    except (TimeoutError, KafkaConnectionError, OSError) as exc:
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.broker}: {exc or type(exc).__name__}") from None
     try:
         existing = set(await admin.list_topics())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .protocol import MAX_ID, DeadLetter, ErrorCode, Original, SentimentResult, SourceRef
 
@@ -117,7 +117,7 @@ def dead_letter(
         oversized_key=oversized_key,
         source=SourceRef(topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms),
         original=_bytes_ref(raw, rec, inline_max),
-        first_seen_at=datetime.now(timezone.utc),
+        first_seen_at=datetime.now(UTC),
         worker=worker,
     )
     return OutDead(dead_letter_key(rec, dl.post_id), dl.model_dump_json().encode(), dl, rec)

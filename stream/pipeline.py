@@ -12,17 +12,18 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 
 from model import PostInput, Prediction, Student
 
 from .images import FetchPolicy, ImageError, ImageFetcher, check_image, decode_image, thumbnail
-from .messages import InRecord, OutDead, Outcome, OutResult, dead_letter
+from .messages import InRecord, Outcome, OutDead, OutResult, dead_letter
 from .protocol import (
     SCHEMA_VERSION,
     Chain,
@@ -143,7 +144,7 @@ class BatchProcessor:
         self.thumbnails = s.thumbnails
 
     @classmethod
-    def from_settings(cls, settings: Settings, student: Student, executor: Executor | None = None, worker: str = "") -> "BatchProcessor":
+    def from_settings(cls, settings: Settings, student: Student, executor: Executor | None = None, worker: str = "") -> BatchProcessor:
         return cls(student, settings, executor=executor, worker=worker)
 
     async def aclose(self) -> None:
@@ -392,7 +393,7 @@ class BatchProcessor:
                 inference_ms=infer_s * 1000,
                 end_to_end_ms=max(0.0, now * 1000 - event_ms),
             ),
-            processed_at=datetime.fromtimestamp(now, timezone.utc),
+            processed_at=datetime.fromtimestamp(now, UTC),
             source=SourceRef(
                 topic=w.rec.topic, partition=w.rec.partition, offset=w.rec.offset, timestamp_ms=w.rec.timestamp_ms
             ),

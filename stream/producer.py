@@ -6,8 +6,9 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .kafka import BrokerUnavailable, producer
 from .settings import Settings

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,7 @@ LabelName = Literal["positive", "neutral", "negative"]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ErrorCode(str, enum.Enum):
@@ -106,7 +106,7 @@ class Post(BaseModel):
         return v.strip()
 
     @model_validator(mode="after")
-    def _image(self) -> "Post":
+    def _image(self) -> Post:
         if self.image_b64 is not None and self.image_url is not None:
             raise ValueError("give at most one of image_b64 and image_url")
         if self.image_b64 == "":
@@ -141,7 +141,7 @@ class Probabilities(BaseModel):
 
 
 class Chain(BaseModel):
-    """The five-field reasoning chain (METHOD.md) plus the raw text the model wrote."""
+    """The five-field reasoning chain (docs/model.md) plus the raw text the model wrote."""
 
     text_analysis: str
     image_analysis: str
@@ -188,7 +188,7 @@ class SentimentResult(BaseModel):
     worker: str = Field("", description="host:pid of the worker that produced it")
 
     @model_validator(mode="after")
-    def _agree(self) -> "SentimentResult":
+    def _agree(self) -> SentimentResult:
         if self.chain is not None and self.chain.prediction != self.label:
             raise ValueError(f"chain prediction {self.chain.prediction!r} disagrees with label {self.label!r}")
         return self

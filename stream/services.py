@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -116,7 +117,7 @@ class _Process:
     def ready(self) -> bool:
         return port_open(self.host, self.port)
 
-    def start(self, timeout: float = 20.0) -> "_Process":
+    def start(self, timeout: float = 20.0) -> _Process:
         if port_open(self.host, self.port):
             raise ServiceError(f"{self.name}: port {self.host}:{self.port} is already in use")
         log = open(self.log_path, "ab")
@@ -160,7 +161,7 @@ class _Process:
                 proc.kill()
                 proc.wait(timeout)
 
-    def __enter__(self) -> "_Process":
+    def __enter__(self) -> _Process:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -238,7 +239,7 @@ class WorkerProcess:
     The one way the demo, the benchmark and the tests start and stop workers.
     """
 
-    def __init__(self, settings: "Settings", log_path: Path, *, cwd: Path | None = None, **env: str) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *, cwd: Path | None = None, **env: str) -> None:
         self.settings = settings
         self.log = Path(log_path)
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +281,7 @@ class WorkerProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> "WorkerProcess":
+    def __enter__(self) -> WorkerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

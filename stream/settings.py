@@ -177,7 +177,7 @@ class Settings(BaseSettings):
         return sorted(set(v))
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
             raise ValueError("input_topic, output_topic and dlq_topic must differ")
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:

@@ -49,8 +49,9 @@ entries behind loses the oldest notifications, never results.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .protocol import SentimentResult
 
@@ -155,7 +156,7 @@ class KeyLayout:
         return f"{self.prefix}dead_letters"
 
     @classmethod
-    def from_settings(cls, s: Any) -> "KeyLayout":
+    def from_settings(cls, s: Any) -> KeyLayout:
         return cls(
             prefix=s.redis_prefix,
             result_ttl_s=s.result_ttl_s,
@@ -237,7 +238,7 @@ class AsyncResultWriter:
             return 0
         if self._sha is None:
             self._sha = await self.client.script_load(_WRITE_LUA)
-        for attempt in range(2):
+        for _attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             for item in items:
                 keys, args = self.layout.write_args(*item)
@@ -273,7 +274,7 @@ class ResultStore:
         self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "ResultStore":
+    def from_settings(cls, settings: Any) -> ResultStore:
         return cls(settings.redis_url_value, KeyLayout.from_settings(settings))
 
     def close(self) -> None:

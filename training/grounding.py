@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 GENERIC = frozenset("""
 image images picture pictures photo photos photograph photographs shows show showing shown appears appear

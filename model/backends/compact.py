@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -98,7 +98,7 @@ class CompactStudent(BaseStudent):
         self._image_bf16 = self._label_bf16 and image_dtype == "bf16"
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **options) -> "CompactStudent":
+    def from_pretrained(cls, path: str | Path, **options) -> CompactStudent:
         path = Path(path)
         if not (path / "student.json").exists():
             raise FileNotFoundError(

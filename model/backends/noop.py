@@ -7,8 +7,8 @@ post, and the chain says plainly that no model ran. Never use it for real result
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from ..chain import parse_chain
 from ..prompts import PROMPT_VERSION

@@ -20,7 +20,7 @@ the per-head copy of the key/value cache.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache

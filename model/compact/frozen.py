@@ -88,7 +88,7 @@ class FrozenClassifier:
         self.encoder = encoder or SentenceEncoder()
 
     @classmethod
-    def load(cls, path: str | Path, name: str, encoder: SentenceEncoder | None = None) -> "FrozenClassifier":
+    def load(cls, path: str | Path, name: str, encoder: SentenceEncoder | None = None) -> FrozenClassifier:
         from safetensors.torch import load_file
 
         path = Path(path)

@@ -86,7 +86,7 @@ class EfficientNetLite0(nn.Module):
         feats = self.features(x)
         return feats, self._fc(feats)
 
-    def fold_batchnorm(self) -> "EfficientNetLite0":
+    def fold_batchnorm(self) -> EfficientNetLite0:
         """Fold every BatchNorm into the convolution before it (``fuse_conv_bn_eval``), for a frozen
         net in eval mode: the same features up to fp32 rounding (about 1e-5), and 1.6x faster on
         this project's 2-core CPU at 160 px (docs/benchmarks.md). Returns ``self``."""

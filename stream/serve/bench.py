@@ -16,7 +16,7 @@ import json
 import statistics
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 LABELS = ("positive", "neutral", "negative")
@@ -36,7 +36,7 @@ def _result(i: int) -> Any:
                "image_analysis": "A sunny park with people walking; bright colours.",
                "conflict_resolution": "Text and image agree.", "final_conclusion": f"Overall {label}.",
                "prediction": label},
-        timings={"queued_ms": 3, "inference_ms": 40, "end_to_end_ms": 60}, processed_at=datetime.now(timezone.utc),
+        timings={"queued_ms": 3, "inference_ms": 40, "end_to_end_ms": 60}, processed_at=datetime.now(UTC),
     )  # fmt: skip
 
 
@@ -87,15 +87,15 @@ def _summary(ms: list[float]) -> dict[str, float]:
 
 def run_bench(results: int = 10_000, requests: int = 300, rate: float = 50.0, browser: bool = False,
               quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    import tempfile
+    from pathlib import Path
+
     import httpx
 
     from ..services import EmbeddedRedis
     from ..settings import load_settings
     from ..store import ResultStore
     from . import start_background
-
-    import tempfile
-    from pathlib import Path
 
     out: dict[str, Any] = {"results_in_redis": results, "requests_per_row": requests, "write_rate_per_s": rate, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:

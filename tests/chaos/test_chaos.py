@@ -17,10 +17,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
+from stream_helpers import (
+    Feeder,
+    create_topics,
+    png_b64,
+    post,
+    produce,
+    read_topic,
+    results_by_worker,
+    wait_redis,
+    wait_until,
+)
 
 from stream.protocol import DeadLetter, ErrorCode
 from stream.services import EmbeddedRedis
-from stream_helpers import Feeder, create_topics, png_b64, post, produce, read_topic, results_by_worker, wait_redis, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +59,7 @@ def test_kill9_one_of_two_workers(make_settings, start_worker, figures) -> None:
         wait_until(lambda: len(results_by_worker(s, list(feed.sent))) == 2, 90, "results from both workers", workers[1])
         for k in range(3):
             sent = len(feed.sent)
-            wait_until(lambda: len(feed.sent) >= sent + 300, 60, "300 more posts")
+            wait_until(lambda sent=sent: len(feed.sent) >= sent + 300, 60, "300 more posts")
             victim = workers[k % 2]
             victim.stop(signal.SIGKILL)
             kills += 1

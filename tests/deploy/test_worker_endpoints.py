@@ -17,11 +17,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from openai_wire_server import WireServer, rule_label
+from stream_helpers import create_topics, png_b64, post, produce, read_topic, wait_redis, wait_until
+
 from stream.health import HealthServer, LagProbe
 from stream.metrics import WorkerMetrics
-from stream_helpers import create_topics, png_b64, post, produce, read_topic, wait_redis, wait_until
 
 
 def _port() -> int:

@@ -223,7 +223,7 @@ class WireServer:
         }
 
     # ---- lifecycle ----------------------------------------------------------------------
-    def start(self) -> "WireServer":
+    def start(self) -> WireServer:
         from aiohttp import web
 
         async def main() -> None:

@@ -11,6 +11,7 @@ limit and retries on 429/503.
 from __future__ import annotations
 
 import pytest
+from openai_wire_server import WireServer
 from PIL import Image
 
 from model import load_student
@@ -18,7 +19,6 @@ from model.backends.openai import label_of_token, label_probabilities, parse_tar
 from model.http import EndpointError
 from model.loading import SpecError, parse_spec
 from model.types import Label, PostInput
-from openai_wire_server import WireServer
 
 
 @pytest.fixture

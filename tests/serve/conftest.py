@@ -13,9 +13,10 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -79,11 +80,12 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # noqa: F811
+    from stream_helpers import WorkerProc, create_topics, produce
+
     from stream.producer import read_posts
     from stream.serve import start_background
     from stream.settings import load_settings
     from stream.store import ResultStore
-    from stream_helpers import WorkerProc, create_topics, produce
 
     kafka, redis_svc = services
     tmp = tmp_path_factory.mktemp("serve")
@@ -99,7 +101,7 @@ def served(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         samples = list(read_posts(SAMPLES))  # the demo's posts: images, aspects and some bad records
         bodies: dict[str, dict[str, Any]] = {}
         ids: list[str] = []
-        for key, value in samples:
+        for _key, value in samples:
             try:
                 body = json.loads(value)
             except ValueError:

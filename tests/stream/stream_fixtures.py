@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from stream_helpers import WorkerProc
 
 from stream.services import EmbeddedKafka, EmbeddedRedis
 from stream.settings import Settings, load_settings
-from stream_helpers import WorkerProc
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,7 @@ class Feeder:
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "Feeder":
+    def start(self) -> Feeder:
         self._thread.start()
         return self
 
@@ -159,7 +159,7 @@ def results_by_worker(settings: Settings, ids: list[str]) -> dict[str, int]:
         store.close()
 
 
-def wait_until(cond, timeout: float, what: str, worker: "WorkerProc | None" = None) -> None:  # type: ignore[no-untyped-def]
+def wait_until(cond, timeout: float, what: str, worker: WorkerProc | None = None) -> None:  # type: ignore[no-untyped-def]
     t0 = time.monotonic()
     deadline = time.monotonic() + timeout
     while not cond():

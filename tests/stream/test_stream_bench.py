@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-
 from stream.bench import make_posts, run_bench
 
 

@@ -6,15 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
+from stream_helpers import ROOT, create_topics, settings_env, wait_redis
 
 from stream.cli import main
 from stream.protocol import SentimentResult
-from stream_helpers import ROOT, create_topics, settings_env, wait_redis
 
 
 def _verbs(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -117,13 +118,13 @@ def test_missing_student_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _put(store, pid: str, label: str = "positive", aspect: str | None = None) -> None:  # type: ignore[no-untyped-def]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     probs = {"positive": 0.1, "neutral": 0.1, "negative": 0.1}
     probs[label] = 0.8
     store.put(SentimentResult(id=pid, aspect=aspect, label=label, confidence=0.8, probabilities=probs, model_name="m",
                               model_version="1", timings={"queued_ms": 0, "inference_ms": 0, "end_to_end_ms": 5},
-                              processed_at=datetime.now(timezone.utc)))  # fmt: skip
+                              processed_at=datetime.now(UTC)))  # fmt: skip
 
 
 def _cli_env(s) -> dict[str, str | None]:  # type: ignore[no-untyped-def]

@@ -10,7 +10,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from stream.images import FetchPolicy, ImageError, ImageFetcher, address_forbidden, check_image, check_url, decode_image, host_allowed
+from stream.images import (
+    FetchPolicy,
+    ImageError,
+    ImageFetcher,
+    address_forbidden,
+    check_image,
+    check_url,
+    decode_image,
+    host_allowed,
+)
 from stream.protocol import ErrorCode
 
 

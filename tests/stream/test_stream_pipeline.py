@@ -6,12 +6,13 @@ import asyncio
 import json
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
+
+from stream_helpers import png_b64
 
 from model import BaseStudent, PostInput, Prediction, load_student
 from stream.pipeline import BatchProcessor, InRecord
 from stream.protocol import ErrorCode
-from stream_helpers import png_b64
 
 
 class FailingStudent(BaseStudent):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -53,7 +53,7 @@ def _result(**kw):  # type: ignore[no-untyped-def]
         chain={"text_analysis": "t", "image_analysis": "i", "conflict_resolution": "c", "final_conclusion": "f",
                "prediction": "positive", "raw": "r"},
         model_name="m", model_version="1", timings={"queued_ms": 1, "inference_ms": 2, "end_to_end_ms": 3},
-        processed_at=datetime.now(timezone.utc),
+        processed_at=datetime.now(UTC),
     )  # fmt: skip
     base.update(kw)
     return SentimentResult(**base)

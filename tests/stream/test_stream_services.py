@@ -66,11 +66,12 @@ def test_services_up_cli_stops_children_on_sigterm(tmp_path: Path) -> None:
 def test_parent_death_takes_children(tmp_path: Path) -> None:
     """SIGKILL the parent: the children get SIGTERM from the kernel (no orphans)."""
     kp = free_port()
+    root = str(Path(__file__).resolve().parents[2])
     code = (
-        "import sys, time; sys.path.insert(0, %r)\n"
+        f"import sys, time; sys.path.insert(0, {root!r})\n"
         "from stream.services import EmbeddedKafka\n"
-        "k = EmbeddedKafka(port=%d, log_dir=%r).start(); print(k.proc.pid, flush=True); time.sleep(60)\n"
-    ) % (str(Path(__file__).resolve().parents[2]), kp, str(tmp_path))
+        f"k = EmbeddedKafka(port={kp}, log_dir={str(tmp_path)!r}).start(); print(k.proc.pid, flush=True); time.sleep(60)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = int(p.stdout.readline())
     p.kill()

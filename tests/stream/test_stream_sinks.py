@@ -9,12 +9,13 @@ import json
 import time
 from collections import Counter
 
+from stream_helpers import create_topics, read_topic
+
 from stream.kafka import producer
 from stream.messages import InRecord, OutResult, dead_letter
 from stream.protocol import DeadLetter, ErrorCode, Probabilities, SentimentResult, Timings
 from stream.sinks import KafkaSink, RedisSink, RetryPolicy
 from stream.store import AsyncResultWriter, KeyLayout, ResultStore
-from stream_helpers import create_topics, read_topic
 
 
 class Counts:
@@ -79,15 +80,21 @@ def test_refused_records_become_bounded_dead_letters_or_are_skipped(make_setting
 
 
 def test_retry_policy_classification() -> None:
-    from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, NotLeaderForPartitionError, RequestTimedOutError
+    from aiokafka.errors import (
+        KafkaConnectionError,
+        MessageSizeTooLargeError,
+        NotLeaderForPartitionError,
+        RequestTimedOutError,
+    )
     from faust.exceptions import ProducerSendError
-    from redis.exceptions import BusyLoadingError, ConnectionError as RConnError, ReadOnlyError, ResponseError
+    from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
+    from redis.exceptions import ConnectionError as RConnError
 
     p = RetryPolicy()
     wrapped = ProducerSendError("Error while sending")
     wrapped.__cause__ = MessageSizeTooLargeError()
     assert p.is_permanent(wrapped) and p.is_permanent(MessageSizeTooLargeError())
-    for exc in (KafkaConnectionError(), NotLeaderForPartitionError(), RequestTimedOutError(), asyncio.TimeoutError(),
+    for exc in (KafkaConnectionError(), NotLeaderForPartitionError(), RequestTimedOutError(), TimeoutError(),
                 RConnError("refused"), BusyLoadingError(), ReadOnlyError("replica"),
                 ResponseError("OOM command not allowed when used memory > 'maxmemory'")):  # fmt: skip
         assert not p.is_permanent(exc), exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,7 +19,7 @@ def _r(pid: str, label: str = "positive", aspect: str | None = None, version: st
         chain={"text_analysis": "t", "image_analysis": "i", "conflict_resolution": "c", "final_conclusion": "f",
                "prediction": label},
         model_name="m", model_version=version, timings={"queued_ms": 0, "inference_ms": 0, "end_to_end_ms": 0},
-        processed_at=datetime.now(timezone.utc),
+        processed_at=datetime.now(UTC),
     )  # fmt: skip
 
 

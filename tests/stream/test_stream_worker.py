@@ -12,10 +12,21 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
+from stream_helpers import (
+    Feeder,
+    committed_total,
+    create_topics,
+    png_b64,
+    post,
+    produce,
+    read_topic,
+    results_by_worker,
+    wait_redis,
+    wait_until,
+)
 
 from stream.protocol import DeadLetter, ErrorCode, SentimentResult
 from stream.store import ResultStore
-from stream_helpers import Feeder, committed_total, create_topics, png_b64, post, produce, read_topic, results_by_worker, wait_redis, wait_until
 
 
 class _ImageServer:
