@@ -37,78 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-#: Qwen2.5-VL-3B-Instruct's config.json (architecture fields), written by hand.
-QWEN2_5_VL_3B = {
-    "text": dict(
-        vocab_size=151936,
-        hidden_size=2048,
-        intermediate_size=11008,
-        num_hidden_layers=36,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        hidden_act="silu",
-        max_position_embeddings=128000,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-        use_sliding_window=False,
-        sliding_window=32768,
-        max_window_layers=70,
-        attention_dropout=0.0,
-        tie_word_embeddings=True,
-    ),
-    "vision": dict(
-        depth=32,
-        hidden_size=1280,
-        intermediate_size=3420,
-        num_heads=16,
-        hidden_act="silu",
-        in_channels=3,
-        out_hidden_size=2048,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        fullatt_block_indexes=[7, 15, 23, 31],
-        tokens_per_second=2,
-    ),
-    "tie_word_embeddings": True,
-}
-
-
 def build(tiny: bool, device: str, dtype, image_size: int):
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    """The tiny test Qwen2.5-VL or the real 3B shape, random weights (``model.engine.shapes``)."""
+    from model.engine.shapes import build_shape
 
-    from model.engine.shapes import tiny_module
-    from model.hf.processor import _qwen_processor_class
-
-    t = tiny_module()
-    QWEN_CHAT_TEMPLATE, tiny_qwen2_5_vl_config, tiny_tokenizer = (
-        t.QWEN_CHAT_TEMPLATE, t.tiny_qwen2_5_vl_config, t.tiny_tokenizer)
-
-    tok = tiny_tokenizer("qwen2_5_vl")
-    ids = {k: tok.convert_tokens_to_ids(v) for k, v in dict(
-        image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
-        vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>").items()}
-    if tiny:
-        config = tiny_qwen2_5_vl_config(len(tok), tok)
-    else:
-        text = dict(QWEN2_5_VL_3B["text"], bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                    pad_token_id=tok.pad_token_id)
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(QWEN2_5_VL_3B["vision"]),
-                                  tie_word_embeddings=QWEN2_5_VL_3B["tie_word_embeddings"], **ids)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-    model = model.to(device=device, dtype=dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    px = image_size * image_size
-    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": px, "longest_edge": px})
-    processor = _qwen_processor_class()(image_processor=image_processor, tokenizer=tok,
-                                        chat_template=QWEN_CHAT_TEMPLATE)
-    return model, processor
+    return build_shape("tiny" if tiny else "3b", device=device, dtype=dtype, image_size=image_size)
 
 
 def baseline_generate(student, posts, batch_size: int, max_new_tokens: int) -> dict:

@@ -46,12 +46,9 @@ SHAPES = ("tiny", "tiny-smolvlm", "3b")
 
 
 def tiny_module():
-    """The module with the tiny offline tokenizer and configs (``model.tiny``, formerly
-    ``model.testing``)."""
-    try:
-        from .. import tiny
-    except ImportError:
-        from .. import testing as tiny  # type: ignore[no-redef]
+    """The module with the tiny offline tokenizer and configs (:mod:`model.tiny`)."""
+    from .. import tiny
+
     return tiny
 
 

@@ -90,10 +90,9 @@ def test_gpu_check_config_is_the_3b_shape():
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    spec = importlib.util.spec_from_file_location("check_hf", ROOT / "deploy" / "gpu" / "check_hf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = Qwen2_5_VLConfig(text_config=dict(mod.QWEN2_5_VL_3B["text"]), vision_config=dict(mod.QWEN2_5_VL_3B["vision"]),
+    from model.engine.shapes import QWEN2_5_VL_3B  # the one 3B config, used by check_hf.py and the engine
+
+    cfg = Qwen2_5_VLConfig(text_config=dict(QWEN2_5_VL_3B["text"]), vision_config=dict(QWEN2_5_VL_3B["vision"]),
                            tie_word_embeddings=True)
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(cfg)
