@@ -165,7 +165,13 @@ class CompactStudent(BaseStudent):
                     F = clf.features([batch[i].text for i in rows], [batch[i].aspect for i in rows],
                                      feats[idx].numpy(), None if logits is None else logits[idx].numpy(),
                                      has[idx].numpy())
-                probs[idx] = torch.from_numpy(clf.probs(F, text_only=text_only)).float()
+                # a post without an image goes to the text-only twin: the full head was fitted on
+                # posts that all had one, so zero image features are outside what it has seen
+                no_img = has[idx].numpy() == 0
+                p_full = clf.probs(F, text_only=text_only)
+                if no_img.any() and not text_only:
+                    p_full[no_img] = clf.probs(F, text_only=True)[no_img]
+                probs[idx] = torch.from_numpy(p_full).float()
                 lens = self.tokenizer([batch[i].text for i in rows], truncation=True, max_length=128)["input_ids"]
                 for j, i in enumerate(rows):
                     n_tokens[i] = len(lens[j])

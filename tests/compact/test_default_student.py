@@ -99,3 +99,12 @@ def test_chain_image_fields_come_from_the_evidence(student, chained):
     # another image gives other evidence (the Image line is written from it alone)
     swapped = student.classify([PostInput(POSTS[0].text, image=POSTS[3].image, id="s")])[0]
     assert swapped.extra["image_classes"] != preds[0].extra["image_classes"]
+
+
+def test_post_without_image_uses_the_text_only_head(student):
+    """The post route's full head was fitted on posts that all had an image; a post without one
+    gets the text-only twin's probabilities (the ones the Conflict line calls 'the text alone')."""
+    post = PostInput(id="t", text="Can't stop listening to this album, every track is a gem.")
+    [pred] = student.classify([post])
+    [twin] = student.text_only_probs([post]).tolist()
+    assert [pred.probabilities[label] for label in LABELS] == pytest.approx(twin, abs=1e-6)
