@@ -10,15 +10,14 @@ import io
 import json
 import os
 import signal
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 from stream_helpers import (
     Feeder,
+    ImageServer,
     create_topics,
     png_b64,
     post,
@@ -128,43 +127,6 @@ def test_redis_paused_then_restarted(make_settings, start_worker, tmp_path, figu
         own.stop()
 
 
-class _Server:
-    """A local HTTP server counting requests by path: /ok.png, /missing (404), /big, and
-    /redirect (302 to the cloud metadata address)."""
-
-    def __init__(self) -> None:
-        buf = io.BytesIO()
-        Image.new("RGB", (40, 30), "blue").save(buf, "PNG")
-        png = buf.getvalue()
-        self.hits: Counter[str] = Counter()
-        hits = self.hits
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                hits[self.path] += 1
-                if self.path == "/redirect":
-                    self.send_response(302)
-                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
-                    self.end_headers()
-                    return
-                body, code = {"/ok.png": (png, 200), "/big": (b"x" * 300_000, 200)}.get(self.path, (b"nope", 404))
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _image_b64(fmt: str, size: tuple[int, int] = (20, 20)) -> str:
     buf = io.BytesIO()
     Image.new("RGB", size, "green").save(buf, fmt)
@@ -220,7 +182,7 @@ def _hostile(port: int) -> list[tuple[str, bytes | None, bytes, ErrorCode]]:
 
 
 def test_every_hostile_input_class(make_settings, start_worker, figures) -> None:
-    srv = _Server()
+    srv = ImageServer()
     try:
         s = make_settings(image_allow_private_hosts=True, image_host_allowlist=["127.0.0.1"], image_max_bytes=200_000,
                           image_decode="full", max_batch=16)  # fmt: skip

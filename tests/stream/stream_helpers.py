@@ -7,7 +7,10 @@ import base64
 import io
 import json
 import os
+import threading
 import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +196,40 @@ def committed_total(settings: Settings) -> int:
             await cons.stop()
 
     return asyncio.run(run())
+
+
+class ImageServer:
+    """A real local HTTP server counting requests by path (``hits``): /ok.png (an image), /big
+    (over the byte limit), /redirect (302 to the cloud metadata address), anything else 404."""
+
+    def __init__(self) -> None:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), "blue").save(buf, "PNG")
+        png = buf.getvalue()
+        self.hits: Counter[str] = Counter()
+        hits = self.hits
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                hits[self.path] += 1
+                if self.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                    self.end_headers()
+                    return
+                body, code = {"/ok.png": (png, 200), "/big": (b"x" * 300_000, 200)}.get(self.path, (b"nope", 404))
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -7,13 +7,12 @@ import hashlib
 import io
 import json
 import signal
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 from stream_helpers import (
     Feeder,
+    ImageServer,
     committed_total,
     create_topics,
     png_b64,
@@ -29,40 +28,6 @@ from stream.protocol import DeadLetter, ErrorCode, SentimentResult
 from stream.store import ResultStore
 
 
-class _ImageServer:
-    """A real local HTTP server: /ok.png (an image), /big (over the byte limit), /missing (404)."""
-
-    def __init__(self) -> None:
-        buf = io.BytesIO()
-        Image.new("RGB", (40, 30), "blue").save(buf, "PNG")
-        png = buf.getvalue()
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                if self.path == "/ok.png":
-                    body, code = png, 200
-                elif self.path == "/big":
-                    body, code = b"x" * 300_000, 200
-                else:
-                    body, code = b"nope", 404
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _bomb_png_b64() -> str:
     """A tiny PNG that decodes to 12000 x 12000 pixels (a decompression bomb)."""
     buf = io.BytesIO()
@@ -71,7 +36,7 @@ def _bomb_png_b64() -> str:
 
 
 def test_happy_path_and_every_dead_letter_code(make_settings, start_worker) -> None:
-    srv = _ImageServer()
+    srv = ImageServer()
     try:
         s = make_settings(
             image_allow_private_hosts=True,  # the image server is on loopback
