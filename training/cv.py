@@ -216,6 +216,116 @@ def export(dataset: str, name: str, out: Path, route: str, cache: Path = DEFAULT
     return meta
 
 
+# --------------------------------------------------------------------------- fine-tuned route
+FINETUNE = "fine-tuned MiniLM-LoRA + image"
+ENSEMBLE = "mean of fine-tuned and baseline probabilities"
+TFIDF = "logreg C=1 on text + image + TF-IDF"
+
+
+def tfidf_proba(texts: list[str], X, y, tr, te) -> np.ndarray:
+    """Round 2's third candidate: the baseline's features beside TF-IDF of the text (word 1-2-grams
+    and character 2-5-grams within word bounds, sublinear tf, min_df 2), the vocabulary fitted on
+    the fold's training part; logistic regression C=1. Class probabilities on ``te``."""
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_union
+
+    vec = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+                     TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2))
+    T_tr = vec.fit_transform([texts[i] for i in tr])
+    T_te = vec.transform([texts[i] for i in te])
+    model = logreg(1.0)().fit(hstack([csr_matrix(X[tr]), T_tr]).tocsr(), y[tr])
+    return model.predict_proba(hstack([csr_matrix(X[te]), T_te]).tocsr())
+
+
+def finetune_recipe(seed: int = 14):
+    """The fixed recipe of round 2's fine-tuned candidate (docs/results.md, "Round 2"): the served
+    classifier architecture, 3 epochs on the fold's training part only, no assistant, no offsets."""
+    from .compact.recipe import CompactRecipe
+
+    return CompactRecipe(seed=seed, epochs=3, batch_size=32, lr=1e-3, head_lr=1e-3, weight_decay=0.01,
+                         warmup=0.06, lam=0.0, calibrate=False, routes={}, specialise={})
+
+
+def _image_store(F: dict[str, np.ndarray], ex) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """The cached image features in the form the classifier's batches read (path -> feature,
+    top-3 ImageNet names), built from the same ``features`` cache as the frozen heads."""
+    import torch
+
+    from model.compact.vision import ImageEncoder
+
+    rows = [i for i, e in enumerate(ex) if e.image_path is not None]
+    names = ImageEncoder.top_names(torch.from_numpy(F["logits"][rows]), 3)
+    return {str(ex[i].image_path): (F["image"][i], n) for i, n in zip(rows, names)}
+
+
+def finetune_fold(dataset: str, fold: int, cache: Path = DEFAULT_CACHE, k: int = 5, seed: int = 0, log=print) -> Path:
+    """Train round 2's fine-tuned classifier on fold ``fold``'s training part and save its class
+    probabilities on the held-out part (``<cache>/<dataset>_ft_k<k>_s<seed>_f<fold>.npy``)."""
+    import math
+    import random
+
+    import torch
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path
+
+    from .compact.calibrate import evaluate_classifier
+    from .compact.classifier import _train_epoch
+    from .compact.features import Batches
+
+    out = cache / f"{dataset}_ft_k{k}_s{seed}_f{fold}.npy"
+    if out.exists():
+        return out
+    F, ex = features(dataset, cache), _examples(dataset)
+    tr, te = folds(F["y"], k, seed)[fold]
+    r = finetune_recipe()
+    torch.manual_seed(r.seed)
+    random.seed(r.seed)
+    cfg = ClassifierConfig(**r.classifier)
+    train = [ex[i] for i in tr]
+    batches = Batches(train, _image_store(F, ex), AutoTokenizer.from_pretrained(minilm_path()), cfg)
+    model = CompactClassifier(cfg)
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    head = list(model.image_proj.parameters()) + list(model.head.parameters())
+    opt = torch.optim.AdamW([{"params": lora, "lr": r.lr}, {"params": head, "lr": r.head_lr}],
+                            weight_decay=r.weight_decay)
+    steps = r.epochs * math.ceil(len(train) / r.batch_size)
+    sched = get_linear_schedule_with_warmup(opt, int(r.warmup * steps), steps)
+    for epoch in range(r.epochs):
+        t0 = _train_epoch(model, None, batches, train, opt, sched, r, log, epoch, stage=f"cv fold {fold}")
+        log({"fold": fold, "epoch": epoch, "epoch_s": round(time.time() - t0, 1)})
+    _, _, logits = evaluate_classifier(model, batches, [ex[i] for i in te])
+    from model.compact.frozen import softmax
+
+    np.save(out, softmax(logits))
+    return out
+
+
+def run_finetune(dataset: str, cache: Path = DEFAULT_CACHE, k: int = 5, seed: int = 0) -> list[dict]:
+    """Round 2: the baseline, the fine-tuned candidate, their probability mean and the TF-IDF
+    candidate, on the same folds (every fold's fine-tuned probabilities must exist: ``finetune_fold``)."""
+    F = features(dataset, cache)
+    fl, y, average = folds(F["y"], k, seed), F["y"], AVERAGE[dataset]
+    base_cand = candidates(dataset)[0]
+    X = design(F, base_cand.parts)
+    texts = [e.text for e in _examples(dataset)]
+    acc = {n: [] for n in (base_cand.name, FINETUNE, ENSEMBLE, TFIDF)}
+    f1 = {n: [] for n in acc}
+    for fold, (tr, te) in enumerate(fl):
+        p_base = base_cand.make().fit(X[tr], y[tr]).predict_proba(X[te])
+        p_ft = np.load(cache / f"{dataset}_ft_k{k}_s{seed}_f{fold}.npy")
+        p_tfidf = tfidf_proba(texts, X, y, tr, te)
+        for name, p in ((base_cand.name, p_base), (FINETUNE, p_ft), (ENSEMBLE, (p_base + p_ft) / 2), (TFIDF, p_tfidf)):
+            a, f = score(y[te], p.argmax(1), average)
+            acc[name].append(a)
+            f1[name].append(f)
+    rows = [summary(n, acc[n], f1[n], average) for n in acc]
+    for r in rows:
+        r["beats_baseline"] = beats(r, rows[0]) if r is not rows[0] else None
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import os
@@ -224,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(int(os.environ.get("MULCOT_THREADS", "2")))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("verb", choices=["features", "run", "export"])
+    ap.add_argument("verb", choices=["features", "run", "finetune", "export"],
+                    help="finetune: round 2's fine-tuned candidate, fold by fold (resumable), then its table")
     ap.add_argument("dataset", choices=sorted(SPLITS))
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--k", type=int, default=5)
@@ -240,9 +351,14 @@ def main(argv: list[str] | None = None) -> None:
         F = features(a.dataset, a.cache)
         print({k: v.shape for k, v in F.items()})
         return
-    rows = run(a.dataset, a.cache, a.k, a.seed)
+    if a.verb == "finetune":
+        for fold in range(a.k):
+            finetune_fold(a.dataset, fold, a.cache, a.k, a.seed)
+        rows, tag = run_finetune(a.dataset, a.cache, a.k, a.seed), "ft"
+    else:
+        rows, tag = run(a.dataset, a.cache, a.k, a.seed), "cv"
     print_rows(rows, a.dataset, a.k)
-    out = a.cache / f"{a.dataset}_cv_k{a.k}_s{a.seed}.json"
+    out = a.cache / f"{a.dataset}_{tag}_k{a.k}_s{a.seed}.json"
     out.write_text(json.dumps(rows, indent=2))
     print(f"written {out}")
 
