@@ -73,6 +73,14 @@ class _SinkCounters:
             skipped.labels(sink).inc()
 
 
+def model_threads(student: Any, settings: Settings) -> int:
+    """Threads that run the student's calls. One, unless the student says it takes calls from
+    several threads at once (``thread_safe``: an HF student with the batched engine, whose slots
+    the posts of concurrent calls share); then one per batch in flight (``concurrency``), so
+    consecutive Kafka batches overlap on the device instead of queueing behind each other."""
+    return max(1, settings.concurrency) if getattr(student, "thread_safe", False) else 1
+
+
 class Application:
     """The worker: settings -> Faust app with the sentiment agent, student, sinks, metrics.
 
@@ -90,7 +98,7 @@ class Application:
         self.student = student
         self.metrics = WorkerMetrics()
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mulcot-model")
+        self.executor: ThreadPoolExecutor | None = None  # sized once the student is loaded (model_threads)
         self.processor: BatchProcessor | None = None
         self.writer: AsyncResultWriter | None = None
         self.policy = RetryPolicy()
@@ -225,9 +233,12 @@ class Application:
     # --- the batch ----------------------------------------------------------------------
     async def _ensure_sinks(self) -> None:
         if self.processor is None:
-            self.processor = BatchProcessor.from_settings(
-                self.settings, self.load_student(), self.executor, self.worker_name
-            )
+            student = self.load_student()
+            threads = model_threads(student, self.settings)
+            self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mulcot-model")
+            log.info("model threads: %d (student %s thread-safe, concurrency %d)", threads,
+                     "is" if getattr(student, "thread_safe", False) else "is not", self.settings.concurrency)
+            self.processor = BatchProcessor.from_settings(self.settings, student, self.executor, self.worker_name)
         if self.writer is None:
             self.writer = AsyncResultWriter(self.settings.redis_url_value, KeyLayout.from_settings(self.settings))
         counters = _SinkCounters(self.metrics)

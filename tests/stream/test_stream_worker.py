@@ -311,3 +311,42 @@ def test_worker_with_a_real_torch_student(make_settings, start_worker, tmp_path)
     finally:
         store.close()
     assert worker.stop() == 0
+
+
+# default run (about 20-30 s on 2 cores): the tiny Qwen2.5-VL again, with the batched engine on
+def test_worker_overlaps_batches_on_a_thread_safe_engine_student(make_settings, start_worker, tmp_path) -> None:
+    """An HF student with the batched engine takes calls from several threads (thread_safe), so
+    the worker gives it one model thread per batch in flight: with concurrency 2, two Kafka
+    batches share the engine's slots; every post still gets its label and chain."""
+    from model.tiny import build_tiny_qwen2_5_vl
+
+    path = build_tiny_qwen2_5_vl(tmp_path / "tiny-qwen")
+    s = make_settings(model_spec=f"hf:{path}", max_batch=3, max_latency_ms=100, concurrency=2)
+    create_topics(s)
+    worker = start_worker(s, MULCOT_ENGINE="on", MULCOT_ENGINE_SLOTS="4")
+    n = 8
+    produce(s, [post(i, image_b64=png_b64((64, 48))) if i % 2 else post(i, aspect="sun") for i in range(n)])
+    ids = [f"p{i}" for i in range(n)]
+    assert not wait_redis(s, ids, timeout=240, worker=worker), worker.tail()
+    assert "model threads: 2 (student is thread-safe, concurrency 2)" in worker.log.read_text(), worker.tail()
+    store = ResultStore.from_settings(s)
+    try:
+        for i in ids:
+            r = store.get(i)
+            assert r.chain is not None and r.chain.prediction == r.label and r.chain.raw
+    finally:
+        store.close()
+    assert worker.stop() == 0
+
+
+def test_model_threads_follow_the_students_thread_safety(make_settings) -> None:
+    """One model thread for a student that is not thread-safe, whatever the concurrency."""
+    from types import SimpleNamespace
+
+    from stream.app import model_threads
+
+    s = make_settings(concurrency=3)
+    assert model_threads(SimpleNamespace(), s) == 1
+    assert model_threads(SimpleNamespace(thread_safe=False), s) == 1
+    assert model_threads(SimpleNamespace(thread_safe=True), s) == 3
+    assert model_threads(SimpleNamespace(thread_safe=True), make_settings(concurrency=1)) == 1
