@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -232,19 +233,39 @@ class CompactStudent(BaseStudent):
         return self._explainer
 
     @torch.inference_mode()
+    def grounded_lines(self, posts: Sequence[PostInput], preds: Sequence[Prediction]) -> list[GroundedLines]:
+        """The evidence lines of each post's chain (``model.compact.grounded``): the Image line from
+        the image classifier's top classes with their scores and the dominant colours, the Conflict
+        line from the classifier's text-only label against ``preds``' label, and whether that is a
+        conflict. Training builds the chain writer's grounded targets with the same lines."""
+        from ..compact.grounded import ImageEvidence, conflict_sentence, dominant_colours, image_sentence
+
+        posts, preds = list(posts), list(preds)
+        evidence = self._evidence(posts, preds)
+        img_rows = [i for i, p in enumerate(posts) if p.image is not None]
+        text_probs = self.text_only_probs([posts[i] for i in img_rows]).tolist() if img_rows else []
+        out = []
+        for i, (p, pr) in enumerate(zip(posts, preds)):
+            if p.image is None:
+                out.append(GroundedLines(image_sentence(None), conflict_sentence(pr.label.value, None, None, None),
+                                         False, None))
+                continue
+            ev = ImageEvidence(tuple((n, float(q)) for n, q in evidence[i]), dominant_colours(p.image))
+            tp = dict(zip((l.value for l in LABELS), text_probs[img_rows.index(i)]))
+            text_label = max(tp, key=tp.get)
+            out.append(GroundedLines(image_sentence(ev), conflict_sentence(pr.label.value, pr.probabilities, text_label, tp),
+                                     text_label != pr.label.value, ev.to_dict()))
+        return out
+
+    @torch.inference_mode()
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
         """Chains in three steps (``model.compact.grounded``): the chain writer writes the Text
-        line; the Image and Conflict lines are written from the evidence (the image classifier's
-        top classes with their scores and the dominant colours; the classifier's text-only label
-        against its label with the image); then the chain writer, with those lines in its
-        context, writes the Conclusion line."""
+        line; the Image and Conflict lines are written from the evidence (:meth:`grounded_lines`);
+        then the chain writer, with those lines in its context, writes the Conclusion line, whose
+        first words are forced (``grounded.conclusion_start``: always without an image, and from
+        the Conflict line for a chain writer trained on grounded targets)."""
         from ..compact.explainer import EXPLAINER_PROMPT_VERSION, chat_prompt, user_prompt
-        from ..compact.grounded import (
-            ImageEvidence,
-            conflict_sentence,
-            dominant_colours,
-            image_sentence,
-        )
+        from ..compact.grounded import conclusion_start
 
         batch, predictions = list(batch), list(predictions)
         if len(batch) != len(predictions):
@@ -256,21 +277,7 @@ class CompactStudent(BaseStudent):
         for s in range(0, len(batch), self.chain_batch_size):
             posts, preds = batch[s : s + self.chain_batch_size], predictions[s : s + self.chain_batch_size]
             t0 = time.perf_counter()
-            evidence = self._evidence(posts, preds)
-            img_rows = [i for i, p in enumerate(posts) if p.image is not None]
-            text_probs = self.text_only_probs([posts[i] for i in img_rows]).tolist() if img_rows else []
-            image_lines, conflict_lines, evs = [], [], []
-            for i, (p, pr) in enumerate(zip(posts, preds)):
-                if p.image is None:
-                    image_lines.append(image_sentence(None))
-                    conflict_lines.append(conflict_sentence(pr.label.value, None, None, None))
-                    evs.append(None)
-                    continue
-                ev = ImageEvidence(tuple((n, float(q)) for n, q in evidence[i]), dominant_colours(p.image))
-                evs.append(ev.to_dict())
-                tp = dict(zip((l.value for l in LABELS), text_probs[img_rows.index(i)]))
-                image_lines.append(image_sentence(ev))
-                conflict_lines.append(conflict_sentence(pr.label.value, pr.probabilities, max(tp, key=tp.get), tp))
+            lines = self.grounded_lines(posts, preds)
             prompts = [
                 chat_prompt(tok, user_prompt(p.text, p.aspect, pr.extra.get("image_words"), pr.label.value, cfg)) + "Text:"
                 for p, pr in zip(posts, preds)
@@ -278,21 +285,20 @@ class CompactStudent(BaseStudent):
             first = decoder.generate(prompts, cap, stops)
             text_lines = [_line(tok.decode(r, skip_special_tokens=True)) or f"The text reads as {pr.label.value}."
                           for r, pr in zip(first, preds)]
-            # a post without an image gets its conclusion started from the text alone, so that the
-            # chain writer (trained on chains that all had images) does not go on about one
-            heads = [f"Text: {t}\nImage: {i}\nConflict: {c}\nConclusion:" + ("" if p.image is not None else NO_IMAGE_START)
-                     for t, i, c, p in zip(text_lines, image_lines, conflict_lines, posts)]
+            starts = [conclusion_start(p.image is not None, g.conflict, cfg.grounded_targets) for p, g in zip(posts, lines)]
+            heads = [f"Text: {t}\nImage: {g.image}\nConflict: {g.conflict_line}\nConclusion:" + (f" {st}" if st else "")
+                     for t, g, st in zip(text_lines, lines, starts)]
             second = decoder.generate([p + h[len("Text:"):] for p, h in zip(prompts, heads)], cap, stops)
             ms = (time.perf_counter() - t0) * 1000
             for i, pr in enumerate(preds):
                 concl = _line(tok.decode(second[i], skip_special_tokens=True)) or f"the post is {pr.label.value}."
-                text = f"{heads[i]} {concl}" if posts[i].image is not None else f"{heads[i]}{_glue(concl)}"
+                text = f"{heads[i]}{_glue(concl)}"
                 chain = parse_chain(f"{text}\nPrediction: {pr.label.value}")
                 out.append(
                     Prediction(
                         **{**pr.__dict__, "chain": chain, "generated_tokens": len(first[i]) + len(second[i]),
                            "chain_ms": ms, "prompt_version": f"{pr.prompt_version}+{EXPLAINER_PROMPT_VERSION}",
-                           "extra": {**pr.extra, "image_evidence": evs[i]}}
+                           "extra": {**pr.extra, "image_evidence": lines[i].evidence}}
                     )
                 )
         return out
@@ -317,11 +323,20 @@ class CompactStudent(BaseStudent):
         return self._stops
 
 
-NO_IMAGE_START = " From the text alone,"
+@dataclass(frozen=True)
+class GroundedLines:
+    """The evidence lines of one post's chain (:meth:`CompactStudent.grounded_lines`)."""
+
+    image: str
+    conflict_line: str
+    conflict: bool
+    """Whether the Conflict line names a conflict (the text-only label differs)."""
+    evidence: dict | None
+    """``ImageEvidence.to_dict()``, or None without an image."""
 
 
 def _glue(text: str) -> str:
-    """A continuation after :data:`NO_IMAGE_START` (the decoded tokens carry their own space)."""
+    """A continuation of the Conclusion line (the decoded tokens carry their own space)."""
     return text if text.startswith(" ") else f" {text}"
 
 

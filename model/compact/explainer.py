@@ -38,6 +38,10 @@ class ExplainerConfig:
     max_new_tokens: int = 140
     lora_layers: tuple[int, ...] | None = tuple(range(14, 30))
     """Decoder layers that get LoRA (the top 16 of 30: backward stops there, a third cheaper to train)."""
+    grounded_targets: bool = False
+    """Trained on grounded targets (``training.compact.explainer.grounded_rows``): the Image and
+    Conflict lines in its context are the evidence sentences of ``model.compact.grounded``, and
+    its Conclusion starts from ``grounded.conclusion_start``, which the backend then forces."""
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -23,6 +23,12 @@ import numpy as np
 
 NO_IMAGE = "There is no image with this post, so nothing can be said about one."
 NO_IMAGE_CONFLICT = "There is no image to compare with, so the label rests on the text alone."
+NO_IMAGE_START = "From the text alone,"
+AGREE_START = "With the text and the image evidence agreeing,"
+CONFLICT_START = "Going by the image evidence over the text,"
+"""How the Conclusion line starts, forced by the backend: without an image (every chain writer),
+and, for a chain writer trained on grounded targets (``ExplainerConfig.grounded_targets``), with
+an image whose evidence agrees with the text or moves the decision (:func:`conclusion_start`)."""
 CONFLICT_MARK = "Conflict between text and image:"
 """How a Conflict line that names a conflict starts (``names_conflict`` reads it)."""
 AGREE_MARK = "No conflict:"
@@ -106,3 +112,14 @@ def conflict_sentence(label: str, probs: dict[str, float] | None, text_label: st
     return (f"{CONFLICT_MARK} the text alone reads {text_label} ({text_probs[text_label]:.2f}), but with "
             f"the image evidence the classifier says {label} ({probs[label]:.2f}), so the image moved the "
             f"decision from {text_label} to {label}.")
+
+
+def conclusion_start(has_image: bool, conflict: bool, grounded: bool) -> str:
+    """The forced start of the Conclusion line: :data:`NO_IMAGE_START` without an image; with one,
+    :data:`CONFLICT_START` or :data:`AGREE_START` from the Conflict line when the chain writer was
+    trained on grounded targets (``grounded``), else nothing."""
+    if not has_image:
+        return NO_IMAGE_START
+    if not grounded:
+        return ""
+    return CONFLICT_START if conflict else AGREE_START
