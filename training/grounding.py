@@ -11,6 +11,8 @@ gives a post its own image file: ``swap_partners``), and with no image. From the
   :data:`GENERIC` image vocabulary, so that a fixed template around grounded content is not
   counted as similarity. ``swap_jaccard_raw`` is the same with stopwords removed only;
 * ``label_flip_swapped``: share of labels that change when the image is swapped;
+* ``visual_claims``: share of own-image chains whose Text or Conclusion line (the chain writer's
+  own lines) uses a word that describes pixels (:data:`VISUAL_CLAIMS`, a keyword reading);
 * ``conflict_rate``: share of own-image chains whose Conflict field names a conflict between
   text and image (:func:`names_conflict`, a keyword reading), next to ``teacher_conflict_rate``,
   the same reading of the teacher's Conflict_resolution on the same posts where the data has
@@ -38,6 +40,15 @@ best main colour colours color colors confidence low likely possibly seems scene
 features featuring contains containing includes including overall visual visually
 """.split())
 """Generic image and template vocabulary left out of the content words (besides stopwords)."""
+
+VISUAL_CLAIMS = frozenset("""
+depicts depicted depicting shows showing shown smiling smile smiles wearing posing pictured scene background
+colorful expression expressions visual visually
+""".split())
+"""Words that describe what pixels show. ``visual_claims`` counts own-image chains whose Text or
+Conclusion line (the lines the chain writer writes) uses one: the Image line is written from
+the evidence, so a visual claim in those lines is the writer's own (a keyword reading)."""
+IMAGE_MENTIONS = frozenset("image images picture pictures photo photos photograph photographs".split())
 
 _WORD = re.compile(r"[a-z]{2,}")
 _NO_IMAGE = re.compile(
@@ -81,6 +92,13 @@ def names_conflict(text: str | None) -> bool:
     if _NO_CONFLICT.search(text):
         return False
     return bool(_CONFLICT.search(text))
+
+
+def claims_pixels(text: str | None, *, mentions: bool = False) -> bool:
+    """Whether ``text`` uses a :data:`VISUAL_CLAIMS` word (with ``mentions``, also a plain mention
+    of an image: the stricter reading that filters training targets)."""
+    words = set(_WORD.findall((text or "").lower()))
+    return bool(words & (VISUAL_CLAIMS | (IMAGE_MENTIONS if mentions else frozenset())))
 
 
 def derangement(n: int, seed: int = 0) -> list[int]:
@@ -143,6 +161,8 @@ def grounding_metrics(own, swapped, none, teacher_chains: Sequence[str | None] =
         "label_flip_no_image": _rate([a.label != b.label for a, b in zip(own, none)]),
         "conflict_rate": _rate([names_conflict(p.chain.conflict_resolution) for p in own if p.chain is not None]),
         "conflict_rate_no_image": _rate([names_conflict(p.chain.conflict_resolution) for p in none if p.chain is not None]),
+        "visual_claims": _rate([claims_pixels(p.chain.text_analysis) or claims_pixels(p.chain.final_conclusion)
+                                for p in own if p.chain is not None]),
         "teacher_conflict_rate": _rate([names_conflict(t) for t in teacher]),
         "teacher_n": len(teacher),
         "parse_rate": {k: _rate([parsed(p) for p in v]) for k, v in runs.items()},
@@ -198,7 +218,7 @@ def print_grounding(report: dict[str, Any], console: Any = None) -> None:
     t.add_column("target", justify="right")
     targets = {"no_image_honest": "1.0", "swap_changed": ">= 0.95", "swap_jaccard": "<= 0.2"}
     for k in ("no_image_honest", "swap_changed", "swap_jaccard", "swap_jaccard_raw", "label_flip_swapped",
-              "label_flip_no_image", "conflict_rate", "teacher_conflict_rate"):
+              "label_flip_no_image", "visual_claims", "conflict_rate", "teacher_conflict_rate"):
         v = report.get(k)
         t.add_row(k, "-" if v is None else f"{v:.3f}", targets.get(k, ""))
     for k in ("own", "swapped", "no_image"):

@@ -45,6 +45,11 @@ def test_metrics_from_three_runs():
     assert r["swap_changed"] == 0.5 and r["swap_jaccard"] == 0.5  # {cake, plate} vs {dog}: 0; {dog} vs {dog}: 1
     assert r["label_flip_swapped"] == 0.0 and r["label_flip_no_image"] == 0.5
     assert r["conflict_rate"] == 0.5
+    assert r["visual_claims"] == 0.0  # the hand-written Text / Conclusion lines "t." and "c." claim nothing
+    chain = parse_chain("Text: t.\nImage: A cake (0.41).\nConflict: No conflict.\n"
+                        "Conclusion: The smiling people make it positive.\nPrediction: positive")
+    smiling = [Prediction(label=Label("positive"), probabilities=own[0].probabilities, chain=chain)]
+    assert grounding_metrics(smiling, smiling, smiling)["visual_claims"] == 1.0
     assert r["parse_rate"]["own"] == 1.0 and r["agreement"]["no_image"] == 1.0
 
 
@@ -85,3 +90,12 @@ def test_swap_partners_never_give_a_post_its_own_image_file():
         perm = swap_partners(images, seed)
         assert sorted(perm) == list(range(len(images)))
         assert all(images[perm[i]] != images[i] for i in range(len(images)))
+
+
+def test_pixel_claims_and_image_mentions():
+    from training.grounding import claims_pixels
+
+    assert claims_pixels("The image shows smiling fans.")
+    assert not claims_pixels("The text praises the team.")
+    assert not claims_pixels("With the text and the image evidence agreeing, it is positive.")
+    assert claims_pixels("The image adds nothing.", mentions=True)

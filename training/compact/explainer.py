@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from model.chain import chain_label, parse_chain
 from model.compact.explainer import (
     ExplainerConfig,
     chat_prompt,
+    first_sentence,
     load_base,
     target_from_fields,
     user_prompt,
@@ -72,6 +74,96 @@ def answer_loss(model, ids, mask, labels):
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
+# ---------------------------------------------------------------------------- grounded targets
+_OPENER = re.compile(
+    r"^(?:by )?integrating (?:the )?insights (?:from )?(?:both )?(?:the )?(?:text and (?:the )?image|modalities)"
+    r"(?: modalities)?,?\s*", re.IGNORECASE)
+def _claims_pixels(line: str) -> bool:
+    """A target line that describes pixels or mentions the image (left out of grounded targets)."""
+    from ..grounding import claims_pixels
+
+    return claims_pixels(line, mentions=True)
+
+
+def conclusion_rest(conclusion: str) -> str:
+    """A teacher conclusion without its "Integrating insights from both the text and the image,"
+    opener (a claim about pixels the student never sees), first letter lower-cased, to follow a
+    forced start from ``model.compact.grounded.conclusion_start``."""
+    rest = _OPENER.sub("", conclusion.strip()).strip()
+    return rest[:1].lower() + rest[1:] if rest else rest
+
+
+def grounded_rows(pairs, cfg: ExplainerConfig, tok, student, no_image_every: int = 3, batch: int = 32):
+    """Training rows whose targets say only what the student can know (issue 14).
+
+    Each post is run through ``student`` (a compact student: its labels and its
+    ``grounded_lines``). Posts whose label is not the gold label are left out (the Conflict line
+    would then describe another decision than the one explained), and so are posts whose Text
+    line or Conclusion (after :func:`conclusion_rest`) uses a word that describes pixels or mentions the image
+    (``training.grounding.claims_pixels``). A row is
+    the chat prompt, then ``Text: <teacher's first sentence>``, the student's own Image and
+    Conflict lines, and ``Conclusion: <forced start> <teacher's conclusion, opener removed>``.
+    The loss covers only the Text line and the Conclusion after its forced start: the model learns
+    to write those with the grounded lines in context, as it does when serving. Every
+    ``no_image_every``-th kept post is repeated without its image (no image words, the no-image
+    lines, "From the text alone,"). Returns (rows, counts)."""
+    from PIL import Image, ImageOps
+
+    from model import PostInput
+    from model.compact.grounded import NO_IMAGE, NO_IMAGE_CONFLICT, conclusion_start
+
+    rows, counts = [], {"posts": len(pairs), "wrong_label": 0, "pixel_claims": 0, "kept": 0, "no_image_rows": 0}
+    for s in range(0, len(pairs), batch):
+        chunk = pairs[s : s + batch]
+        posts = []
+        for e, _ in chunk:
+            image = None
+            if e.image_path:
+                with Image.open(e.image_path) as im:
+                    image = ImageOps.exif_transpose(im).convert("RGB")
+            posts.append(PostInput(text=e.text, image=image, aspect=e.aspect, id=e.id))
+        preds = student.classify(posts)
+        lines = student.grounded_lines(posts, preds)
+        for (e, fields), post, pr, g in zip(chunk, posts, preds, lines):
+            if pr.label != e.label:
+                counts["wrong_label"] += 1
+                continue
+            text = first_sentence(fields["Text_analysis"], cfg.max_words_per_field)
+            rest = conclusion_rest(first_sentence(fields["Final_conclusion"], cfg.max_words_per_field))
+            if not rest or _claims_pixels(text) or _claims_pixels(rest):
+                counts["pixel_claims"] += 1
+                continue
+            counts["kept"] += 1
+            words = pr.extra.get("image_words") if post.image is not None else None
+            variants = [(words, g.image, g.conflict_line, conclusion_start(post.image is not None, g.conflict, True))]
+            if post.image is not None and counts["kept"] % no_image_every == 0:
+                variants.append((None, NO_IMAGE, NO_IMAGE_CONFLICT, conclusion_start(False, False, True)))
+                counts["no_image_rows"] += 1
+            for w, image_line, conflict_line, start in variants:
+                prompt = chat_prompt(tok, user_prompt(e.text, e.aspect, w, e.label.value, cfg))
+                segments = [(prompt + "Text:", False), (f" {text}\n", True),
+                            (f"Image: {image_line}\nConflict: {conflict_line}\nConclusion: {start}", False),
+                            (f" {rest}{tok.eos_token}", True)]
+                rows.append(encode_segments(tok, segments))
+    return rows, counts
+
+
+def encode_segments(tok, segments: list[tuple[str, bool]], max_len: int = 384) -> tuple[list[int], list[int]]:
+    """Token ids of the concatenated ``(text, learn)`` segments, tokenised as one string (as the
+    serving prompt is), with labels -100 except on tokens that lie inside a ``learn`` segment."""
+    text, spans, pos = "", [], 0
+    for part, learn in segments:
+        if learn:
+            spans.append((pos, pos + len(part)))
+        text += part
+        pos += len(part)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"][:max_len]
+    labels = [i if any(a <= s and e <= b for a, b in spans) and e > s else -100
+              for i, (s, e) in zip(ids, enc["offset_mapping"][:max_len])]
+    return ids, labels
+
+
 def train_explainer(r: CompactRecipe, out: Path, log) -> dict:
     from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
@@ -83,11 +175,17 @@ def train_explainer(r: CompactRecipe, out: Path, log) -> dict:
     feats = image_features([e for e, _ in pairs], out / "cache", r.image_size)
     model, tok = load_base(torch.float32)
     model = get_peft_model(model, cfg.lora_config())
-    rows = []
-    for e, fields in pairs:
-        words = feats[str(e.image_path)][1] if e.image_path and str(e.image_path) in feats else None
-        prompt = chat_prompt(tok, user_prompt(e.text, e.aspect, words, e.label.value, cfg))
-        rows.append(encode_pair(tok, prompt, target_from_fields(fields, cfg)))
+    rows, counts = [], None
+    if cfg.grounded_targets:
+        from model import load_student
+
+        rows, counts = grounded_rows(pairs, cfg, tok, load_student(r.grounding_student))
+        log({"stage": "explainer", "grounded_targets": counts, "rows": len(rows)})
+    else:
+        for e, fields in pairs:
+            words = feats[str(e.image_path)][1] if e.image_path and str(e.image_path) in feats else None
+            prompt = chat_prompt(tok, user_prompt(e.text, e.aspect, words, e.label.value, cfg))
+            rows.append(encode_pair(tok, prompt, target_from_fields(fields, cfg)))
     epochs = r.explainer_epochs
     bs = r.explainer_batch_size
     lr = r.explainer_lr
@@ -122,7 +220,8 @@ def train_explainer(r: CompactRecipe, out: Path, log) -> dict:
                 history.append(rec)
                 run = 0.0
         save_explainer(model, cfg, out)
-    return {"train_n": len(rows), "epochs": epochs, "lr": lr, "batch_size": bs, "history": history}
+    return {"train_n": len(rows), "epochs": epochs, "lr": lr, "batch_size": bs, "history": history,
+            **({"grounded_targets": counts} if counts else {})}
 
 
 def save_explainer(model, cfg: ExplainerConfig, out: Path) -> None:

@@ -57,6 +57,9 @@ class CompactRecipe(StrictModel):
     lam: float = Field(0.0, description="Distillation weight lambda (0 = plain CE; the method's 0.3 needs "
                                         "`assistant`).")
     temperature: float = Field(2.0, description="Distillation temperature T (the KL is multiplied by T^2).")
+    grounding_student: str = Field(
+        "default", description="Student spec (a compact student) whose labels and evidence lines build the chain "
+                               "writer's targets when explainer.grounded_targets is true (docs/model.md).")
     assistant: str | None = Field(None, description="Directory of a trained classifier used as the frozen assistant "
                                                     "for distillation.")
     threads: int = Field(2, description="torch CPU threads.")
