@@ -204,9 +204,11 @@ def export(dataset: str, name: str, out: Path, route: str, cache: Path = DEFAULT
     (the same head on the text blocks alone, for the chain's Conflict line)."""
     from model.compact.frozen import TEXT_PARTS, save_frozen
 
+    if name == ENSEMBLE:
+        return export_ensemble(dataset, out, route, cache)
     cand = next((c for c in candidates(dataset) if c.name == name), None)
     if cand is None:
-        raise SystemExit(f"no candidate {name!r}; known: {[c.name for c in candidates(dataset)]}")
+        raise SystemExit(f"no candidate {name!r}; known: {[c.name for c in candidates(dataset)] + [ENSEMBLE]}")
     F = features(dataset, cache)
     model = cand.make().fit(design(F, cand.parts), F["y"])
     text_parts = tuple(p for p in cand.parts if p in TEXT_PARTS)
@@ -259,9 +261,9 @@ def _image_store(F: dict[str, np.ndarray], ex) -> dict[str, tuple[np.ndarray, li
     return {str(ex[i].image_path): (F["image"][i], n) for i, n in zip(rows, names)}
 
 
-def finetune_fold(dataset: str, fold: int, cache: Path = DEFAULT_CACHE, k: int = 5, seed: int = 0, log=print) -> Path:
-    """Train round 2's fine-tuned classifier on fold ``fold``'s training part and save its class
-    probabilities on the held-out part (``<cache>/<dataset>_ft_k<k>_s<seed>_f<fold>.npy``)."""
+def train_finetuned(dataset: str, train_idx, cache: Path = DEFAULT_CACHE, log=print):
+    """Round 2's fine-tuned classifier (``finetune_recipe``) trained on the posts ``train_idx`` of
+    ``dataset``'s train + dev; returns (model, its batches, the examples)."""
     import math
     import random
 
@@ -270,20 +272,15 @@ def finetune_fold(dataset: str, fold: int, cache: Path = DEFAULT_CACHE, k: int =
 
     from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path
 
-    from .compact.calibrate import evaluate_classifier
     from .compact.classifier import _train_epoch
     from .compact.features import Batches
 
-    out = cache / f"{dataset}_ft_k{k}_s{seed}_f{fold}.npy"
-    if out.exists():
-        return out
     F, ex = features(dataset, cache), _examples(dataset)
-    tr, te = folds(F["y"], k, seed)[fold]
     r = finetune_recipe()
     torch.manual_seed(r.seed)
     random.seed(r.seed)
     cfg = ClassifierConfig(**r.classifier)
-    train = [ex[i] for i in tr]
+    train = [ex[i] for i in train_idx]
     batches = Batches(train, _image_store(F, ex), AutoTokenizer.from_pretrained(minilm_path()), cfg)
     model = CompactClassifier(cfg)
     lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
@@ -293,11 +290,24 @@ def finetune_fold(dataset: str, fold: int, cache: Path = DEFAULT_CACHE, k: int =
     steps = r.epochs * math.ceil(len(train) / r.batch_size)
     sched = get_linear_schedule_with_warmup(opt, int(r.warmup * steps), steps)
     for epoch in range(r.epochs):
-        t0 = _train_epoch(model, None, batches, train, opt, sched, r, log, epoch, stage=f"cv fold {fold}")
-        log({"fold": fold, "epoch": epoch, "epoch_s": round(time.time() - t0, 1)})
-    _, _, logits = evaluate_classifier(model, batches, [ex[i] for i in te])
+        t0 = _train_epoch(model, None, batches, train, opt, sched, r, log, epoch, stage=f"{dataset} fine-tune")
+        log({"epoch": epoch, "epoch_s": round(time.time() - t0, 1)})
+    return model, batches, ex
+
+
+def finetune_fold(dataset: str, fold: int, cache: Path = DEFAULT_CACHE, k: int = 5, seed: int = 0, log=print) -> Path:
+    """Train round 2's fine-tuned classifier on fold ``fold``'s training part and save its class
+    probabilities on the held-out part (``<cache>/<dataset>_ft_k<k>_s<seed>_f<fold>.npy``)."""
+    out = cache / f"{dataset}_ft_k{k}_s{seed}_f{fold}.npy"
+    if out.exists():
+        return out
     from model.compact.frozen import softmax
 
+    from .compact.calibrate import evaluate_classifier
+
+    tr, te = folds(features(dataset, cache)["y"], k, seed)[fold]
+    model, batches, ex = train_finetuned(dataset, tr, cache, log)
+    _, _, logits = evaluate_classifier(model, batches, [ex[i] for i in te])
     np.save(out, softmax(logits))
     return out
 
@@ -324,6 +334,23 @@ def run_finetune(dataset: str, cache: Path = DEFAULT_CACHE, k: int = 5, seed: in
     for r in rows:
         r["beats_baseline"] = beats(r, rows[0]) if r is not rows[0] else None
     return rows
+
+
+def export_ensemble(dataset: str, out: Path, route: str, cache: Path = DEFAULT_CACHE, log=print) -> dict:
+    """Round 2's adopted candidate into the student directory ``out``: the baseline (refitted on
+    every train + dev post, ``classifier_<route>``) and the fine-tuned classifier (the fixed recipe
+    on every train + dev post, ``classifier_<route>_ft``); ``student.json`` then names both for the
+    route, whose probabilities the compact backend averages."""
+    from .compact.export import save_classifier
+
+    meta = export(dataset, BASELINE.name, out, route, cache)
+    n = len(features(dataset, cache)["y"])
+    model, _, _ = train_finetuned(dataset, np.arange(n), cache, log)
+    save_classifier(model.eval(), model.cfg, out, name=f"classifier_{route}_ft")
+    student = json.loads((out / "student.json").read_text())
+    student.setdefault("classifiers", {})[route] = [f"classifier_{route}", f"classifier_{route}_ft"]
+    (out / "student.json").write_text(json.dumps(student, indent=2))
+    return {**meta, "candidate": ENSEMBLE, "members": student["classifiers"][route]}
 
 
 def main(argv: list[str] | None = None) -> None:

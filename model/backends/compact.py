@@ -71,19 +71,24 @@ class CompactStudent(BaseStudent):
         self.image = ImageEncoder(size=int(image_size or meta.get("image_size", 160)), device=device)
         # one classifier, or one per route: posts with an aspect -> "aspect", others -> "post"
         names = meta.get("classifiers") or {"all": "classifier"}
-        self.classifiers: dict[str, CompactClassifier | FrozenClassifier] = {}
+        # a route names one classifier, or a list: a mean route (MeanRoute)
+        self.classifiers: dict[str, CompactClassifier | FrozenClassifier | MeanRoute] = {}
         sentences = None  # one frozen MiniLM shared by the frozen-feature routes
-        for route, name in names.items():
+
+        def load(name: str) -> CompactClassifier | FrozenClassifier:
+            nonlocal sentences
             if json.loads((self.path / f"{name}.json").read_text()).get("kind") == "frozen":
                 sentences = sentences or SentenceEncoder(device)
-                self.classifiers[route] = FrozenClassifier.load(self.path, name, sentences)
-                continue
+                return FrozenClassifier.load(self.path, name, sentences)
             clf = load_classifier(self.path, name)
             clf.encoder = clf.encoder.merge_and_unload()
-            self.classifiers[route] = clf.to(self.device)
+            return clf.to(self.device)
+
+        for route, name in names.items():
+            self.classifiers[route] = MeanRoute([load(n) for n in name]) if isinstance(name, list) else load(name)
         # the input format (image words) of the fine-tuned routes; defaults when every route is frozen
-        self.cfg = next((c.cfg for c in self.classifiers.values() if isinstance(c, CompactClassifier)),
-                        ClassifierConfig())
+        members = [m for c in self.classifiers.values() for m in (c.members if isinstance(c, MeanRoute) else [c])]
+        self.cfg = next((c.cfg for c in members if isinstance(c, CompactClassifier)), ClassifierConfig())
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         self.chain_batch_size = chain_batch_size
         self._max_new_tokens = max_new_tokens
@@ -150,9 +155,6 @@ class CompactStudent(BaseStudent):
     def _route_probs(self, batch: list[PostInput], words, feats: torch.Tensor, has: torch.Tensor,
                      logits: torch.Tensor | None = None, text_only: bool = False):
         """Each post through its route's classifier: (probabilities [n, 3], prompt tokens)."""
-        from ..compact.frozen import FrozenClassifier
-        from ..compact.text import encode_pairs
-
         probs = torch.zeros(len(batch), 3)
         n_tokens = [0] * len(batch)
         for route, clf in self.classifiers.items():
@@ -160,32 +162,52 @@ class CompactStudent(BaseStudent):
             if not rows:
                 continue
             idx = torch.tensor(rows)
-            if isinstance(clf, FrozenClassifier):
-                # fp32 like the features it was fitted on (training/cv.py)
-                with torch.autocast(self.device.type, enabled=False):
-                    F = clf.features([batch[i].text for i in rows], [batch[i].aspect for i in rows],
-                                     feats[idx].numpy(), None if logits is None else logits[idx].numpy(),
-                                     has[idx].numpy())
-                # a post without an image goes to the text-only twin: the full head was fitted on
-                # posts that all had one, so zero image features are outside what it has seen
-                no_img = has[idx].numpy() == 0
-                p_full = clf.probs(F, text_only=text_only)
-                if no_img.any() and not text_only:
-                    p_full[no_img] = clf.probs(F, text_only=True)[no_img]
-                probs[idx] = torch.from_numpy(p_full).float()
-                lens = self.tokenizer([batch[i].text for i in rows], truncation=True, max_length=128)["input_ids"]
-                for j, i in enumerate(rows):
-                    n_tokens[i] = len(lens[j])
-                continue
-            enc = encode_pairs(self.tokenizer, [(batch[i].text, batch[i].aspect, words[i]) for i in rows], clf.cfg)
-            enc = enc.to(self.device)
-            probs[idx] = clf(
-                enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), feats[idx].to(self.device),
-                has[idx].to(self.device), enc.get("target_mask"),
-            ).float().softmax(-1).cpu()
+            if isinstance(clf, MeanRoute):
+                # the mean of the members' probabilities for posts with an image; the frozen member
+                # alone (its text-only twin) for posts without one and for the text-only reading:
+                # every member was trained on posts that all had an image
+                p, n = self._member_probs(clf.frozen, batch, rows, words, feats, has, logits, text_only)
+                with_img = has[idx] > 0
+                if not text_only and with_img.any():
+                    img_rows = [i for i, w in zip(rows, with_img.tolist()) if w]
+                    ps = [p[with_img]] + [self._member_probs(m, batch, img_rows, words, feats, has, logits)[0]
+                                          for m in clf.members if m is not clf.frozen]
+                    p[with_img] = torch.stack(ps).mean(0)
+            else:
+                p, n = self._member_probs(clf, batch, rows, words, feats, has, logits, text_only)
+            probs[idx] = p
             for j, i in enumerate(rows):
-                n_tokens[i] = int(enc["attention_mask"][j].sum())
+                n_tokens[i] = n[j]
         return probs, n_tokens
+
+    def _member_probs(self, clf, batch: list[PostInput], rows: list[int], words, feats: torch.Tensor,
+                      has: torch.Tensor, logits: torch.Tensor | None, text_only: bool = False):
+        """One classifier's probabilities [len(rows), 3] for the posts ``rows``, and their prompt tokens."""
+        from ..compact.frozen import FrozenClassifier
+        from ..compact.text import encode_pairs
+
+        idx = torch.tensor(rows)
+        if isinstance(clf, FrozenClassifier):
+            # fp32 like the features it was fitted on (training/cv.py)
+            with torch.autocast(self.device.type, enabled=False):
+                F = clf.features([batch[i].text for i in rows], [batch[i].aspect for i in rows],
+                                 feats[idx].numpy(), None if logits is None else logits[idx].numpy(),
+                                 has[idx].numpy())
+            # a post without an image goes to the text-only twin: the full head was fitted on
+            # posts that all had one, so zero image features are outside what it has seen
+            no_img = has[idx].numpy() == 0
+            p_full = clf.probs(F, text_only=text_only)
+            if no_img.any() and not text_only:
+                p_full[no_img] = clf.probs(F, text_only=True)[no_img]
+            lens = self.tokenizer([batch[i].text for i in rows], truncation=True, max_length=128)["input_ids"]
+            return torch.from_numpy(p_full).float(), [len(x) for x in lens]
+        enc = encode_pairs(self.tokenizer, [(batch[i].text, batch[i].aspect, words[i]) for i in rows], clf.cfg)
+        enc = enc.to(self.device)
+        p = clf(
+            enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), feats[idx].to(self.device),
+            has[idx].to(self.device), enc.get("target_mask"),
+        ).float().softmax(-1).cpu()
+        return p, [int(x) for x in enc["attention_mask"].sum(1).tolist()]
 
     @torch.inference_mode()
     def text_only_probs(self, batch: Sequence[PostInput]) -> torch.Tensor:
@@ -321,6 +343,20 @@ class CompactStudent(BaseStudent):
         if getattr(self, "_stops", None) is None:
             self._stops = frozenset(i for i in range(len(tok)) if "\n" in tok.decode([i]))
         return self._stops
+
+
+class MeanRoute:
+    """A route whose probabilities are the mean of several classifiers' (``student.json``:
+    ``"post": ["classifier_post", "classifier_post_ft"]``), one of them frozen-feature: it alone
+    serves posts without an image and the text-only reading (its text-only twin)."""
+
+    def __init__(self, members: list) -> None:
+        from ..compact.frozen import FrozenClassifier
+
+        self.members = members
+        self.frozen = next((m for m in members if isinstance(m, FrozenClassifier)), None)
+        if self.frozen is None or len(members) < 2:
+            raise ValueError("a mean route needs two or more classifiers, one of them frozen-feature")
 
 
 @dataclass(frozen=True)
