@@ -236,13 +236,17 @@ def print_bench_table(result: dict, console: Any = None) -> None:
 @click.option("--posts", "n_posts", type=int, default=32, show_default=True, help="how many posts")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="use real posts (t15 test) from this data folder instead of synthetic ones")  # fmt: skip
+@click.option("--dataset", default="t15", show_default=True,
+              help="with --data-dir: the data set's folder (e.g. mvsa_single for post-level posts)")
+@click.option("--split", default="test", show_default=True, help="with --data-dir: the split's file (e.g. dev)")
 @click.option("--image-size", type=int, help="image side passed to the student")
 @click.option("--max-new-tokens", type=int, help="chain token budget passed to the student")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="other load_student option, e.g. chain_decoder=generate (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
-def bench_model(spec: str, batch_size: int, n_posts: int, data_dir: Path | None, image_size: int | None,
-                max_new_tokens: int | None, options: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+def bench_model(spec: str, batch_size: int, n_posts: int, data_dir: Path | None, dataset: str, split: str,
+                image_size: int | None, max_new_tokens: int | None, options: tuple[str, ...],
+                as_json: bool) -> None:  # fmt: skip
     """The student alone: labels-only and label+chain posts/s, tokens, agreement, memory
     (model.bench.run_model_bench; see docs/model.md)."""
     from .loading import load_error_message, parse_options
@@ -251,7 +255,7 @@ def bench_model(spec: str, batch_size: int, n_posts: int, data_dir: Path | None,
         opts = parse_options(options)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--option") from None
-    posts = data_posts(data_dir, n_posts) if data_dir else None
+    posts = data_posts(data_dir, n_posts, dataset=dataset, split=split) if data_dir else None
     try:
         result = run_model_bench(spec, posts, batch_size=batch_size, n_posts=n_posts, image_size=image_size,
                                  max_new_tokens=max_new_tokens, print_table=not as_json, **opts)  # fmt: skip

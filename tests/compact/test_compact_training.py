@@ -60,3 +60,20 @@ def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
     ex = load_examples(data_dir / "t15" / "test.jsonl", limit=2)
     preds = student.predict([e.post() for e in ex])
     assert [p.chain.prediction for p in preds] == [p.label.value for p in preds]
+    # the chain writer on grounded targets (issue 14): the exported student's own evidence lines
+    # in context, and its Conclusion started from the Conflict line
+    import shutil
+
+    from model.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE_START
+
+    r3 = CompactRecipe(out=str(tmp_path / "run3"), limit=8, explainer_epochs=1, explainer_batch_size=4,
+                       explainer={"grounded_targets": True}, grounding_student=f"compact:{dest}")
+    (tmp_path / "run3").mkdir()
+    exp3 = train_explainer(r3, tmp_path / "run3", logs.append)
+    assert exp3["grounded_targets"]["posts"] > 0 and exp3["train_n"] > 0
+    for f in ("explainer.safetensors", "explainer.json"):
+        shutil.copy2(tmp_path / "run3" / f, dest / f)
+    grounded = load_student(f"compact:{dest}", max_new_tokens=24)
+    for p in grounded.predict([e.post() for e in ex]):
+        assert p.chain.final_conclusion.startswith((AGREE_START, CONFLICT_START, NO_IMAGE_START))
+
