@@ -16,6 +16,7 @@ directory:
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -309,15 +310,16 @@ class CompactStudent(BaseStudent):
                 for p, pr in zip(posts, preds)
             ]
             first = decoder.generate(prompts, cap, stops)
-            text_lines = [_line(tok.decode(r, skip_special_tokens=True)) or f"The text reads as {pr.label.value}."
-                          for r, pr in zip(first, preds)]
+            text_lines = [_wording(_line(tok.decode(r, skip_special_tokens=True)), p)
+                          or f"The text reads as {pr.label.value}." for r, p, pr in zip(first, posts, preds)]
             starts = [conclusion_start(p.image is not None, g.conflict, cfg.grounded_targets) for p, g in zip(posts, lines)]
             heads = [f"Text: {t}\nImage: {g.image}\nConflict: {g.conflict_line}\nConclusion:" + (f" {st}" if st else "")
                      for t, g, st in zip(text_lines, lines, starts)]
             second = decoder.generate([p + h[len("Text:"):] for p, h in zip(prompts, heads)], cap, stops)
             ms = (time.perf_counter() - t0) * 1000
             for i, pr in enumerate(preds):
-                concl = _line(tok.decode(second[i], skip_special_tokens=True)) or f"the post is {pr.label.value}."
+                concl = _wording(_line(tok.decode(second[i], skip_special_tokens=True)), posts[i]) \
+                    or f"the post is {pr.label.value}."
                 text = f"{heads[i]}{_glue(concl)}"
                 chain = parse_chain(f"{text}\nPrediction: {pr.label.value}")
                 out.append(
@@ -378,6 +380,16 @@ class GroundedLines:
 def _glue(text: str) -> str:
     """A continuation of the Conclusion line (the decoded tokens carry their own space)."""
     return text if text.startswith(" ") else f" {text}"
+
+
+_POST_TARGET = re.compile(r"\bthe target aspect(?:,? ['\"]?the whole post['\"]?)?|['\"]the whole post['\"]", re.IGNORECASE)
+
+
+def _wording(line: str, post: PostInput) -> str:
+    """A written line with the prompt's stand-in target put back into words for a post without an
+    aspect: the chain writer learnt from aspect-level chains to say "the target aspect 'X'", which
+    for such a post came out as "toward the target aspect 'the whole post'" ("toward the post")."""
+    return line if post.aspect else _POST_TARGET.sub("the post", line)
 
 
 def _line(text: str) -> str:

@@ -96,6 +96,17 @@ def test_chain_image_fields_come_from_the_evidence(student, chained):
             assert f"{name} ({score:.2f})" in p.chain.image_analysis
         assert p.chain.conflict_resolution.startswith((AGREE_MARK, CONFLICT_MARK))
         assert p.chain.parsed and p.chain.prediction == p.label.value
+    # the Conclusion starts from the Conflict line (a writer trained on grounded targets) or, with
+    # no image, from the text alone; a post without an aspect is "the post", not the prompt's
+    # stand-in target "the whole post"
+    from model.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE_START
+
+    for post, p in zip(POSTS, preds):
+        start = NO_IMAGE_START if post.image is None else (
+            CONFLICT_START if p.chain.conflict_resolution.startswith(CONFLICT_MARK) else AGREE_START)
+        assert p.chain.final_conclusion.startswith(start), p.chain.raw
+        if post.aspect is None:
+            assert "whole post" not in p.chain.raw and "target aspect" not in p.chain.raw, p.chain.raw
     # another image gives other evidence (the Image line is written from it alone)
     swapped = student.classify([PostInput(POSTS[0].text, image=POSTS[3].image, id="s")])[0]
     assert swapped.extra["image_classes"] != preds[0].extra["image_classes"]
