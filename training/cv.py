@@ -240,13 +240,15 @@ def tfidf_proba(texts: list[str], X, y, tr, te) -> np.ndarray:
     return model.predict_proba(hstack([csr_matrix(X[te]), T_te]).tocsr())
 
 
-def finetune_recipe(seed: int = 14):
-    """The fixed recipe of round 2's fine-tuned candidate (docs/results.md, "Round 2"): the served
-    classifier architecture, 3 epochs on the fold's training part only, no assistant, no offsets."""
+def finetune_recipe(seed: int = 14, dataset: str = "mvsa_single"):
+    """The fixed recipe of the fine-tuned candidate (docs/results.md, "Round 2", and "Round 3" for
+    Twitter-2015): the served classifier architecture (for aspect-level posts with the aspect
+    route's target pooling), 3 epochs on the fold's training part only, no assistant, no offsets."""
     from .compact.recipe import CompactRecipe
 
     return CompactRecipe(seed=seed, epochs=3, batch_size=32, lr=1e-3, head_lr=1e-3, weight_decay=0.01,
-                         warmup=0.06, lam=0.0, calibrate=False, routes={}, specialise={})
+                         warmup=0.06, lam=0.0, calibrate=False, routes={}, specialise={},
+                         classifier={"target_pool": True} if dataset == "t15" else {})
 
 
 def _image_store(F: dict[str, np.ndarray], ex) -> dict[str, tuple[np.ndarray, list[str]]]:
@@ -276,7 +278,7 @@ def train_finetuned(dataset: str, train_idx, cache: Path = DEFAULT_CACHE, log=pr
     from .compact.features import Batches
 
     F, ex = features(dataset, cache), _examples(dataset)
-    r = finetune_recipe()
+    r = finetune_recipe(dataset=dataset)
     torch.manual_seed(r.seed)
     random.seed(r.seed)
     cfg = ClassifierConfig(**r.classifier)
