@@ -8,7 +8,9 @@ subcommands through ``mulcot.bench``, so this module never imports them.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -295,13 +297,18 @@ def results_cmd(broker: str | None, redis_url: str | None, post_id: str | None, 
         console.print(results_table(results, chains=post_id is not None))
     if follow:
         click.echo(f"following new results{_filters_text(aspect, label)} (Ctrl-C to stop)", err=True)
+        # Ctrl-C sets a flag that the loop reads between reads (at most a second apart) instead of
+        # raising KeyboardInterrupt wherever the interpreter is: raised inside the Redis client's
+        # connection pool it could leave a lock held, and closing the store then hung
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
-            _follow(store, last_event or "0-0", aspect, label, lambda r: click.echo(r.model_dump_json()) if as_json else console.print(result_line(r)))
-        except KeyboardInterrupt:
-            pass
+            _follow(store, last_event or "0-0", aspect, label,
+                    lambda r: click.echo(r.model_dump_json()) if as_json else console.print(result_line(r)), stop)
         except _redis.exceptions.ConnectionError as exc:
             raise click.ClickException(f"lost Redis at {s.masked()['redis_url']}: {exc}") from None
         finally:
+            signal.signal(signal.SIGINT, previous)
             store.close()
 
 
@@ -346,13 +353,13 @@ def _some_aspects(store: Any, limit: int = 12) -> list[str]:
     return sorted(names)
 
 
-def _follow(store: Any, last: str, aspect: str | None, label: str | None, emit: Any) -> None:
-    """Print each new result (after events entry ``last``) that matches the filters, until Ctrl-C."""
+def _follow(store: Any, last: str, aspect: str | None, label: str | None, emit: Any, stop: threading.Event) -> None:
+    """Print each new result (after events entry ``last``) that matches the filters, until ``stop``."""
     from .store import aspect_key_part
 
     want = aspect_key_part(aspect) if aspect is not None else None
-    while True:
-        entries = store.events_after(last, block_ms=2000, count=200)
+    while not stop.is_set():
+        entries = store.events_after(last, block_ms=1000, count=200)
         if not entries:
             continue
         last = entries[-1][0]
