@@ -278,6 +278,17 @@ def evaluate_cmd(spec, data_file, out_dir, limit, batch_size, no_chain, no_embed
         click.echo(f"wrote {Path(out_dir) / 'report.json'}")
 
 
+@distill.command("cv", add_help_option=False, context_settings={"ignore_unknown_options": True},
+                 help="Model selection by stratified k-fold CV over train + dev (python -m training.cv): "
+                      "features | run | finetune | export DATASET [--k --seed --candidate --out --route]; "
+                      "`mulcot distill cv -h` for its options.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def cv_cmd(args) -> None:
+    from .cv import main as cv_main
+
+    cv_main(list(args), prog="mulcot distill cv")
+
+
 @distill.command("run", help="Run every stage of a recipe (YAML/TOML): teacher, assistant, augment, student, evaluate.")
 @click.argument("recipe", type=click.Path(exists=True), required=False)
 @click.option("--dry-run", is_flag=True, help="Only check data and config (seconds); train nothing.")

@@ -215,6 +215,7 @@ def export(dataset: str, name: str, out: Path, route: str, cache: Path = DEFAULT
     text_model = cand.make().fit(design(F, text_parts), F["y"])
     meta = {"candidate": cand.name, "fitted_on": f"{dataset} train + dev ({len(F['y'])} posts)"}
     save_frozen(out, f"classifier_{route}", cand.parts, model, text_model, meta)
+    record_cv(out, route, dataset, cand.name, cache)
     return meta
 
 
@@ -338,6 +339,29 @@ def run_finetune(dataset: str, cache: Path = DEFAULT_CACHE, k: int = 5, seed: in
     return rows
 
 
+def record_cv(out: Path, route: str, dataset: str, name: str, cache: Path = DEFAULT_CACHE, k: int = 5,
+              seed: int = 0) -> dict | None:
+    """Write the adopted candidate's and the baseline's CV figures for ``route`` into the student's
+    ``model_card.json`` (key ``cv``), from the saved CV tables of ``cache``; ``mulcot distill
+    evaluate`` reports them beside its own figures. None when no table holds ``name``."""
+    rows = {}
+    for tag in ("cv", "ft"):
+        f = cache / f"{dataset}_{tag}_k{k}_s{seed}.json"
+        if f.exists():
+            rows.update({r["name"]: r for r in json.loads(f.read_text())})
+    if name not in rows or BASELINE.name not in rows:
+        return None
+    keep = ("acc_mean", "acc_std", "f1_mean", "f1_std", "acc_folds", "f1_folds", "average")
+    entry = {"dataset": f"{dataset} train + dev", "k": k, "seed": seed, "adopted": name,
+             "candidate": {x: rows[name][x] for x in keep}, "baseline": {x: rows[BASELINE.name][x] for x in keep},
+             "rule": "docs/results.md, Selection protocol"}
+    card_f = out / "model_card.json"
+    card = json.loads(card_f.read_text()) if card_f.exists() else {}
+    card.setdefault("cv", {})[route] = entry
+    card_f.write_text(json.dumps(card, indent=2))
+    return entry
+
+
 def export_ensemble(dataset: str, out: Path, route: str, cache: Path = DEFAULT_CACHE, log=print) -> dict:
     """Round 2's adopted candidate into the student directory ``out``: the baseline (refitted on
     every train + dev post, ``classifier_<route>``) and the fine-tuned classifier (the fixed recipe
@@ -352,17 +376,18 @@ def export_ensemble(dataset: str, out: Path, route: str, cache: Path = DEFAULT_C
     student = json.loads((out / "student.json").read_text())
     student.setdefault("classifiers", {})[route] = [f"classifier_{route}", f"classifier_{route}_ft"]
     (out / "student.json").write_text(json.dumps(student, indent=2))
+    record_cv(out, route, dataset, ENSEMBLE, cache)
     return {**meta, "candidate": ENSEMBLE, "members": student["classifiers"][route]}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     import argparse
     import os
 
     import torch
 
     torch.set_num_threads(int(os.environ.get("MULCOT_THREADS", "2")))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("verb", choices=["features", "run", "finetune", "export"],
                     help="finetune: round 2's fine-tuned candidate, fold by fold (resumable), then its table")
     ap.add_argument("dataset", choices=sorted(SPLITS))

@@ -172,6 +172,9 @@ def evaluate(
     }
     if chain:
         report.update(chain_metrics(examples, preds, embeddings=embeddings))
+    cv = selection_cv(student)
+    if cv:
+        report["cv"] = cv
     if grounding:
         from .grounding import evaluate_grounding
 
@@ -188,6 +191,16 @@ def evaluate(
 
             print_grounding(report["grounding"], console)
     return report
+
+
+def selection_cv(student: Any) -> dict | None:
+    """The cross-validated figures the student's routes were chosen by (``model_card.json`` key
+    ``cv``, written by ``training/cv.py export``), for students that have a model card."""
+    path = getattr(student, "path", None)
+    card = Path(path) / "model_card.json" if path is not None else None
+    if card is None or not card.exists():
+        return None
+    return json.loads(card.read_text()).get("cv") or None
 
 
 def predict_all(student: Student, examples: Sequence[Example], *, chain: bool, batch_size: int,
@@ -306,6 +319,13 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
         if key in report:
             t.add_row(key, fmt(report[key]), " - ".join(f"{v:.4f}" for v in ci[key]) if key in ci else "")
     console.print(t)
+    for route, cv in (report.get("cv") or {}).items():
+        c, b = cv["candidate"], cv["baseline"]
+        console.print(
+            f"[dim]selection ({route} route, {cv['k']}-fold CV over {cv['dataset']}, not this data): "
+            f"{cv['adopted']}: accuracy {100 * c['acc_mean']:.2f} +- {100 * c['acc_std']:.2f}, "
+            f"{c['average']} F1 {c['f1_mean']:.4f} +- {c['f1_std']:.4f}; baseline {100 * b['acc_mean']:.2f} +- "
+            f"{100 * b['acc_std']:.2f} / {b['f1_mean']:.4f} +- {b['f1_std']:.4f}[/dim]")
     if report.get("confusion"):
         c = Table(title="confusion (rows gold, columns predicted)")
         c.add_column("gold \\ pred")
