@@ -206,9 +206,11 @@ def export(dataset: str, name: str, out: Path, route: str, cache: Path = DEFAULT
 
     if name == ENSEMBLE:
         return export_ensemble(dataset, out, route, cache)
+    if name == FINETUNE:
+        return export_finetuned(dataset, out, route, cache)
     cand = next((c for c in candidates(dataset) if c.name == name), None)
     if cand is None:
-        raise SystemExit(f"no candidate {name!r}; known: {[c.name for c in candidates(dataset)] + [ENSEMBLE]}")
+        raise SystemExit(f"no candidate {name!r}; known: {[c.name for c in candidates(dataset)] + [FINETUNE, ENSEMBLE]}")
     F = features(dataset, cache)
     model = cand.make().fit(design(F, cand.parts), F["y"])
     text_parts = tuple(p for p in cand.parts if p in TEXT_PARTS)
@@ -360,6 +362,21 @@ def record_cv(out: Path, route: str, dataset: str, name: str, cache: Path = DEFA
     card.setdefault("cv", {})[route] = entry
     card_f.write_text(json.dumps(card, indent=2))
     return entry
+
+
+def export_finetuned(dataset: str, out: Path, route: str, cache: Path = DEFAULT_CACHE, log=print) -> dict:
+    """The fine-tuned candidate (``finetune_recipe`` on every train + dev post of ``dataset``) as
+    the route's one classifier ``classifier_<route>`` of the student directory ``out``."""
+    from .compact.export import save_classifier
+
+    n = len(features(dataset, cache)["y"])
+    model, _, _ = train_finetuned(dataset, np.arange(n), cache, log)
+    save_classifier(model.eval(), model.cfg, out, name=f"classifier_{route}")
+    student = json.loads((out / "student.json").read_text())
+    student.setdefault("classifiers", {})[route] = f"classifier_{route}"
+    (out / "student.json").write_text(json.dumps(student, indent=2))
+    record_cv(out, route, dataset, FINETUNE, cache)
+    return {"candidate": FINETUNE, "fitted_on": f"{dataset} train + dev ({n} posts)", "route": route}
 
 
 def export_ensemble(dataset: str, out: Path, route: str, cache: Path = DEFAULT_CACHE, log=print) -> dict:
