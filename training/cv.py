@@ -266,18 +266,17 @@ def _image_store(F: dict[str, np.ndarray], ex) -> dict[str, tuple[np.ndarray, li
     return {str(ex[i].image_path): (F["image"][i], n) for i, n in zip(rows, names)}
 
 
-def train_finetuned(dataset: str, train_idx, cache: Path = DEFAULT_CACHE, log=print):
-    """Round 2's fine-tuned classifier (``finetune_recipe``) trained on the posts ``train_idx`` of
-    ``dataset``'s train + dev; returns (model, its batches, the examples)."""
-    import math
+def train_finetuned(dataset: str, train_idx=None, cache: Path = DEFAULT_CACHE, log=print):
+    """The fine-tuned candidate (``finetune_recipe``) trained on the posts ``train_idx`` of
+    ``dataset``'s train + dev (None: all of them); returns (model, its batches, the examples)."""
     import random
 
     import torch
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer
 
     from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path
 
-    from .compact.classifier import _train_epoch
+    from .compact.classifier import _train_epoch, joint_optimizer
     from .compact.features import Batches
 
     F, ex = features(dataset, cache), _examples(dataset)
@@ -285,15 +284,10 @@ def train_finetuned(dataset: str, train_idx, cache: Path = DEFAULT_CACHE, log=pr
     torch.manual_seed(r.seed)
     random.seed(r.seed)
     cfg = ClassifierConfig(**r.classifier)
-    train = [ex[i] for i in train_idx]
+    train = ex if train_idx is None else [ex[i] for i in train_idx]
     batches = Batches(train, _image_store(F, ex), AutoTokenizer.from_pretrained(minilm_path()), cfg)
     model = CompactClassifier(cfg)
-    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-    head = list(model.image_proj.parameters()) + list(model.head.parameters())
-    opt = torch.optim.AdamW([{"params": lora, "lr": r.lr}, {"params": head, "lr": r.head_lr}],
-                            weight_decay=r.weight_decay)
-    steps = r.epochs * math.ceil(len(train) / r.batch_size)
-    sched = get_linear_schedule_with_warmup(opt, int(r.warmup * steps), steps)
+    opt, sched = joint_optimizer(model, r, len(train))
     for epoch in range(r.epochs):
         t0 = _train_epoch(model, None, batches, train, opt, sched, r, log, epoch, stage=f"{dataset} fine-tune")
         log({"epoch": epoch, "epoch_s": round(time.time() - t0, 1)})
@@ -364,37 +358,35 @@ def record_cv(out: Path, route: str, dataset: str, name: str, cache: Path = DEFA
     return entry
 
 
-def export_finetuned(dataset: str, out: Path, route: str, cache: Path = DEFAULT_CACHE, log=print) -> dict:
-    """The fine-tuned candidate (``finetune_recipe`` on every train + dev post of ``dataset``) as
-    the route's one classifier ``classifier_<route>`` of the student directory ``out``."""
+def _export_finetuned(dataset: str, out: Path, route: str, name: str, members, candidate: str,
+                      cache: Path = DEFAULT_CACHE, log=print) -> dict:
+    """Train the fine-tuned candidate on every train + dev post of ``dataset``, save it as
+    ``<name>`` in the student directory ``out``, name ``members`` for ``route`` in its
+    ``student.json`` and record ``candidate``'s CV figures in its model card."""
     from .compact.export import save_classifier
 
-    n = len(features(dataset, cache)["y"])
-    model, _, _ = train_finetuned(dataset, np.arange(n), cache, log)
-    save_classifier(model.eval(), model.cfg, out, name=f"classifier_{route}")
+    model, _, ex = train_finetuned(dataset, None, cache, log)
+    save_classifier(model.eval(), model.cfg, out, name=name)
     student = json.loads((out / "student.json").read_text())
-    student.setdefault("classifiers", {})[route] = f"classifier_{route}"
+    student.setdefault("classifiers", {})[route] = members
     (out / "student.json").write_text(json.dumps(student, indent=2))
-    record_cv(out, route, dataset, FINETUNE, cache)
-    return {"candidate": FINETUNE, "fitted_on": f"{dataset} train + dev ({n} posts)", "route": route}
+    record_cv(out, route, dataset, candidate, cache)
+    return {"candidate": candidate, "fitted_on": f"{dataset} train + dev ({len(ex)} posts)", "members": members}
+
+
+def export_finetuned(dataset: str, out: Path, route: str, cache: Path = DEFAULT_CACHE, log=print) -> dict:
+    """The fine-tuned candidate as the route's one classifier ``classifier_<route>`` of ``out``."""
+    return _export_finetuned(dataset, out, route, f"classifier_{route}", f"classifier_{route}", FINETUNE, cache, log)
 
 
 def export_ensemble(dataset: str, out: Path, route: str, cache: Path = DEFAULT_CACHE, log=print) -> dict:
     """Round 2's adopted candidate into the student directory ``out``: the baseline (refitted on
-    every train + dev post, ``classifier_<route>``) and the fine-tuned classifier (the fixed recipe
-    on every train + dev post, ``classifier_<route>_ft``); ``student.json`` then names both for the
-    route, whose probabilities the compact backend averages."""
-    from .compact.export import save_classifier
-
-    meta = export(dataset, BASELINE.name, out, route, cache)
-    n = len(features(dataset, cache)["y"])
-    model, _, _ = train_finetuned(dataset, np.arange(n), cache, log)
-    save_classifier(model.eval(), model.cfg, out, name=f"classifier_{route}_ft")
-    student = json.loads((out / "student.json").read_text())
-    student.setdefault("classifiers", {})[route] = [f"classifier_{route}", f"classifier_{route}_ft"]
-    (out / "student.json").write_text(json.dumps(student, indent=2))
-    record_cv(out, route, dataset, ENSEMBLE, cache)
-    return {**meta, "candidate": ENSEMBLE, "members": student["classifiers"][route]}
+    every train + dev post, ``classifier_<route>``) and the fine-tuned classifier
+    (``classifier_<route>_ft``); ``student.json`` then names both for the route, whose
+    probabilities the compact backend averages."""
+    export(dataset, BASELINE.name, out, route, cache)
+    return _export_finetuned(dataset, out, route, f"classifier_{route}_ft",
+                             [f"classifier_{route}", f"classifier_{route}_ft"], ENSEMBLE, cache, log)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:

@@ -72,8 +72,22 @@ def _train_epoch(model, teacher, batches: Batches, train: list[Example], opt, sc
     return t0
 
 
+def joint_optimizer(model: CompactClassifier, r: CompactRecipe, n_train: int):
+    """AdamW over the LoRA factors (``r.lr``) and the image projection + head (``r.head_lr``), and
+    its linear schedule with ``r.warmup`` of ``r.epochs`` epochs of ``n_train`` posts warm-up."""
+    from transformers import get_linear_schedule_with_warmup
+
+    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    head_params = list(model.image_proj.parameters()) + list(model.head.parameters())
+    opt = torch.optim.AdamW(
+        [{"params": lora_params, "lr": r.lr}, {"params": head_params, "lr": r.head_lr}], weight_decay=r.weight_decay
+    )
+    steps = r.epochs * math.ceil(n_train / r.batch_size)
+    return opt, get_linear_schedule_with_warmup(opt, int(r.warmup * steps), steps)
+
+
 def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer
 
     torch.manual_seed(r.seed)
     random.seed(r.seed)
@@ -85,13 +99,7 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
     batches = Batches(train, feats, tok, cfg)
     model = CompactClassifier(cfg)
     teacher = _assistant(r)
-    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-    head_params = list(model.image_proj.parameters()) + list(model.head.parameters())
-    opt = torch.optim.AdamW(
-        [{"params": lora_params, "lr": r.lr}, {"params": head_params, "lr": r.head_lr}], weight_decay=r.weight_decay
-    )
-    steps = r.epochs * math.ceil(len(train) / r.batch_size)
-    sched = get_linear_schedule_with_warmup(opt, int(r.warmup * steps), steps)
+    opt, sched = joint_optimizer(model, r, len(train))
     missing = set(r.routes.values()) - set(r.dev_sets)
     if missing:
         raise ValueError(f"routes name dev sets that are not in dev_sets: {sorted(missing)}")

@@ -26,6 +26,7 @@ from model.compact.explainer import (
 )
 
 from ..data import Example, data_dir, load_examples
+from ..grounding import claims_pixels
 from .features import image_features
 from .recipe import CompactRecipe
 
@@ -78,11 +79,6 @@ def answer_loss(model, ids, mask, labels):
 _OPENER = re.compile(
     r"^(?:by )?integrating (?:the )?insights (?:from )?(?:both )?(?:the )?(?:text and (?:the )?image|modalities)"
     r"(?: modalities)?,?\s*", re.IGNORECASE)
-def _claims_pixels(line: str) -> bool:
-    """A target line that describes pixels or mentions the image (left out of grounded targets)."""
-    from ..grounding import claims_pixels
-
-    return claims_pixels(line, mentions=True)
 
 
 def conclusion_rest(conclusion: str) -> str:
@@ -107,21 +103,12 @@ def grounded_rows(pairs, cfg: ExplainerConfig, tok, student, no_image_every: int
     to write those with the grounded lines in context, as it does when serving. Every
     ``no_image_every``-th kept post is repeated without its image (no image words, the no-image
     lines, "From the text alone,"). Returns (rows, counts)."""
-    from PIL import Image, ImageOps
-
-    from model import PostInput
     from model.compact.grounded import NO_IMAGE, NO_IMAGE_CONFLICT, conclusion_start
 
     rows, counts = [], {"posts": len(pairs), "wrong_label": 0, "pixel_claims": 0, "kept": 0, "no_image_rows": 0}
     for s in range(0, len(pairs), batch):
         chunk = pairs[s : s + batch]
-        posts = []
-        for e, _ in chunk:
-            image = None
-            if e.image_path:
-                with Image.open(e.image_path) as im:
-                    image = ImageOps.exif_transpose(im).convert("RGB")
-            posts.append(PostInput(text=e.text, image=image, aspect=e.aspect, id=e.id))
+        posts = [e.post() for e, _ in chunk]
         preds = student.classify(posts)
         lines = student.grounded_lines(posts, preds)
         for (e, fields), post, pr, g in zip(chunk, posts, preds, lines):
@@ -130,7 +117,7 @@ def grounded_rows(pairs, cfg: ExplainerConfig, tok, student, no_image_every: int
                 continue
             text = first_sentence(fields["Text_analysis"], cfg.max_words_per_field)
             rest = conclusion_rest(first_sentence(fields["Final_conclusion"], cfg.max_words_per_field))
-            if not rest or _claims_pixels(text) or _claims_pixels(rest):
+            if not rest or claims_pixels(text, mentions=True) or claims_pixels(rest, mentions=True):
                 counts["pixel_claims"] += 1
                 continue
             counts["kept"] += 1
