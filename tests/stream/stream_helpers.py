@@ -199,25 +199,29 @@ def committed_total(settings: Settings) -> int:
 
 
 class ImageServer:
-    """A real local HTTP server counting requests by path (``hits``): /ok.png (an image), /big
-    (over the byte limit), /redirect (302 to the cloud metadata address), anything else 404."""
+    """A real local HTTP server counting requests by path (``hits``) and recording their Host
+    headers (``hosts``): /ok.png (the image ``png``), /big (over the byte limit), /redirect (302 to
+    the cloud metadata address), anything else 404; a query string does not change the route."""
 
     def __init__(self) -> None:
         buf = io.BytesIO()
         Image.new("RGB", (40, 30), "blue").save(buf, "PNG")
-        png = buf.getvalue()
+        png = self.png = buf.getvalue()
         self.hits: Counter[str] = Counter()
-        hits = self.hits
+        self.hosts: list[str] = []
+        hits, hosts = self.hits, self.hosts
 
         class H(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 hits[self.path] += 1
-                if self.path == "/redirect":
+                hosts.append(self.headers.get("Host", ""))
+                route = self.path.split("?", 1)[0]
+                if route == "/redirect":
                     self.send_response(302)
                     self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
                     self.end_headers()
                     return
-                body, code = {"/ok.png": (png, 200), "/big": (b"x" * 300_000, 200)}.get(self.path, (b"nope", 404))
+                body, code = {"/ok.png": (png, 200), "/big": (b"x" * 300_000, 200)}.get(route, (b"nope", 404))
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
+from stream_helpers import ImageServer
 
 from stream.images import (
     FetchPolicy,
@@ -218,38 +219,9 @@ def test_thumbnail_is_a_small_bounded_jpeg() -> None:
     assert thumbnail(_encode(Image.new("RGB", (8, 8)), "TIFF")) is None
 
 
-class _Counting:
-    """A real local HTTP server that counts the requests it gets and records their Host headers."""
-
-    def __init__(self) -> None:
-        png = _encode(Image.new("RGB", (8, 8), "blue"))
-        self.hosts: list[str] = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                outer.hosts.append(self.headers.get("Host", ""))
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(png)))
-                self.end_headers()
-                self.wfile.write(png)
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.png = png
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 @pytest.fixture
 def counting_server():  # type: ignore[no-untyped-def]
-    srv = _Counting()
+    srv = ImageServer()
     yield srv
     srv.close()
 
@@ -278,7 +250,7 @@ def test_dns_rebinding_one_answer_public_then_loopback(counting_server) -> None:
         calls.append(host)
         return [PUBLIC, "127.0.0.1"]
 
-    got = _fetch_with(f"http://rebind.example:{counting_server.port}/a.png", FetchPolicy(timeout_s=2.0), resolver)
+    got = _fetch_with(f"http://rebind.example:{counting_server.port}/ok.png", FetchPolicy(timeout_s=2.0), resolver)
     assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_URL_FORBIDDEN and "loopback" in got.message
     assert calls == ["rebind.example"]
     assert counting_server.hosts == []  # 0 requests reached the loopback server
@@ -293,7 +265,7 @@ def test_dns_rebinding_public_then_loopback_on_the_next_lookup(counting_server) 
         calls.append(host)
         return [PUBLIC] if len(calls) == 1 else ["127.0.0.1"]
 
-    got = _fetch_with(f"http://rebind.example:{counting_server.port}/a.png", FetchPolicy(timeout_s=1.0), resolver)
+    got = _fetch_with(f"http://rebind.example:{counting_server.port}/ok.png", FetchPolicy(timeout_s=1.0), resolver)
     assert isinstance(got, ImageError) and got.code is ErrorCode.IMAGE_FETCH_FAILED  # the public address is unreachable here
     assert calls == ["rebind.example"]
     assert counting_server.hosts == []
@@ -307,7 +279,7 @@ def test_connects_to_the_resolved_address_with_the_url_host(counting_server) -> 
         assert host == "images.pinned.test"
         return ["127.0.0.1"]
 
-    url = f"http://images.pinned.test:{counting_server.port}/a.png?x=1"
+    url = f"http://images.pinned.test:{counting_server.port}/ok.png?x=1"
     got = _fetch_with(url, FetchPolicy(allow_private=True, timeout_s=5.0), resolver)
     assert got == counting_server.png
     assert counting_server.hosts == [f"images.pinned.test:{counting_server.port}"]
@@ -397,5 +369,5 @@ def test_next_checked_address_when_the_first_cannot_be_reached(counting_server) 
     async def resolver(host: str, port: int) -> list[str]:
         return ["::1", "127.0.0.1"]
 
-    got = _fetch_with(f"http://dual.pinned.test:{counting_server.port}/a.png", FetchPolicy(allow_private=True), resolver)
+    got = _fetch_with(f"http://dual.pinned.test:{counting_server.port}/ok.png", FetchPolicy(allow_private=True), resolver)
     assert got == counting_server.png and counting_server.hosts == [f"dual.pinned.test:{counting_server.port}"]
