@@ -29,7 +29,7 @@ API (all deterministic for a given ``seed``)::
     FAMILIES = ("qwen2_5_vl", "smolvlm")
 
 Building one takes about a second. Tests that need a real chain teach one briefly
-(``tests/model/tiny_helpers.py: overfit_tiny``).
+(``tests/support/tiny_helpers.py: overfit_tiny``).
 """
 
 from __future__ import annotations

@@ -4,16 +4,9 @@ a ``figures`` fixture whose lines are printed at the end of the run, one figure 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-STREAM_TESTS = Path(__file__).resolve().parents[1] / "stream"
-if str(STREAM_TESTS) not in sys.path:
-    sys.path.insert(0, str(STREAM_TESTS))
-
-from stream_fixtures import make_settings, services, start_worker  # noqa: E402,F401
+from tests.support.stream_fixtures import make_settings, services, start_worker  # noqa: F401
 
 _FIGURES: list[str] = []
 

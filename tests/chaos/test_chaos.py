@@ -15,7 +15,10 @@ from collections import Counter
 
 import pytest
 from PIL import Image
-from stream_helpers import (
+
+from stream.protocol import DeadLetter, ErrorCode
+from stream.services import EmbeddedRedis
+from tests.support.stream_helpers import (
     Feeder,
     ImageServer,
     create_topics,
@@ -27,9 +30,6 @@ from stream_helpers import (
     wait_redis,
     wait_until,
 )
-
-from stream.protocol import DeadLetter, ErrorCode
-from stream.services import EmbeddedRedis
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stream_helpers import create_topics, post, produce, wait_redis, wait_until
+
+from tests.support.stream_helpers import create_topics, post, produce, wait_redis, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 25

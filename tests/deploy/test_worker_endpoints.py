@@ -3,7 +3,7 @@ end to end with ``MULCOT_MODEL_SPEC=openai:...`` - all through the embedded brok
 cache (Valkey) started by the stream fixtures.
 
 The ``openai:`` student talks to a local HTTP server that speaks the OpenAI chat-completions
-wire format as vLLM/SGLang do, logprobs included (``tests/model/openai_wire_server.py``): no
+wire format as vLLM/SGLang do, logprobs included (``tests/support/openai_wire_server.py``): no
 model server can run here.
 """
 
@@ -17,11 +17,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from openai_wire_server import WireServer, rule_label
-from stream_helpers import create_topics, png_b64, post, produce, read_topic, wait_redis, wait_until
 
 from stream.health import HealthServer, LagProbe
 from stream.metrics import WorkerMetrics
+from tests.support.openai_wire_server import WireServer, rule_label
+from tests.support.stream_helpers import create_topics, png_b64, post, produce, read_topic, wait_redis, wait_until
 
 
 def _port() -> int:

@@ -228,9 +228,8 @@ def test_backend_generates_a_parseable_chain_when_the_model_knows_one(family, ti
                                                                       tmp_path):
     """Real generation through the backend: a tiny model memorises one chain (and the label
     answer), then ``predict`` must return exactly that chain, parsed, agreeing with the label."""
-    from tiny_helpers import overfit_tiny
-
     from model.tiny import SAMPLE_CHAINS
+    from tests.support.tiny_helpers import overfit_tiny
 
     src = tiny_qwen_dir if family == "qwen2_5_vl" else tiny_smolvlm_dir
     post = PostInput("Best day ever at the beach with friends!", image=_img("RGB", (80, 60)))

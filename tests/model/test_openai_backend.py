@@ -1,5 +1,5 @@
 """The ``openai:`` student against a local HTTP server that speaks the OpenAI chat-completions
-wire format as vLLM/SGLang do, logprobs included (``openai_wire_server.WireServer``).
+wire format as vLLM/SGLang do, logprobs included (``tests.support.openai_wire_server.WireServer``).
 
 No model server can run on this machine (no GPU, no hub): the server's "model" is a keyword
 rule, so what is checked is the client side: label probabilities read from the answer position's
@@ -11,7 +11,6 @@ limit and retries on 429/503.
 from __future__ import annotations
 
 import pytest
-from openai_wire_server import WireServer
 from PIL import Image
 
 from model import load_student
@@ -19,6 +18,7 @@ from model.backends.openai import label_of_token, label_probabilities, parse_tar
 from model.http import EndpointError
 from model.loading import SpecError, parse_spec
 from model.types import Label, PostInput
+from tests.support.openai_wire_server import WireServer
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Fixtures of the dashboard/API tests: the stream tests' real Tansu + Valkey (their
-fixtures, from tests/stream/stream_fixtures.py), a real worker (``noop`` student, the
+fixtures, from tests/support/stream_fixtures.py), a real worker (``noop`` student, the
 same subprocess a user runs) that fills Redis from posts produced to Kafka, and
 ``mulcot serve`` on a free port, connected to Redis as a read-only ACL user so any write
 the API tried would fail."""
@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,11 +19,7 @@ from typing import Any
 
 import pytest
 
-STREAM_TESTS = Path(__file__).resolve().parents[1] / "stream"
-if str(STREAM_TESTS) not in sys.path:
-    sys.path.insert(0, str(STREAM_TESTS))
-
-from stream_fixtures import services  # noqa: E402,F401 - the stream tests' Tansu + Valkey
+from tests.support.stream_fixtures import services  # noqa: F401 - the stream tests' Tansu + Valkey
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "stream" / "samples" / "posts.jsonl"
@@ -67,7 +62,7 @@ class Served:
 
     def produce(self, n: int, prefix: str = "live") -> list[str]:
         """Produce ``n`` more valid posts; returns their ids."""
-        from stream_helpers import produce
+        from tests.support.stream_helpers import produce
 
         start = self.counter[0]
         self.counter[0] += n
@@ -80,12 +75,11 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # noqa: F811
-    from stream_helpers import WorkerProc, create_topics, produce
-
     from stream.producer import read_posts
     from stream.serve import start_background
     from stream.settings import load_settings
     from stream.store import ResultStore
+    from tests.support.stream_helpers import WorkerProc, create_topics, produce
 
     kafka, redis_svc = services
     tmp = tmp_path_factory.mktemp("serve")

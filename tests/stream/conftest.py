@@ -1,3 +1,3 @@
 """The stream tests' fixtures live in stream_fixtures.py, so the chaos suite can import them too."""
 
-from stream_fixtures import make_settings, services, start_worker  # noqa: F401
+from tests.support.stream_fixtures import make_settings, services, start_worker  # noqa: F401

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from stream_helpers import ROOT, create_topics, settings_env, wait_redis
 
 from stream.cli import main
 from stream.protocol import SentimentResult
+from tests.support.stream_helpers import ROOT, create_topics, settings_env, wait_redis
 
 
 def _verbs(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -9,7 +9,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
-from stream_helpers import ImageServer
 
 from stream.images import (
     FetchPolicy,
@@ -22,6 +21,7 @@ from stream.images import (
     host_allowed,
 )
 from stream.protocol import ErrorCode
+from tests.support.stream_helpers import ImageServer
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:  # type: ignore[no-untyped-def]

@@ -8,11 +8,10 @@ import threading
 import time
 from collections.abc import Sequence
 
-from stream_helpers import png_b64
-
 from model import BaseStudent, PostInput, Prediction, load_student
 from stream.pipeline import BatchProcessor, InRecord
 from stream.protocol import ErrorCode
+from tests.support.stream_helpers import png_b64
 
 
 class FailingStudent(BaseStudent):

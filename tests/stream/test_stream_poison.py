@@ -9,10 +9,9 @@ import hashlib
 import time
 from collections import Counter
 
-from stream_helpers import create_topics, post, produce, read_topic, wait_redis
-
 from stream.kafka import producer
 from stream.protocol import DeadLetter, ErrorCode
+from tests.support.stream_helpers import create_topics, post, produce, read_topic, wait_redis
 
 BIG_KEY = b"K" * (4_500_000)
 

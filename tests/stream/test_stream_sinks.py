@@ -9,13 +9,12 @@ import json
 import time
 from collections import Counter
 
-from stream_helpers import create_topics, read_topic
-
 from stream.kafka import producer
 from stream.messages import InRecord, OutResult, dead_letter
 from stream.protocol import DeadLetter, ErrorCode, Probabilities, SentimentResult, Timings
 from stream.sinks import KafkaSink, RedisSink, RetryPolicy
 from stream.store import AsyncResultWriter, KeyLayout, ResultStore
+from tests.support.stream_helpers import create_topics, read_topic
 
 
 class Counts:

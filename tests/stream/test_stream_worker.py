@@ -10,7 +10,10 @@ import signal
 import time
 
 from PIL import Image
-from stream_helpers import (
+
+from stream.protocol import DeadLetter, ErrorCode, SentimentResult
+from stream.store import ResultStore
+from tests.support.stream_helpers import (
     Feeder,
     ImageServer,
     committed_total,
@@ -23,9 +26,6 @@ from stream_helpers import (
     wait_redis,
     wait_until,
 )
-
-from stream.protocol import DeadLetter, ErrorCode, SentimentResult
-from stream.store import ResultStore
 
 
 def _bomb_png_b64() -> str:

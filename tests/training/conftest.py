@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mulcot_train_synth import write_dataset
+
+from tests.support.mulcot_train_synth import write_dataset
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mulcot_train_synth import write_dataset
+
+from tests.support.mulcot_train_synth import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from mulcot_train_synth import write_dataset
 
+from tests.support.mulcot_train_synth import write_dataset
 from training.cli import data, distill
 from training.mulcot.recipe import Recipe, check_recipe, load_recipe, schema_rows
 from training.mulcot.run import run_recipe

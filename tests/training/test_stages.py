@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from mulcot_train_synth import write_dataset
 
 from model import load_student
+from tests.support.mulcot_train_synth import write_dataset
 from training.data import load_examples
 from training.mulcot.assistant import train_assistant
 from training.mulcot.augment import augment, merge_chains

@@ -20,9 +20,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from mulcot_train_synth import teacher_chain, write_dataset
 from PIL import Image
 
+from tests.support.mulcot_train_synth import teacher_chain, write_dataset
 from training.data import load_examples
 from training.mulcot.teacher import EndpointTeacher, RateLimiter, done_ids, run_teacher
 

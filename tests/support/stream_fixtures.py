@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_helpers import WorkerProc
 
 from stream.services import EmbeddedKafka, EmbeddedRedis
 from stream.settings import Settings, load_settings
+from tests.support.stream_helpers import WorkerProc
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""The test suite (a package: helpers shared across folders live in tests.support)."""
