@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.compact.frozen import design
+from model.backends.compact.frozen import design
 from model.types import LABELS
 
 LABEL_INDEX = {l.value: i for i, l in enumerate(LABELS)}
@@ -49,8 +49,8 @@ def _examples(dataset: str):
 
 def text_embeddings(texts: list[str]) -> np.ndarray:
     """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalised), frozen: the encoder the
-    served frozen routes use (``model.compact.frozen.SentenceEncoder``)."""
-    from model.compact.frozen import SentenceEncoder
+    served frozen routes use (``model.backends.compact.frozen.SentenceEncoder``)."""
+    from model.backends.compact.frozen import SentenceEncoder
 
     return SentenceEncoder().encode(texts)
 
@@ -63,7 +63,7 @@ def features(dataset: str, cache: Path = DEFAULT_CACHE, image_size: int = 160) -
     import torch
     from PIL import Image, ImageOps
 
-    from model.compact.vision import ImageEncoder
+    from model.backends.compact.vision import ImageEncoder
 
     cache.mkdir(parents=True, exist_ok=True)
     ex = _examples(dataset)
@@ -200,9 +200,9 @@ def print_rows(rows: list[dict], dataset: str, k: int) -> None:
 
 def export(dataset: str, name: str, out: Path, route: str, cache: Path = DEFAULT_CACHE) -> dict:
     """Fit candidate ``name`` on every train + dev post of ``dataset`` and save it into the student
-    directory ``out`` as ``classifier_<route>`` (``model.compact.frozen``), with its text-only twin
+    directory ``out`` as ``classifier_<route>`` (``model.backends.compact.frozen``), with its text-only twin
     (the same head on the text blocks alone, for the chain's Conflict line)."""
-    from model.compact.frozen import TEXT_PARTS, save_frozen
+    from model.backends.compact.frozen import TEXT_PARTS, save_frozen
 
     if name == ENSEMBLE:
         return export_ensemble(dataset, out, route, cache)
@@ -259,7 +259,7 @@ def _image_store(F: dict[str, np.ndarray], ex) -> dict[str, tuple[np.ndarray, li
     top-3 ImageNet names), built from the same ``features`` cache as the frozen heads."""
     import torch
 
-    from model.compact.vision import ImageEncoder
+    from model.backends.compact.vision import ImageEncoder
 
     rows = [i for i, e in enumerate(ex) if e.image_path is not None]
     names = ImageEncoder.top_names(torch.from_numpy(F["logits"][rows]), 3)
@@ -274,7 +274,7 @@ def train_finetuned(dataset: str, train_idx=None, cache: Path = DEFAULT_CACHE, l
     import torch
     from transformers import AutoTokenizer
 
-    from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path
+    from model.backends.compact.text import ClassifierConfig, CompactClassifier, minilm_path
 
     from .compact.classifier import _train_epoch, joint_optimizer
     from .compact.features import Batches
@@ -300,7 +300,7 @@ def finetune_fold(dataset: str, fold: int, cache: Path = DEFAULT_CACHE, k: int =
     out = cache / f"{dataset}_ft_k{k}_s{seed}_f{fold}.npy"
     if out.exists():
         return out
-    from model.compact.frozen import softmax
+    from model.backends.compact.frozen import softmax
 
     from .compact.calibrate import evaluate_classifier
 
