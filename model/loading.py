@@ -31,6 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .backends.compact.options import CompactOptions
+from .backends.hf.options import HFOptions
+from .backends.noop.options import NoopOptions
+from .backends.openai.options import OpenAIOptions
+from .backends.options import BackendOptions
 from .types import Student
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default"
@@ -75,23 +80,33 @@ class SpecKind:
     syntax: str
     bare: bool
     """A bare name (``default``, ``noop``) that takes no target."""
+    options: type[BackendOptions] | None = None
+    """The backend's options dataclass: the keyword options its loader understands."""
 
 
 _KINDS: dict[str, SpecKind] = {}
 
 
 def register_kind(name: str, loader: Loader, parse: Parser | None = None, *, check: Checker | None = None,
-                  syntax: str | None = None, bare: bool = False) -> None:
+                  syntax: str | None = None, bare: bool = False, options: type[BackendOptions] | None = None) -> None:
     """Add (or replace) a spec kind. ``parse`` splits and validates the text after ``<name>:``
     (default: the whole text is the target); ``check`` makes cheap existence checks;
     ``syntax`` is how error messages show the kind (default ``<name>:<target>``); a ``bare``
-    kind is written as its name alone and takes no target."""
-    _KINDS[name] = SpecKind(name, loader, parse, check, syntax or (name if bare else f"{name}:<target>"), bare)
+    kind is written as its name alone and takes no target; ``options`` is the backend's options
+    dataclass (:class:`model.backends.options.BackendOptions`; light to import)."""
+    _KINDS[name] = SpecKind(name, loader, parse, check, syntax or (name if bare else f"{name}:<target>"), bare,
+                            options)
 
 
 def kinds() -> list[str]:
     """The registered kinds, in registration order."""
     return list(_KINDS)
+
+
+def kind_options(spec: str) -> type[BackendOptions] | None:
+    """The options dataclass of the kind ``spec`` names (a spec or a kind name), or None."""
+    kind = _KINDS.get(spec) or _KINDS[parse_spec(spec).kind]
+    return kind.options
 
 
 def _syntaxes() -> str:
@@ -250,7 +265,7 @@ def _load_openai(spec: Spec, options: dict) -> Student:
 
 
 def _parse_tiny(rest: str) -> tuple[str, str | None]:
-    from .backends.tiny.build import family_name
+    from .backends.tiny.tokenizer import family_name
 
     try:
         return family_name(rest), None
@@ -278,12 +293,13 @@ def _load_tiny(spec: Spec, options: dict) -> Student:
     return HFStudent.from_pretrained(str(tiny_path(spec.target)), **{"name": str(spec), **options})
 
 
-register_kind("default", _load_default, check=_check_default, bare=True)
-register_kind("noop", _load_noop, bare=True)
-register_kind("compact", _load_compact, check=_check_compact, syntax="compact:<dir>")
-register_kind("hf", _load_hf, _parse_hf, syntax="hf:<model>[+<adapter>]")
-register_kind("tiny", _load_tiny, _parse_tiny, syntax="tiny:<family>")
-register_kind("openai", _load_openai, _parse_openai, syntax="openai:<base_url>[#<model>][?option=value&...]")
+register_kind("default", _load_default, check=_check_default, bare=True, options=CompactOptions)
+register_kind("noop", _load_noop, bare=True, options=NoopOptions)
+register_kind("compact", _load_compact, check=_check_compact, syntax="compact:<dir>", options=CompactOptions)
+register_kind("hf", _load_hf, _parse_hf, syntax="hf:<model>[+<adapter>]", options=HFOptions)
+register_kind("tiny", _load_tiny, _parse_tiny, syntax="tiny:<family>", options=HFOptions)
+register_kind("openai", _load_openai, _parse_openai, syntax="openai:<base_url>[#<model>][?option=value&...]",
+              options=OpenAIOptions)
 
 
 __all__ = [
@@ -294,6 +310,7 @@ __all__ = [
     "as_hf_spec",
     "check_spec",
     "hf_source",
+    "kind_options",
     "kinds",
     "load_error_message",
     "load_student",

@@ -17,7 +17,7 @@ batch of real posts with images from ``../shared/data`` (or synthetic ones):
 then prints card, date, batch size, image size, tokens, posts/s and peak memory, and writes
 JSON with ``--json-out``. The weights are random, so the chains are gibberish: this checks
 that the path runs on a GPU and what it costs, not quality. The tokenizer is the small one of
-``model.backends.tiny.build`` (the real one is not reachable offline); the model's token ids are set to
+``model.backends.tiny.tokenizer`` (the real one is not reachable offline); the model's token ids are set to
 it, so the vocabulary/embedding shape stays the real 151,936 rows.
 
     python deploy/gpu/check_hf.py                      # 3B shape, cuda, bf16
@@ -38,10 +38,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 def build(tiny: bool, device: str, dtype, image_size: int):
-    """The tiny test Qwen2.5-VL or the real 3B shape, random weights (``model.engine.checks.shapes``)."""
-    from model.engine.checks.shapes import build_shape
+    """The tiny test Qwen2.5-VL or the real 3B shape, random weights (``model.backends.tiny.shapes``)."""
+    from model.backends.tiny.build import build_model
 
-    return build_shape("tiny" if tiny else "3b", device=device, dtype=dtype, image_size=image_size)
+    return build_model("tiny" if tiny else "3b", device=device, dtype=dtype, image_size=image_size)
 
 
 def baseline_generate(student, posts, batch_size: int, max_new_tokens: int) -> dict:
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from model.bench import data_posts, print_bench_table, run_model_bench, synthetic_posts
     from model.backends.hf.student import HFStudent
+    from model.bench import data_posts, print_bench_table, run_model_bench, synthetic_posts
     from model.loading import parse_options
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from model.backends.tiny.build import build_model
     from model.engine.checks.bench import defaults, print_table, run_engine_bench, run_engine_checks
-    from model.engine.checks.shapes import build_shape
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     images = args.images if args.images and Path(args.images).is_dir() else None
     t0 = time.perf_counter()
-    built = build_shape(args.shape, device=device, dtype=dtype, image_size=defaults(args.shape, device)["image_size"])
+    built = build_model(args.shape, device=device, dtype=dtype, image_size=defaults(args.shape, device)["image_size"])
     print(f"built {args.shape} in {time.perf_counter() - t0:.1f} s", flush=True)
     summary: dict = {}
 

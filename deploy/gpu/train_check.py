@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The student recipe's training step at the real Qwen2.5-VL-3B shape, timed (issue 15, part 3).
 
-Builds two random-weight models of the Qwen2.5-VL-3B architecture (``model.engine.checks.shapes``;
+Builds two random-weight models of the Qwen2.5-VL-3B architecture (``model.backends.tiny.shapes``;
 no hub): the student and a frozen assistant. The student gets LoRA on the language model
 **and** the vision tower (attention and MLP projections of both), gradient checkpointing, bf16
 weights (LoRA weights as peft makes them) under bf16 autocast, and is trained with the student
@@ -57,8 +57,8 @@ def _chain_text(words: int = 150) -> str:
 def run(tiny: bool, micro_batches: list[int], steps: int, device: str, lam: float = 0.3, T: float = 2.0) -> dict:
     import torch
 
+    from model.backends.tiny.build import build_model
     from model.engine.checks.bench import bench_posts
-    from model.engine.checks.shapes import build_shape
     from model.prompts import label_prompt, reasoning_prompt
 
     make_student_loss, Item, add_lora, collate_items, model_inputs = _training()
@@ -66,8 +66,8 @@ def run(tiny: bool, micro_batches: list[int], steps: int, device: str, lam: floa
     dtype = torch.bfloat16 if cuda else torch.float32
     shape, image_size = ("tiny", 56) if tiny else ("3b", 280)
     t0 = time.perf_counter()
-    student, processor = build_shape(shape, device=device, dtype=dtype, image_size=image_size, seed=0)
-    teacher, _ = build_shape(shape, device=device, dtype=dtype, image_size=image_size, seed=1)
+    student, processor = build_model(shape, device=device, dtype=dtype, image_size=image_size, seed=0)
+    teacher, _ = build_model(shape, device=device, dtype=dtype, image_size=image_size, seed=1)
     teacher.eval().requires_grad_(False)
     build_s = time.perf_counter() - t0
     student.config.use_cache = False

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from ..backends.hf.inputs import answer_lead
 from ..prompts import LABEL_WORDS, reasoning_prompt
 from ..types import PostInput
 from .config import DoesNotFit, EngineConfig
@@ -93,8 +94,7 @@ class Engine:
         self._device = threading.RLock()  # whoever drives the device: the engine thread or a check
 
     def _label_ids(self) -> list[int]:
-        probe = self.planner.render(self.processor, PostInput(text="x"), "x")
-        lead = "" if probe[-1:].isspace() else " "
+        lead = answer_lead(self.processor)  # as the HF student scores them
         firsts = [self.tokenizer.encode(lead + w, add_special_tokens=False)[0] for w in LABEL_WORDS]
         if len(set(firsts)) != len(firsts):
             raise ValueError(f"label words share a first token ({firsts}); the engine scores first tokens only")
@@ -236,8 +236,8 @@ class Engine:
         t0 = time.perf_counter()
         scores, _ = self.runner.prefill([p for _, p in chains], slots, chain=True)
         self._counts["admissions"] += 1
-        for (r, p), s, sc in zip(chains, slots, scores.tolist()):
-            r.start(s, EngineResult(p.index, sc, len(p.reason_ids), len(p.label_ids)), len(p.reason_ids), t0)
+        for (r, p), sc in zip(chains, scores.tolist()):
+            r.start(EngineResult(p.index, sc, len(p.reason_ids), len(p.label_ids)), len(p.reason_ids), t0)
 
     def _decode_chunk(self) -> tuple[Fetched, int, dict] | None:
         """Launch ``sync_every`` steps and queue the copy of the tokens they write; return the

@@ -16,16 +16,9 @@ from typing import Any
 import torch
 
 from ..backends.hf import QWEN_FAMILIES
-from ..backends.hf.inputs import images_kwargs, prepare_image, render_prompt
+from ..backends.hf.inputs import images_kwargs, render_prompt
 from ..prompts import label_prompt, reasoning_prompt
 from ..types import PostInput
-
-QWEN = QWEN_FAMILIES
-
-
-def hf_helpers():
-    """``(render_prompt, prepare_image)`` of the HF backend (``model.backends.hf.inputs``)."""
-    return render_prompt, prepare_image
 
 
 @dataclass
@@ -68,12 +61,11 @@ class Planner:
         self.family = model.config.model_type
         self.image_size = image_size
         self.chain_prompt = chain_prompt
-        self.render, self.prepare_image = hf_helpers()
         self.image_token_id = int(model.config.image_token_id)
         # a fast tokenizer's Rust object must not be entered from two threads at once
         # ("Already borrowed"); images are preprocessed outside the lock (Qwen-VL)
         self._lock = threading.Lock()
-        if self.family in QWEN:
+        if self.family in QWEN_FAMILIES:
             ip = processor.image_processor
             self.merge = int(getattr(ip, "merge_size", 2))
 
@@ -84,14 +76,14 @@ class Planner:
 
     def plan(self, index: int, post: PostInput) -> PostPlan:
         with self._lock:
-            label_text = self.render(self.processor, post, label_prompt(post))
-            reason_text = self.render(self.processor, post, self.chain_prompt(post))
+            label_text = render_prompt(self.processor, post, label_prompt(post))
+            reason_text = render_prompt(self.processor, post, self.chain_prompt(post))
         pv = grid = pam = None
         if post.image is not None:
             # the same image preparation and processor arguments as the HF path (encode_batch)
             kw = images_kwargs([post], family=self.family, image_size=self.image_size)
             image, extra = kw["images"][0], kw.get("images_kwargs", {})
-            if self.family in QWEN:
+            if self.family in QWEN_FAMILIES:
                 out = self.processor.image_processor(images=[image], return_tensors="pt", **extra)
                 pv, grid = out["pixel_values"], out["image_grid_thw"]
                 n = int(grid.prod()) // self.merge**2
@@ -113,7 +105,7 @@ class Planner:
             label_ids, reason_ids = self._tokens([label_text, reason_text])
         shared = common_prefix(label_ids, reason_ids)
         plan = PostPlan(index, label_ids, reason_ids, shared, pv, grid, pam)
-        if self.family in QWEN:
+        if self.family in QWEN_FAMILIES:
             plan.label_pos = self.positions(label_ids, grid)
             plan.reason_pos = self.positions(reason_ids, grid)
         return plan

@@ -64,10 +64,6 @@ class Job:
         if not self.done.done():
             self.done.set_exception(exc)
 
-    @property
-    def failed(self) -> bool:
-        return self.done.done() and self.done.exception() is not None
-
 
 @dataclass(eq=False)
 class Request:
@@ -99,9 +95,9 @@ class Request:
     def limit(self) -> int:
         return self.job.limit
 
-    def start(self, slot: int, result: EngineResult, length: int, t0: float) -> None:
-        """Admitted into ``slot`` with its chain's first token generated."""
-        self.status, self.slot, self.result, self.length, self.t0 = Status.RUNNING, slot, result, length, t0
+    def start(self, result: EngineResult, length: int, t0: float) -> None:
+        """Prefilled in its slot (``Scheduler.assign``), the chain's first token generated."""
+        self.result, self.length, self.t0 = result, length, t0
         self.generated, self.asked, self.checked, self.tokens = 1, 0, 0, []
 
     def advance(self, steps: int, width: int) -> tuple[int, int]:

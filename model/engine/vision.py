@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from .inputs import QWEN, PostPlan
+from ..backends.hf import QWEN_FAMILIES
+from .inputs import PostPlan
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class VisionRunner:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.family = model.config.model_type
-        if self.family in QWEN:
+        if self.family in QWEN_FAMILIES:
             register()
 
     def _qwen_tower(self, pv: torch.Tensor, grid: torch.Tensor):
@@ -111,7 +112,7 @@ class VisionRunner:
             return feats
         inner = self.model.model
         dev = self.model.lm_head.weight.device
-        if self.family in QWEN:
+        if self.family in QWEN_FAMILIES:
             pv = torch.cat([plans[i].pixel_values for i in with_image]).to(dev)
             grid = torch.cat([plans[i].grid_thw for i in with_image]).to(dev)
             out = self._qwen_tower(pv, grid)

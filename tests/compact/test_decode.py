@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model.backends.compact.decode import GreedyDecoder
-from model.backends.tiny.build import tiny_tokenizer
+from model.backends.tiny.tokenizer import tiny_tokenizer
 
 PREFIX = "<|im_start|>system\nYou explain the sentiment of posts.<|im_end|>\n<|im_start|>user\n"
 POSTS = [

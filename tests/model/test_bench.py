@@ -86,14 +86,18 @@ def test_gpu_check_passes_student_options(tmp_path):
 
 
 def test_gpu_check_config_is_the_3b_shape():
-    """The hand-written config has Qwen2.5-VL-3B's parameter count (~3.75B) without allocating it."""
+    """The registered 3B shape (the one config check_hf.py, the engine's checks and train_check.py
+    build) has Qwen2.5-VL-3B's parameter count (~3.75B), without allocating it."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from model.engine.checks.shapes import QWEN2_5_VL_3B  # the one 3B config, used by check_hf.py and the engine
+    from model.backends.tiny.shapes import Shape
+    from model.backends.tiny.tokenizer import tiny_tokenizer
 
-    cfg = Qwen2_5_VLConfig(text_config=dict(QWEN2_5_VL_3B["text"]), vision_config=dict(QWEN2_5_VL_3B["vision"]),
-                           tie_word_embeddings=True)
+    shape = Shape.from_name("3b")
+    assert shape is Shape.from_name("qwen2_5_vl-3b") and not shape.tiny
+    cfg = shape.config(tiny_tokenizer("qwen2_5_vl"))
+    assert cfg.text_config.vocab_size == 151936 and cfg.tie_word_embeddings
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(cfg)
     n = sum(p.numel() for p in model.parameters())

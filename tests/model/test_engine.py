@@ -14,16 +14,16 @@ import json
 import pytest
 import torch
 
+from model.backends.tiny.build import build_model
 from model.bench import synthetic_posts
 from model.engine import Engine, EngineConfig
 from model.engine.checks.reference import hf_student, reference_run
-from model.engine.checks.shapes import build_shape
 from model.types import PostInput
 
 
 @pytest.fixture(scope="module")
 def qwen():
-    return build_shape("tiny", image_size=56)
+    return build_model("tiny", image_size=56)
 
 
 def _config(**kw) -> EngineConfig:
@@ -92,7 +92,7 @@ def test_engine_labels_only_equal_hf_student(qwen):
 
 
 def test_engine_smolvlm_family():
-    model, processor = build_shape("tiny-smolvlm", image_size=56)
+    model, processor = build_model("tiny-smolvlm", image_size=56)
     posts = synthetic_posts(4, image_px=112, seed=5)
     engine = Engine(model, processor, _config(slots=2, max_new_tokens=10))
     got = engine.run(posts)

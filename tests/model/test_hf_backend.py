@@ -229,8 +229,7 @@ def test_backend_generates_a_parseable_chain_when_the_model_knows_one(family, ti
                                                                       tmp_path):
     """Real generation through the backend: a tiny model memorises one chain (and the label
     answer), then ``predict`` must return exactly that chain, parsed, agreeing with the label."""
-    from model.backends.tiny.build import SAMPLE_CHAINS
-    from tests.support.tiny_helpers import overfit_tiny
+    from tests.support.tiny_helpers import SAMPLE_CHAINS, overfit_tiny
 
     src = tiny_qwen_dir if family == "qwen2_5_vl" else tiny_smolvlm_dir
     post = PostInput("Best day ever at the beach with friends!", image=_img("RGB", (80, 60)))
@@ -311,7 +310,7 @@ def test_hub_layout_processor_files(tiny_qwen_dir, tmp_path):
     import json
     import shutil
 
-    from model.backends.tiny.build import QWEN_CHAT_TEMPLATE
+    from model.backends.tiny.tokenizer import QWEN_CHAT_TEMPLATE
 
     d = tmp_path / "hub-like"
     shutil.copytree(tiny_qwen_dir, d)

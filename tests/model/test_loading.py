@@ -92,3 +92,47 @@ def test_tiny_kind_loads_a_student(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (pred,) = student.predict([PostInput("a fine day", id="p")], chain=False)
     assert abs(sum(pred.probabilities.values()) - 1) < 1e-5
     assert pred.model_name == "tiny:qwen2_5_vl"
+
+
+def test_every_kind_registers_its_options_dataclass():
+    """Each built-in kind names its backend's options dataclass; the defaults are said there once
+    and the backend reads them (no second default in a constructor signature)."""
+    import dataclasses
+    import inspect
+
+    from model.backends.compact.options import CompactOptions
+    from model.backends.hf.options import HFOptions
+    from model.backends.openai.options import OpenAIOptions
+
+    expected = {"default": CompactOptions, "compact": CompactOptions, "hf": HFOptions, "tiny": HFOptions,
+                "openai": OpenAIOptions}
+    for kind in loading.kinds():
+        options = loading.kind_options(kind)
+        assert options is not None and dataclasses.is_dataclass(options), kind
+        if kind in expected:
+            assert options is expected[kind]
+    assert loading.kind_options("hf:/some/model+adapter") is HFOptions
+    from model.backends.compact.student import CompactStudent
+    from model.backends.hf.student import HFStudent
+    from model.backends.openai.student import OpenAIStudent
+
+    for cls, options in ((HFStudent, HFOptions), (OpenAIStudent, OpenAIOptions), (CompactStudent, CompactOptions)):
+        params = set(inspect.signature(cls.__init__).parameters)  # keyword options go through the dataclass
+        assert "options" in params and not {f.name for f in dataclasses.fields(options)} & params, cls
+
+
+def test_backend_options_split_known_from_unknown(caplog: pytest.LogCaptureFixture):
+    import logging
+
+    from model.backends.hf.options import HFOptions
+    from model.backends.openai.options import OpenAIOptions
+
+    with caplog.at_level(logging.INFO):
+        o = HFOptions.split({"max_new_tokens": 8, "engine": "off", "chain_batch_size": 4}, who="HFStudent")
+    assert o.max_new_tokens == 8 and o.engine == "off" and o.chain_prompt == "reasoning"
+    assert "HFStudent ignores options ['chain_batch_size']" in caplog.text
+    assert o.load_options() == {"device": None, "dtype": None, "merge_adapter": True, "attn_implementation": None}
+    with pytest.raises(ValueError, match="chain_prompt"):
+        HFOptions(chain_prompt="other")
+    with pytest.raises(ValueError, match="constraint"):
+        OpenAIOptions(constraint="nope")

@@ -1,11 +1,25 @@
-"""Test-only helper: teach a tiny random model (``model.backends.tiny.build``) a few known answers."""
+"""Test-only helpers for the tiny random models (``model.backends.tiny``): sample chains, and
+teaching a model a few known answers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from model import PostInput
+from model import PostInput, ReasoningChain
 from model.backends.tiny.build import load_tiny
+
+#: Sample chains in the teacher's format (test data). Their sentences are among the tiny
+#: tokenizer's training text (``model.backends.tiny.tokenizer``), so they encode in few tokens and
+#: a tiny model learns one in a few dozen steps.
+SAMPLE_CHAINS = [
+    ReasoningChain(
+        text_analysis="The text expresses joy and excitement about a day at the beach.",
+        image_analysis="The image shows smiling people on a sunny beach.",
+        conflict_resolution="Text and image agree, both are cheerful.",
+        final_conclusion="The post is clearly positive.",
+        prediction="positive",
+    ),
+]
 
 
 def overfit_tiny(

@@ -26,6 +26,7 @@ import torch
 
 from ...chain import parse_chain
 from ...types import LABELS, BaseStudent, PostInput, Prediction
+from .options import CompactOptions
 
 EVIDENCE_CLASSES = 3
 """How many ImageNet classes (with their probabilities) the Image line reports."""
@@ -44,32 +45,23 @@ def _cpu_has_bf16() -> bool:
 class CompactStudent(BaseStudent):
     """MiniLM + EfficientNet-Lite0 classifier and a SmolLM2 chain writer, on CPU."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        device: str = "cpu",
-        chain_batch_size: int = 32,
-        max_new_tokens: int | None = None,
-        chain_dtype: str = "auto",
-        label_dtype: str = "auto",
-        image_dtype: str = "fp32",
-        image_size: int | None = None,
-        chain_decoder: str = "greedy",
-        **_: object,
-    ) -> None:
+    def __init__(self, path: Path, options: CompactOptions | None = None, **kw: object) -> None:
+        """``options``: :class:`~model.backends.compact.options.CompactOptions`, or its fields as
+        keywords (others are ignored with a log line)."""
         from transformers import AutoTokenizer
 
         from .frozen import FrozenClassifier, SentenceEncoder
         from .text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path
         from .vision import ImageEncoder
 
+        o = self.options = options if options is not None else CompactOptions.split(kw, who="CompactStudent")
+        device = o.device
         self.path = Path(path)
         meta = json.loads((self.path / "student.json").read_text())
         self.name = meta.get("name", "mulcot-compact")
         self.version = meta.get("version", "0")
         self.device = torch.device(device)
-        self.image = ImageEncoder(size=int(image_size or meta.get("image_size", 160)), device=device)
+        self.image = ImageEncoder(size=int(o.image_size or meta.get("image_size", 160)), device=device)
         # one classifier, or one per route: posts with an aspect -> "aspect", others -> "post"
         names = meta.get("classifiers") or {"all": "classifier"}
         # a route names one classifier, or a list: a mean route (MeanRoute)
@@ -91,18 +83,16 @@ class CompactStudent(BaseStudent):
         members = [m for c in self.classifiers.values() for m in (c.members if isinstance(c, MeanRoute) else [c])]
         self.cfg = next((c.cfg for c in members if isinstance(c, CompactClassifier)), ClassifierConfig())
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-        self.chain_batch_size = chain_batch_size
-        self._max_new_tokens = max_new_tokens
-        self._chain_dtype = chain_dtype
-        if chain_decoder not in ("greedy", "generate"):
-            raise ValueError(f"chain_decoder must be 'greedy' or 'generate', not {chain_decoder!r}")
-        self._chain_decoder = chain_decoder
+        self.chain_batch_size = o.chain_batch_size
+        self._max_new_tokens = o.max_new_tokens
+        self._chain_dtype = o.chain_dtype
+        self._chain_decoder = o.chain_decoder
         self._explainer = None  # loaded on first explain(): labels-only users never pay for it
         # bf16 autocast for the text encoder on CPUs with AVX512-BF16/AMX: faster, same dev accuracy
-        self._label_bf16 = label_dtype == "bf16" or (label_dtype == "auto" and (self.device.type == "cuda" or _cpu_has_bf16()))
+        self._label_bf16 = o.label_dtype == "bf16" or (o.label_dtype == "auto" and (self.device.type == "cuda" or _cpu_has_bf16()))
         # the image encoder stays fp32 by default: the classifier was trained and calibrated on fp32
         # image features, and bf16 ones cost 0.9 points on MVSA-Single dev (docs/results.md)
-        self._image_bf16 = self._label_bf16 and image_dtype == "bf16"
+        self._image_bf16 = self._label_bf16 and o.image_dtype == "bf16"
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **options) -> CompactStudent:

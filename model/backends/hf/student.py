@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,73 +38,51 @@ from ...types import BaseStudent, PostInput, Prediction
 from . import QWEN_FAMILIES
 from .inputs import answer_lead, encode_batch, encode_rendered, render_prompt
 from .loading import load_model_and_processor, version_of
+from .options import HFOptions
 
 log = logging.getLogger(__name__)
 
 #: Default square resolution for Qwen-family images (pixels per side; the method's ~280x280).
 DEFAULT_IMAGE_SIZE = 280
 
+
 class HFStudent(BaseStudent):
-    """A Hugging Face VLM student. Build with :meth:`from_pretrained` (or ``load_student``)."""
+    """A Hugging Face VLM student. Build with :meth:`from_pretrained` (or ``load_student``);
+    its options are :class:`~model.backends.hf.options.HFOptions` (keywords, or ``options=``)."""
 
     thread_safe: bool = False  # True while it holds an engine path (attach_engine)
 
-    def __init__(
-        self,
-        model: Any,
-        processor: Any,
-        *,
-        name: str = "hf",
-        version: str = "0",
-        family: str | None = None,
-        image_size: int | None = None,
-        max_new_tokens: int = 384,
-        do_sample: bool = False,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        seed: int | None = None,
-        chain: bool = True,
-        chain_prompt: str = "reasoning",
-        label_scoring: str = "auto",
-        vision_attention: str = "packed",
-        cache_implementation: str | None = None,
-        info: dict | None = None,
-        engine: Any = "auto",
-        engine_slots: int | None = None,
-        engine_max_len: int | None = None,
-    ) -> None:
-        if chain_prompt not in ("reasoning", "guided"):
-            raise ValueError("chain_prompt must be 'reasoning' or 'guided'")
-        if vision_attention not in ("packed", "model"):
-            raise ValueError("vision_attention must be 'packed' or 'model'")
+    def __init__(self, model: Any, processor: Any, *, family: str | None = None, info: dict | None = None,
+                 options: HFOptions | None = None, **kw: Any) -> None:
+        if options is not None and kw:
+            raise TypeError("give HFStudent its options as keywords or as options=, not both")
+        o = self.options = options if options is not None else HFOptions(**kw)
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.name = name
-        self.version = version
+        self.name = o.name
+        self.version = o.version
         self.family = family or model.config.model_type
-        if image_size is None and self.family in QWEN_FAMILIES:
-            image_size = DEFAULT_IMAGE_SIZE
-        self.image_size = image_size
-        self.max_new_tokens = int(max_new_tokens)
-        self.do_sample = bool(do_sample)
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
-        self.seed = seed
-        self.chain = bool(chain)
-        self.chain_prompt = chain_prompt
+        self.image_size = o.image_size
+        if self.image_size is None and self.family in QWEN_FAMILIES:
+            self.image_size = DEFAULT_IMAGE_SIZE
+        self.max_new_tokens = int(o.max_new_tokens)
+        self.do_sample = bool(o.do_sample)
+        self.temperature = float(o.temperature)
+        self.top_p = float(o.top_p)
+        self.seed = o.seed
+        self.chain = bool(o.chain)
+        self.chain_prompt = o.chain_prompt
         self.info = dict(info or {})
-        self.cache_implementation = cache_implementation
-        if vision_attention == "packed":
+        self.cache_implementation = o.cache_implementation
+        if o.vision_attention == "packed":
             from ...kernels.attention import PACKED_SDPA, use_packed_vision_attention
 
             if use_packed_vision_attention(model):
                 self.info["vision_attention"] = PACKED_SDPA
-        if label_scoring not in ("auto", "first_token", "sequence"):
-            raise ValueError("label_scoring must be 'auto', 'first_token' or 'sequence'")
-        self.label_scoring = label_scoring
+        self.label_scoring = o.label_scoring
         self.label_word_ids = self._label_token_ids()
-        if label_scoring == "first_token" and not self.first_token_exact:
+        if self.label_scoring == "first_token" and not self.first_token_exact:
             raise ValueError(
                 f"label words {LABEL_WORDS} share a first token with this tokenizer "
                 f"({self.label_token_ids}); use label_scoring='sequence' or 'auto'"
@@ -111,8 +90,8 @@ class HFStudent(BaseStudent):
         # the batched engine (model/engine, docs/engine.md): "auto" = on CUDA; None when off or
         # when these settings are ones it does not reproduce
         self.engine = None
-        if engine not in (None, False, "off"):
-            self.attach_engine(engine, slots=engine_slots, max_len=engine_max_len)
+        if o.engine not in (None, False, "off"):
+            self.attach_engine(o.engine, slots=o.engine_slots, max_len=o.engine_max_len)
 
     # ---- the engine path ----------------------------------------------------------------
     def engine_settings(self):
@@ -141,35 +120,17 @@ class HFStudent(BaseStudent):
     def from_pretrained(cls, target: str | Path, adapter: str | Path | None = None, **options: Any) -> HFStudent:
         """Load ``target`` (directory or hub id) with an optional LoRA ``adapter`` merged in.
 
-        Options: ``device`` (default cuda if available), ``dtype`` (bf16 on GPU, fp32 on CPU),
-        ``image_size`` (Qwen: square pixel budget, default 280), ``max_new_tokens`` (384),
-        ``do_sample`` (False = greedy), ``temperature``, ``top_p``, ``seed``, ``chain`` (False =
-        labels-only: ``predict`` never generates), ``chain_prompt`` ("reasoning" | "guided"),
-        ``label_scoring`` ("auto": first-token logits when the label words' first tokens differ,
-        else full-word log-probabilities; "first_token"; "sequence"), ``merge_adapter`` (True),
-        ``attn_implementation``, ``vision_attention`` ("packed": Qwen-VL vision towers run all
-        their windows in one attention call instead of one call per window, unless flash-attn is
-        in use; "model": leave the model's own), ``cache_implementation`` (passed to
-        ``generate``, e.g. "static"; default: transformers' dynamic cache), ``engine`` ("auto": the
-        batched engine of ``model/engine`` on CUDA; "on"; "off"), ``engine_slots``,
-        ``engine_max_len`` (docs/engine.md), ``name``, ``version``.
+        ``options`` are :class:`~model.backends.hf.options.HFOptions` (a None value means the
+        default; ``name`` and ``version`` default to the spec and the weights' content version).
         Unknown options are ignored with a log line (settings objects pass extra keys).
         """
-        load_keys = ("device", "dtype", "merge_adapter", "attn_implementation")
-        init_keys = ("name", "version", "image_size", "max_new_tokens", "do_sample", "temperature", "top_p",
-                     "seed", "chain", "chain_prompt", "label_scoring", "vision_attention", "cache_implementation",
-                     "engine", "engine_slots", "engine_max_len")
-        unknown = sorted(set(options) - set(load_keys) - set(init_keys))
-        if unknown:
-            log.info("HFStudent ignores options %s", unknown)
-        model, processor, info = load_model_and_processor(
-            str(target), str(adapter) if adapter else None, **{k: options[k] for k in load_keys if k in options}
-        )
-        init = {k: options[k] for k in init_keys if k in options and options[k] is not None}
-        init.setdefault("name", f"hf:{target}" + (f"+{adapter}" if adapter else ""))
-        init.setdefault("version", "+".join(
-            version_of(Path(d)) for d in (info["local_base"], info["local_adapter"]) if d))
-        return cls(model, processor, family=info["family"], info=info, **init)
+        opts = HFOptions.split({k: v for k, v in options.items() if v is not None}, who="HFStudent")
+        model, processor, info = load_model_and_processor(str(target), str(adapter) if adapter else None,
+                                                          **opts.load_options())
+        name = opts.name if options.get("name") is not None else f"hf:{target}" + (f"+{adapter}" if adapter else "")
+        version = opts.version if options.get("version") is not None else "+".join(
+            version_of(Path(d)) for d in (info["local_base"], info["local_adapter"]) if d)
+        return cls(model, processor, family=info["family"], info=info, options=replace(opts, name=name, version=version))
 
     # ---- label scoring ------------------------------------------------------------------
     def _label_token_ids(self) -> list[list[int]]:

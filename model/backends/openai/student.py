@@ -57,11 +57,10 @@ from ...chain import STOP_STRINGS, label_in, with_generated_chain
 from ...http import ChatClient, EndpointError, LoopThread, api_key_from_env, message_text, user_message
 from ...prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
 from ...types import LABELS, BaseStudent, Label, PostInput, Prediction
+from .options import CONSTRAINTS, OpenAIOptions
 
 log = logging.getLogger(__name__)
 
-CONSTRAINTS = ("structured_outputs", "guided_choice", "regex", "none")
-LABEL_SCORING = ("top_logprobs", "prompt_logprobs")
 _STRIP = " \t\r\n\"'`*:.,!_\u2581\u0120"  # quotes, markup, and SentencePiece/BPE space marks
 
 
@@ -153,59 +152,30 @@ class OpenAIStudent(BaseStudent):
 
     reads_pixels = True
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str | None = None,
-        *,
-        api_key: str | None = None,
-        name: str | None = None,
-        version: str | None = None,
-        max_concurrency: int = 16,
-        requests_per_s: float | None = None,
-        timeout_s: float = 120.0,
-        max_retries: int = 4,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 10.0,
-        top_logprobs: int = 20,
-        constraint: str = "structured_outputs",
-        label_scoring: str = "top_logprobs",
-        max_new_tokens: int = 384,
-        temperature: float = 0.0,
-        chain: bool = True,
-        chain_prompt: str = "reasoning",
-        image_max_side: int | None = 448,
-        image_size: int | None = None,
-        extra_body: dict | None = None,
-        **ignored: Any,
-    ) -> None:
-        if constraint not in CONSTRAINTS:
-            raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
-        if label_scoring not in LABEL_SCORING:
-            raise ValueError(f"label_scoring must be one of {LABEL_SCORING}, got {label_scoring!r}")
-        if chain_prompt not in ("reasoning", "guided"):
-            raise ValueError("chain_prompt must be 'reasoning' or 'guided'")
-        if ignored:
-            log.info("OpenAIStudent ignores options %s", sorted(ignored))
-        key = api_key if api_key else api_key_from_env()
+    def __init__(self, base_url: str, model: str | None = None, *, options: OpenAIOptions | None = None,
+                 **kw: Any) -> None:
+        """``options``: :class:`~model.backends.openai.options.OpenAIOptions`, or its fields as
+        keywords (others are ignored with a log line)."""
+        o = self.options = options if options is not None else OpenAIOptions.split(kw, who="OpenAIStudent")
+        key = o.api_key if o.api_key else api_key_from_env()
         self.loop = LoopThread("mulcot-openai")
         self.http: ChatClient = self.loop.call(lambda: ChatClient(
-            base_url, api_key=key, max_concurrency=max_concurrency, requests_per_s=requests_per_s,
-            max_retries=max_retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s))
+            base_url, api_key=key, max_concurrency=o.max_concurrency, requests_per_s=o.requests_per_s,
+            max_retries=o.max_retries, backoff_s=o.backoff_s, max_backoff_s=o.max_backoff_s, timeout_s=o.timeout_s))
         self.model = model or self.loop.run(self._served_model())
-        self.name = name or f"openai:{self.model}"
-        self.version = str(version) if version else "endpoint"
-        self.top_logprobs = int(top_logprobs)
-        self.constraint = constraint
-        self.label_scoring = label_scoring
-        self.max_new_tokens = int(max_new_tokens)
-        self.temperature = float(temperature)
-        self.chain = bool(chain)
-        self.chain_prompt = chain_prompt
-        self.image_max_side = image_max_side
-        self.extra_body = dict(extra_body or {})
-        if image_size:  # vLLM + Qwen-VL: the same square pixel budget as the in-process HF student
-            px = int(image_size) ** 2
+        self.name = o.name or f"openai:{self.model}"
+        self.version = str(o.version) if o.version else "endpoint"
+        self.top_logprobs = int(o.top_logprobs)
+        self.constraint = o.constraint
+        self.label_scoring = o.label_scoring
+        self.max_new_tokens = int(o.max_new_tokens)
+        self.temperature = float(o.temperature)
+        self.chain = bool(o.chain)
+        self.chain_prompt = o.chain_prompt
+        self.image_max_side = o.image_max_side
+        self.extra_body = dict(o.extra_body or {})
+        if o.image_size:  # vLLM + Qwen-VL: the same square pixel budget as the in-process HF student
+            px = int(o.image_size) ** 2
             self.extra_body.setdefault("mm_processor_kwargs", {}).update(min_pixels=px, max_pixels=px)
         self.info = {"base_url": self.http.base_url, "model": self.model}
 

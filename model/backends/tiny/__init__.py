@@ -1,2 +1,3 @@
-"""The ``tiny:`` kind: tiny random-initialised VLMs of real families, built offline
-(:mod:`.build`); loaded as HF students."""
+"""The ``tiny:`` kind and the random-weight models of named shapes, built offline: the shape
+registry (:mod:`.shapes`, ``Shape.from_name``), the locally trained tokenizer (:mod:`.tokenizer`)
+and the builders (:mod:`.build`). A ``tiny:`` student is loaded as an HF student."""

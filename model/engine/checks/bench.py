@@ -31,6 +31,7 @@ from typing import Any
 
 import click
 
+from ...backends.tiny.shapes import Shape
 from ...types import PostInput
 
 
@@ -84,7 +85,7 @@ def defaults(shape: str, device: str) -> dict:
     """Image size and engine buckets per shape/device."""
     gpu = _cuda(device)
     return {
-        "image_size": 56 if shape.startswith("tiny") else 280,
+        "image_size": Shape.from_name(shape).image_size,
         "len_bucket": 32 if gpu else 16,
         "kv_bucket": 256 if gpu else 64,
         "sync_every": 8 if gpu else 4,
@@ -177,17 +178,17 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
     already built ``(model, processor)`` of ``shape`` in ``dtype`` (saves a build per run)."""
     import torch
 
+    from ...backends.tiny.build import build_model
     from .reference import hf_student, label_agreement, token_agreement
-    from .shapes import build_shape
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[
         dtype or ("bf16" if _cuda(device) else "fp32")]
-    new_tokens = int(new_tokens or (256 if shape == "3b" else 32))
+    new_tokens = int(new_tokens or (32 if Shape.from_name(shape).tiny else 256))
     n_posts = int(n_posts or 2 * batch)
     d = defaults(shape, device)
     t0 = time.perf_counter()
-    model, processor = built or build_shape(shape, device=device, dtype=tdtype, image_size=d["image_size"])
+    model, processor = built or build_model(shape, device=device, dtype=tdtype, image_size=d["image_size"])
     build_s = time.perf_counter() - t0
     posts = bench_posts(n_posts, image_px=max(2 * d["image_size"], 96), images=images)
     engine = make_engine(model, processor, posts, slots=batch, new_tokens=new_tokens, device=device,
@@ -259,8 +260,8 @@ def run_engine_checks(shape: str = "tiny", *, n_posts: int = 8, new_tokens: int 
     CPU), teacher-forced next-token logits and labels, engine vs reference."""
     import torch
 
+    from ...backends.tiny.build import build_model
     from .reference import greedy_check, hf_student, teacher_forced_check
-    from .shapes import build_shape
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = defaults(shape, device)
@@ -275,7 +276,7 @@ def run_engine_checks(shape: str = "tiny", *, n_posts: int = 8, new_tokens: int 
             if label == "teacher_forced" and built_forced is not None:
                 model, processor = built_forced
             else:
-                model, processor = build_shape(shape, device=device, dtype=dtype, image_size=d["image_size"])
+                model, processor = build_model(shape, device=device, dtype=dtype, image_size=d["image_size"])
             engine = make_engine(model, processor, posts, slots=n_posts, new_tokens=new_tokens, device=device,
                                  image_size=d["image_size"])
             student = hf_student(model, processor, image_size=d["image_size"], max_new_tokens=new_tokens)

@@ -1,0 +1,34 @@
+"""The compact student's options (``load_student("default" | "compact:<dir>", **options)``): one
+dataclass, its defaults said once; see docs/model.md ("Speed knobs")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..options import BackendOptions
+
+
+@dataclass(frozen=True)
+class CompactOptions(BackendOptions):
+    """Options of :class:`~model.backends.compact.student.CompactStudent`.
+
+    ``device``; ``chain_batch_size`` (at most this many chains decode together);
+    ``max_new_tokens`` (None: the explainer's own budget; each generated line is also capped);
+    ``chain_dtype`` / ``label_dtype`` (``auto``: bf16 where the CPU has AVX512-BF16/AMX, else
+    fp32; ``bf16``; ``fp32``); ``image_dtype`` (``fp32``: as the classifier was trained and
+    calibrated; ``bf16``); ``image_size`` (None: the weights' own, 160); ``chain_decoder``
+    (``greedy``: the explainer's own decoder; ``generate``: transformers' ``generate``, the
+    reference)."""
+
+    device: str = "cpu"
+    chain_batch_size: int = 32
+    max_new_tokens: int | None = None
+    chain_dtype: str = "auto"
+    label_dtype: str = "auto"
+    image_dtype: str = "fp32"
+    image_size: int | None = None
+    chain_decoder: str = "greedy"
+
+    def __post_init__(self) -> None:
+        if self.chain_decoder not in ("greedy", "generate"):
+            raise ValueError(f"chain_decoder must be 'greedy' or 'generate', not {self.chain_decoder!r}")
