@@ -484,5 +484,11 @@ def bench_serve(results: int, requests: int, rate: float, browser: bool, as_json
         click.echo(json.dumps(out, indent=2))
 
 
+# --- alerts ---------------------------------------------------------------------------
+from .alerts.cli import alerts as _alerts  # noqa: E402 - registered after main exists
+
+main.add_command(_alerts)
+
+
 if __name__ == "__main__":  # python -m stream.cli
     main()

@@ -27,6 +27,12 @@ key                                    type    content
                                                newest kept (``XADD MAXLEN ~``)
 ``P dead_letters``                     hash    ``{error code: n}``: dead letters counted by
                                                the worker since the key was created
+``P alert:{id}``                       string  an Alert JSON (``mulcot alerts run``); TTL
+                                               ``alerts_ttl_s``
+``P alerts``                           zset    alert ids scored by window end (ms); newest
+                                               ``alerts_recent_max`` kept
+``P alerts:events``                    stream  one entry (``id``) per new alert
+``P alerts:...``                       (more)  the detector's own state: docs/alerts.md
 =====================================  ======  ==========================================
 
 Event time is the input record's Kafka timestamp. Writes are one Lua script per post, so
@@ -53,7 +59,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import SentimentResult
+from .protocol import Alert, SentimentResult
 
 _WRITE_LUA = """
 -- KEYS: result, recent, aspect (or recent again), thumb, text, events, counts... (overall, then per aspect)
@@ -154,6 +160,39 @@ class KeyLayout:
     @property
     def dead_letters(self) -> str:
         return f"{self.prefix}dead_letters"
+
+    # --- sentiment-shift alerts (stream/alerts; docs/alerts.md) --------------------------
+    def alert(self, alert_id: str) -> str:
+        return f"{self.prefix}alert:{alert_id}"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}alerts"
+
+    @property
+    def alert_events(self) -> str:
+        return f"{self.prefix}alerts:events"
+
+    @property
+    def alert_state(self) -> str:
+        return f"{self.prefix}alerts:state"
+
+    @property
+    def alert_counts(self) -> str:
+        return f"{self.prefix}alerts:counts"
+
+    @property
+    def alert_last(self) -> str:
+        return f"{self.prefix}alerts:last"
+
+    def alert_slot(self, slot_s: int, start_s: int) -> str:
+        return f"{self.prefix}alerts:slot:{slot_s}s:{start_s}"
+
+    def alert_slots(self, slot_s: int) -> str:
+        return f"{self.prefix}alerts:slots:{slot_s}s"
+
+    def alert_agg(self, slot_s: int, start_s: int) -> str:
+        return f"{self.prefix}alerts:agg:{slot_s}s:{start_s}"
 
     @classmethod
     def from_settings(cls, s: Any) -> KeyLayout:
@@ -364,9 +403,63 @@ class ResultStore:
     def ttl(self, post_id: str) -> int:
         return int(self.client.ttl(self.layout.result(post_id)))
 
+    # --- sentiment-shift alerts ----------------------------------------------------------
+    def alerts(self, n: int = 20) -> list[Alert]:
+        """The ``n`` alerts with the newest windows, newest first (expired ones skipped)."""
+        ids = self.client.zrevrange(self.layout.alerts, 0, max(n, 1) - 1)
+        raws = self.client.mget([self.layout.alert(i.decode()) for i in ids]) if ids else []
+        return [Alert.model_validate_json(r) for r in raws if r]
+
+    def alert(self, alert_id: str) -> Alert | None:
+        raw = self.client.get(self.layout.alert(alert_id))
+        return Alert.model_validate_json(raw) if raw else None
+
+    def alert_counts(self) -> dict[str, int]:
+        """Results the alert detector counted apart: ``late``, ``rejected_invalid``, ``rejected_timestamp``."""
+        return {k.decode(): int(v) for k, v in self.client.hgetall(self.layout.alert_counts).items()}
+
+
+# --- reads of the query API (async; ``client`` is a redis.asyncio client) -----------------
+async def alerts_json(client: Any, layout: KeyLayout, n: int) -> list[bytes]:
+    """The stored JSON of the ``n`` alerts with the newest windows, newest first."""
+    ids = await client.zrevrange(layout.alerts, 0, max(n, 1) - 1)
+    if not ids:
+        return []
+    return [r for r in await client.mget([layout.alert(i.decode()) for i in ids]) if r]
+
+
+async def alert_json(client: Any, layout: KeyLayout, alert_id: str) -> bytes | None:
+    return await client.get(layout.alert(alert_id))
+
+
+async def alert_counts(client: Any, layout: KeyLayout) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in (await client.hgetall(layout.alert_counts)).items()}
+
+
+async def last_alert_event(client: Any, layout: KeyLayout) -> str:
+    got = await client.xrevrange(layout.alert_events, count=1)
+    return got[0][0].decode() if got else "0-0"
+
+
+async def alert_events_after(client: Any, layout: KeyLayout, last: str, block_ms: int, count: int = 100) -> list[tuple[str, bytes]]:
+    """``(entry id, stored alert JSON)`` of the alerts announced after events entry ``last``,
+    waiting up to ``block_ms`` for the first (alerts that expired meanwhile are left out, their
+    entries still advance ``last``: the caller gets ``("", b"")`` for the newest such entry)."""
+    got = await client.xread({layout.alert_events: last}, count=count, block=block_ms)
+    entries = got[0][1] if got else []
+    if not entries:
+        return []
+    ids = [fields.get(b"id", b"").decode() for _, fields in entries]
+    raws = await client.mget([layout.alert(i) for i in ids])
+    out = [(e[0].decode(), r) for e, r in zip(entries, raws) if r]
+    if not raws[-1]:
+        out.append((entries[-1][0].decode(), b""))
+    return out
+
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-__all__ = ["ResultStore", "AsyncResultWriter", "KeyLayout", "aspect_key_part"]
+__all__ = ["ResultStore", "AsyncResultWriter", "KeyLayout", "aspect_key_part", "alerts_json", "alert_json",
+           "alert_counts", "alert_events_after", "last_alert_event"]

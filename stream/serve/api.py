@@ -2,7 +2,8 @@
 
 Every endpoint reads; none writes to Redis or takes a Redis command from the caller. Inputs
 are validated and bounded (FastAPI/pydantic: 422 with the reason). The Redis commands used
-are GET, MGET, ZREVRANGE, ZCARD, HGETALL, XREAD, XREVRANGE, XLEN and PING.
+are GET, MGET, ZREVRANGE, ZCARD, HGETALL, XREAD, XREVRANGE, XLEN and PING. The alerts
+endpoints read through the functions of :mod:`stream.store`.
 
 Results are sent as stored: the JSON the worker wrote is spliced into the response without
 being parsed again (the ``recent=50`` page is a ZREVRANGE and one MGET), except where a
@@ -23,7 +24,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from ..protocol import MAX_ID, SentimentResult
+from .. import store as _store
+from ..protocol import MAX_ID, Alert, AlertKind, SentimentResult
 from ..store import KeyLayout
 
 STATIC = pathlib.Path(__file__).parent / "static"
@@ -73,6 +75,19 @@ class Health(BaseModel):
 
 class Problem(BaseModel):
     detail: Any
+
+
+class AlertsPage(BaseModel):
+    count: int = Field(..., ge=0)
+    last_event_id: str = Field(..., description="id of the newest alerts:events entry when read; pass it as `after` to /api/alerts/stream")
+    filters: dict[str, Any]
+    counted_apart: dict[str, int] = Field(..., description="results the detector counted apart: late, rejected_invalid, rejected_timestamp")
+    items: list[Alert]
+
+
+class AlertDetail(BaseModel):
+    alert: Alert
+    examples: list[ResultItem] = Field(..., description="the results of the alert's example posts still in the cache")
 
 
 def item_bytes(raw: bytes, text: bytes | None) -> bytes:
@@ -345,6 +360,88 @@ def create_app(settings: Any, *, redis_client: Any = None) -> FastAPI:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )  # fmt: skip
 
+    # --- alerts (written by `mulcot alerts run`; docs/alerts.md) ------------------------
+    def alert_matches(raw: bytes, scope: str | None, kind: str | None) -> bool:
+        if scope is None and kind is None:
+            return True
+        obj = json.loads(raw)
+        return (kind is None or obj.get("kind") == kind) and (scope is None or obj.get("scope") == scope)
+
+    @app.get("/api/alerts", response_model=AlertsPage, dependencies=guarded, tags=["alerts"], responses={401: {"model": Problem}})
+    async def alerts(
+        recent: int = Query(20, ge=1, le=MAX_RECENT, description="how many alerts (newest window first)"),
+        scope: str | None = Query(None, min_length=1, max_length=MAX_ASPECT, description='"all" or an aspect (case-insensitive)'),
+        kind: AlertKind | None = Query(None, description="only alerts of this kind"),
+    ) -> Any:
+        """The alerts with the newest windows, optionally of one scope and/or kind (among the
+        newest 1,000 kept), and what the detector counted apart."""
+        want = " ".join(scope.strip().lower().split()) if scope else None
+        last = await _store.last_alert_event(client, layout)
+        raws = await _store.alerts_json(client, layout, recent if want is None and kind is None else 1000)
+        items = [r for r in raws if alert_matches(r, want, kind)][:recent]
+        head = json.dumps({"count": len(items), "last_event_id": last, "filters": {"recent": recent, "scope": scope, "kind": kind},
+                           "counted_apart": await _store.alert_counts(client, layout)})[:-1].encode()  # fmt: skip
+        return Response(head + b',"items":[' + b",".join(items) + b"]}", media_type="application/json")
+
+    @app.get(
+        "/api/alerts/stream",
+        dependencies=guarded,
+        tags=["alerts"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events: `event: alert`, "
+                         "`id:` the alerts:events entry id, `data:` an Alert as JSON; `: ping` comments every 5 s"},
+                   401: {"model": Problem}, 503: {"model": Problem}},
+    )  # fmt: skip
+    async def alert_stream(
+        request: Request,
+        after: str | None = Query(None, pattern=r"^\d{1,20}-\d{1,20}$", description="send alerts after this events id (default: only new ones)"),
+    ) -> StreamingResponse:
+        """New alerts as server-sent events, as the detector raises them. Resumes after the
+        ``Last-Event-ID`` header (or ``after``)."""
+        import re
+
+        if app.state.streams >= MAX_STREAMS:
+            raise HTTPException(503, "too many event streams open")
+        resume = request.headers.get("last-event-id")
+        start = resume if resume and re.fullmatch(r"\d{1,20}-\d{1,20}", resume) else after
+
+        async def events() -> AsyncIterator[bytes]:
+            app.state.streams += 1
+            try:
+                last = start or await _store.last_alert_event(client, layout)
+                yield b"retry: 2000\n\n"
+                while True:
+                    got = await _store.alert_events_after(client, layout, last, STREAM_BLOCK_MS)
+                    if not got:
+                        yield b": ping\n\n"
+                        continue
+                    last = got[-1][0]
+                    chunks = [b"id: " + i.encode() + b"\nevent: alert\ndata: " + raw + b"\n\n" for i, raw in got if raw]
+                    if chunks:
+                        yield b"".join(chunks)
+            finally:
+                app.state.streams -= 1
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
+
+    @app.get(
+        "/api/alerts/{alert_id:path}",
+        response_model=AlertDetail,
+        dependencies=guarded,
+        tags=["alerts"],
+        responses={404: {"model": Problem}, 401: {"model": Problem}},
+    )
+    async def alert(alert_id: str = Path(..., min_length=1, max_length=2 * MAX_ID, description="the alert id")) -> Any:
+        """One alert with the results of its example posts (404 when unknown or expired)."""
+        raw = await _store.alert_json(client, layout, alert_id)
+        if not raw:
+            raise HTTPException(404, f"no alert {alert_id!r}")
+        examples = json.loads(raw).get("examples") or []
+        raws, texts = await fetch([e.encode() for e in examples if isinstance(e, str)])
+        items = [item_bytes(r, t) for r, t in zip(raws, texts)]
+        return Response(b'{"alert":' + raw + b',"examples":[' + b",".join(items) + b"]}", media_type="application/json")
+
     # --- the dashboard -----------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -361,4 +458,4 @@ def create_app(settings: Any, *, redis_client: Any = None) -> FastAPI:
     return app
 
 
-__all__ = ["create_app", "ResultItem", "ResultsPage", "Stats", "Health"]
+__all__ = ["create_app", "ResultItem", "ResultsPage", "Stats", "Health", "AlertsPage", "AlertDetail"]

@@ -1,0 +1,60 @@
+"""The detector's statistics, from statsmodels (nothing hand-written):
+
+* a rise in a label's share: the two-sample score test of proportions, one-sided
+  (:func:`statsmodels.stats.proportion.test_proportions_2indep`, ``method="score"``), of the
+  window's share against the baseline's;
+* a rise in volume: the exact conditional test of two Poisson rates, one-sided
+  (:func:`statsmodels.stats.rates.test_poisson_2indep`, ``method="exact-cond"``: given the
+  window's and the baseline's posts together, the window's count is binomial in the share of
+  exposure the window has);
+* false alarms across the scopes and kinds tested in one window: Benjamini-Hochberg
+  (:func:`statsmodels.stats.multitest.multipletests`, ``method="fdr_bh"``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+SHARE_TEST = "two-proportion score test, one-sided (statsmodels test_proportions_2indep), Benjamini-Hochberg over the window"
+VOLUME_TEST = "exact conditional Poisson rate test, one-sided (statsmodels test_poisson_2indep), Benjamini-Hochberg over the window"
+
+
+def _clean(p: float) -> float:
+    return 1.0 if p is None or math.isnan(p) else min(1.0, max(0.0, float(p)))
+
+
+def share_pvalue(count: int, nobs: int, base_count: int, base_nobs: int) -> float:
+    """P-value that the window's share ``count / nobs`` is larger than the baseline's."""
+    from statsmodels.stats.proportion import test_proportions_2indep
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = test_proportions_2indep(count, nobs, base_count, base_nobs, method="score", compare="diff",
+                                      alternative="larger")  # fmt: skip
+    return _clean(res.pvalue)
+
+
+def volume_pvalue(count: int, exposure_s: float, base_count: int, base_exposure_s: float) -> float:
+    """P-value that the window's rate ``count / exposure_s`` is larger than the baseline's."""
+    from statsmodels.stats.rates import test_poisson_2indep
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = test_poisson_2indep(count, exposure_s, base_count, base_exposure_s, method="exact-cond",
+                                  alternative="larger")  # fmt: skip
+    return _clean(res.pvalue)
+
+
+def bh(pvalues: Sequence[float], fdr: float) -> tuple[list[bool], list[float]]:
+    """Benjamini-Hochberg: which hypotheses are rejected at ``fdr``, and the adjusted p-values."""
+    if not pvalues:
+        return [], []
+    from statsmodels.stats.multitest import multipletests
+
+    reject, adjusted, _, _ = multipletests(list(pvalues), alpha=fdr, method="fdr_bh")
+    return [bool(r) for r in reject], [_clean(q) for q in adjusted]
+
+
+__all__ = ["share_pvalue", "volume_pvalue", "bh", "SHARE_TEST", "VOLUME_TEST"]
