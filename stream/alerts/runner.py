@@ -105,6 +105,16 @@ class AlertRunner:
                 log.info("results counted apart: %d late, rejected %s", report.late, dict(report.rejected))
         return len(self.detector.run_due(publish))
 
+    async def _commit(self, cons: Any) -> None:
+        """Commit what was read. A failed commit (a rebalance took the partitions meanwhile) is
+        logged: whoever reads them next counts those results again, which changes nothing."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            await cons.commit()
+        except KafkaError as exc:
+            log.warning("committing the detector's offsets failed (%s: %s); they are read again", type(exc).__name__, exc)
+
     async def run(self) -> None:
         from ..health import HealthServer
         from ..kafka import consumer, producer
@@ -134,7 +144,7 @@ class AlertRunner:
                 values = [m.value for msgs in got.values() for m in msgs]
                 await self.policy.run("alert detector step", lambda v=values: asyncio.to_thread(self._step, v, loop))
                 if got:
-                    await self.policy.run("committing offsets", cons.commit)
+                    await self._commit(cons)
         finally:
             await cons.stop()
             await self.producer.stop()

@@ -92,12 +92,10 @@ class MemoryState:
     def freeze(self, until_ms: int) -> None:
         if self._frozen is None or until_ms > self._frozen:
             self._frozen = until_ms
-            self._prune()
 
-    def _prune(self) -> None:
-        assert self._frozen is not None
-        cut = self._frozen - self.config.horizon_s * 1000
-        k = bisect.bisect_left(self.starts, cut)
+    def prune(self, before_ms: int) -> None:
+        """Forget the slots that start before ``before_ms`` (no window still to evaluate needs them)."""
+        k = bisect.bisect_left(self.starts, before_ms)
         for start in self.starts[:k]:
             self.raw.pop(start, None)
             self.agg.pop(start, None)
@@ -246,8 +244,12 @@ class RedisState:
 
     def freeze(self, until_ms: int) -> None:
         self._max(keys=[self.layout.alert_state], args=["frozen_ms", until_ms])
-        cut_s = (until_ms - self.config.horizon_s * 1000) // 1000
-        self.client.zremrangebyscore(self.layout.alert_slots(self.config.slot_s), "-inf", f"({cut_s}")
+
+    def prune(self, before_ms: int) -> None:
+        """Drop the slots that start before ``before_ms`` from the index of slots (their keys expire)."""
+        self.client.zremrangebyscore(self.layout.alert_slots(self.config.slot_s), "-inf", f"({before_ms // 1000}")
+        for s in [s for s in self._aggs if s < before_ms]:
+            del self._aggs[s]
 
     def data_slots(self, lo_ms: int | None, hi_ms: int) -> list[int]:
         lo = "-inf" if lo_ms is None else -(-lo_ms // 1000)
@@ -272,9 +274,6 @@ class RedisState:
                 else:
                     agg = SlotAgg.from_json(raw)
                 out[s] = self._aggs[s] = agg
-        cut = frozen - self.config.horizon_s * 1000
-        for s in [s for s in self._aggs if s < cut]:
-            del self._aggs[s]
         return out
 
     def evaluated_ms(self, spec: WindowSpec) -> int | None:

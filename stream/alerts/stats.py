@@ -21,30 +21,38 @@ SHARE_TEST = "two-proportion score test, one-sided (statsmodels test_proportions
 VOLUME_TEST = "exact conditional Poisson rate test, one-sided (statsmodels test_poisson_2indep), Benjamini-Hochberg over the window"
 
 
-def _clean(p: float) -> float:
+def _clean(p: float | None) -> float:
     return 1.0 if p is None or math.isnan(p) else min(1.0, max(0.0, float(p)))
 
 
-def share_pvalue(count: int, nobs: int, base_count: int, base_nobs: int) -> float:
-    """P-value that the window's share ``count / nobs`` is larger than the baseline's."""
+def share_pvalues(counts: Sequence[int], nobs: Sequence[int], base_counts: Sequence[int], base_nobs: Sequence[int]) -> list[float]:
+    """P-values that each window's share ``counts / nobs`` is larger than its baseline's (one
+    vectorised call)."""
+    if not len(counts):
+        return []
+    import numpy as np
     from statsmodels.stats.proportion import test_proportions_2indep
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = test_proportions_2indep(count, nobs, base_count, base_nobs, method="score", compare="diff",
-                                      alternative="larger")  # fmt: skip
-    return _clean(res.pvalue)
+        res = test_proportions_2indep(np.asarray(counts), np.asarray(nobs), np.asarray(base_counts), np.asarray(base_nobs),
+                                      method="score", compare="diff", alternative="larger")  # fmt: skip
+    return [_clean(p) for p in np.atleast_1d(res.pvalue)]
 
 
-def volume_pvalue(count: int, exposure_s: float, base_count: int, base_exposure_s: float) -> float:
-    """P-value that the window's rate ``count / exposure_s`` is larger than the baseline's."""
+def volume_pvalues(counts: Sequence[int], exposure_s: Sequence[float], base_counts: Sequence[int],
+                   base_exposure_s: Sequence[float]) -> list[float]:  # fmt: skip
+    """P-values that each window's rate ``counts / exposure_s`` is larger than its baseline's."""
+    if not len(counts):
+        return []
+    import numpy as np
     from statsmodels.stats.rates import test_poisson_2indep
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = test_poisson_2indep(count, exposure_s, base_count, base_exposure_s, method="exact-cond",
-                                  alternative="larger")  # fmt: skip
-    return _clean(res.pvalue)
+        res = test_poisson_2indep(np.asarray(counts), np.asarray(exposure_s, dtype=float), np.asarray(base_counts),
+                                  np.asarray(base_exposure_s, dtype=float), method="exact-cond", alternative="larger")  # fmt: skip
+    return [_clean(p) for p in np.atleast_1d(res.pvalue)]
 
 
 def bh(pvalues: Sequence[float], fdr: float) -> tuple[list[bool], list[float]]:
@@ -57,4 +65,4 @@ def bh(pvalues: Sequence[float], fdr: float) -> tuple[list[bool], list[float]]:
     return [bool(r) for r in reject], [_clean(q) for q in adjusted]
 
 
-__all__ = ["share_pvalue", "volume_pvalue", "bh", "SHARE_TEST", "VOLUME_TEST"]
+__all__ = ["share_pvalues", "volume_pvalues", "bh", "SHARE_TEST", "VOLUME_TEST"]

@@ -162,6 +162,58 @@ def tally(aggs: Iterable[SlotAgg]) -> dict[str, Tally]:
     return out
 
 
+class PrefixTally:
+    """Running per-scope sums over consecutive frozen slots, so the tally of any range of them
+    is one subtraction (a window's and its baseline's tallies, for every window, without summing
+    the same slots again). Frozen slots never change, so the sums stay right."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.sums: list[dict[str, tuple[int, int, int]]] = []  # sums[i]: slots starts[0..i]
+
+    def cover(self, aggs: dict[int, SlotAgg]) -> None:
+        """Sum every slot of ``aggs`` (the data slots of one range; a slot before the summed
+        ones that is not among them starts the sums afresh from ``aggs``)."""
+        have = set(self.starts)
+        if self.starts and any(s < self.starts[-1] and s not in have for s in aggs):
+            self.starts, self.sums = [], []
+        for s in sorted(aggs):
+            if self.starts and s <= self.starts[-1]:
+                continue
+            prev = dict(self.sums[-1]) if self.sums else {}
+            for scope, row in aggs[s].scopes.items():
+                p = prev.get(scope, (0, 0, 0))
+                prev[scope] = (p[0] + row[0], p[1] + row[1], p[2] + row[2])
+            self.starts.append(s)
+            self.sums.append(prev)
+
+    def range(self, lo_ms: int, hi_ms: int) -> dict[str, Tally]:
+        """The tally of the summed slots with ``lo_ms <= start < hi_ms``."""
+        import bisect
+
+        i = bisect.bisect_left(self.starts, lo_ms) - 1
+        j = bisect.bisect_left(self.starts, hi_ms) - 1
+        if j < 0 or j <= i:
+            return {}
+        end, begin = self.sums[j], self.sums[i] if i >= 0 else {}
+        out = {}
+        for scope, c in end.items():
+            b = begin.get(scope)
+            t = [c[0] - b[0], c[1] - b[1], c[2] - b[2]] if b else [c[0], c[1], c[2]]
+            if t[0] or t[1] or t[2]:
+                out[scope] = Tally(t)
+        return out
+
+    def prune(self, before_ms: int) -> None:
+        """Forget the sums of slots before ``before_ms`` except the last of them (ranges from there on stay right)."""
+        import bisect
+
+        k = bisect.bisect_left(self.starts, before_ms) - 1
+        if k > 0:
+            del self.starts[:k]
+            del self.sums[:k]
+
+
 def examples(aggs: Iterable[SlotAgg], scope: str, label: str | None) -> list[str]:
     """The :data:`EXAMPLES` smallest post ids of ``scope`` with ``label`` (None: any label) in the slots."""
     found: list[str] = []
@@ -174,5 +226,5 @@ def examples(aggs: Iterable[SlotAgg], scope: str, label: str | None) -> list[str
     return sorted(set(found))[:EXAMPLES]
 
 
-__all__ = ["Observation", "SlotAgg", "Tally", "observe", "event_ms", "check_observation", "slot_of", "tally", "examples",
+__all__ = ["Observation", "SlotAgg", "Tally", "observe", "event_ms", "check_observation", "slot_of", "tally", "examples", "PrefixTally",
            "encode_member", "decode_member", "ALL", "LABELS", "MIN_EVENT_MS", "MAX_AHEAD_MS"]
