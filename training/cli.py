@@ -279,12 +279,12 @@ def evaluate_cmd(spec, data_file, out_dir, limit, batch_size, no_chain, no_embed
 
 
 @distill.command("cv", add_help_option=False, context_settings={"ignore_unknown_options": True},
-                 help="Model selection by stratified k-fold CV over train + dev (python -m training.cv): "
-                      "features | run | finetune | export DATASET [--k --seed --candidate --out --route]; "
-                      "`mulcot distill cv -h` for its options.")
+                 help="The compact student's model selection by stratified k-fold CV over train + dev "
+                      "(python -m training.compact.select): features | run | finetune | export DATASET "
+                      "[--k --seed --candidate --out --route]; `mulcot distill cv -h` for its options.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def cv_cmd(args) -> None:
-    from .cv import main as cv_main
+    from .compact.select import main as cv_main
 
     cv_main(list(args), prog="mulcot distill cv")
 
