@@ -230,25 +230,35 @@ class AsyncResultWriter:
     async def write(self, items: Iterable[tuple]) -> int:  # type: ignore[type-arg]
         """Write ``(result, json_bytes, event_ms)`` or ``(result, json_bytes, event_ms, thumbnail,
         text)`` items (``thumbnail``: JPEG bytes from :func:`stream.images.thumbnail` or None;
-        ``text``: the post's text or None); returns how many changed state. Each changed result also gets an entry on the ``events`` stream."""
+        ``text``: the post's text or None); returns how many changed state, or raises the first
+        error. Each changed result also gets an entry on the ``events`` stream."""
+        changed = 0
+        for got in await self.write_each(items):
+            if isinstance(got, BaseException):
+                raise got
+            changed += int(got)
+        return changed
+
+    async def write_each(self, items: Iterable[tuple]) -> list[Any]:  # type: ignore[type-arg]
+        """Write the items in one pipelined round trip; one entry per item: 1 (changed state) or
+        0 (already there) when written, else the error Redis replied for that item (the others are written all the same).
+        Raises when the round trip itself fails (connection errors). A server that lost the
+        script cache answers NOSCRIPT (retriable): the script is loaded again on the next call."""
         from redis.exceptions import NoScriptError
 
         items = list(items)
         if not items:
-            return 0
+            return []
         if self._sha is None:
             self._sha = await self.client.script_load(_WRITE_LUA)
-        for _attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for item in items:
-                keys, args = self.layout.write_args(*item)
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-            try:
-                out = await pipe.execute()
-                return sum(int(x) for x in out)
-            except NoScriptError:  # server restarted and lost the script cache
-                self._sha = await self.client.script_load(_WRITE_LUA)
-        raise RuntimeError("redis: write script could not be loaded")
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            keys, args = self.layout.write_args(*item)
+            pipe.evalsha(self._sha, len(keys), *keys, *args)
+        out = await pipe.execute(raise_on_error=False)
+        if any(isinstance(x, NoScriptError) for x in out):
+            self._sha = None
+        return list(out)
 
     async def count_dead(self, codes: Mapping[str, int]) -> None:
         """Add dead letters by error code (``{"invalid_json": 2, ...}``) to the ``dead_letters`` hash."""
