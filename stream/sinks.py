@@ -242,8 +242,9 @@ class RedisSink:
         return (r.result, r.value, r.event_ms, r.thumbnail, r.text)
 
     async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> None:
-        """The results (idempotent writes), then the batch's dead-letter counts (the
-        dashboard's; a counter, so a retry after a lost reply may count a batch twice)."""
+        """The results (idempotent writes), then the batch's dead-letter counts and the dead letters
+        themselves in the bounded ``dead_recent`` list (the dashboard's; a retry after a lost reply
+        may count or list a batch's dead letters twice)."""
         await self._write(list(results))
         codes: dict[str, int] = {}
         for d in dead:
@@ -251,6 +252,9 @@ class RedisSink:
         count_dead = getattr(self.writer, "count_dead", None)
         if codes and count_dead is not None:
             await self._retry("counting dead letters in Redis", lambda: count_dead(codes))
+        push_dead = getattr(self.writer, "push_dead", None)  # the bounded list the dashboard shows
+        if dead and push_dead is not None:
+            await self._retry("keeping recent dead letters in Redis", lambda: push_dead([d.dead for d in dead]))
 
     async def _retry(self, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
         attempt = 0
