@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.compact.text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path
+from model.backends.compact.text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path
 
 from ..data import Example
 from ..losses import kl_on_label_space

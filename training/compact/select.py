@@ -73,8 +73,8 @@ def examples(dataset: str):
 
 def text_embeddings(texts: list[str]) -> np.ndarray:
     """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalised), frozen: the encoder the
-    served frozen routes use (``model.compact.frozen.SentenceEncoder``)."""
-    from model.compact.frozen import SentenceEncoder
+    served frozen routes use (``model.backends.compact.frozen.SentenceEncoder``)."""
+    from model.backends.compact.frozen import SentenceEncoder
 
     return SentenceEncoder().encode(texts)
 
@@ -84,7 +84,7 @@ def _image_features(ex, image_size: int) -> tuple[np.ndarray, np.ndarray, np.nda
     import torch
     from PIL import Image, ImageOps
 
-    from model.compact.vision import ImageEncoder
+    from model.backends.compact.vision import ImageEncoder
 
     enc = ImageEncoder(size=image_size)
     feats = np.zeros((len(ex), 1280), np.float32)
@@ -219,7 +219,7 @@ def mlp(hidden: int = 256, alpha: float = 1e-3, seed: int = 0):
 
 @dataclass(frozen=True)
 class FrozenHead:
-    """A head on frozen feature blocks (``model.compact.frozen.design``): the blocks (``aspect``
+    """A head on frozen feature blocks (``model.backends.compact.frozen.design``): the blocks (``aspect``
     only on aspect-level sets) and the sklearn model, refitted on each fold."""
 
     blocks: tuple[str, ...]
@@ -230,12 +230,12 @@ class FrozenHead:
 
     def fit(self, F: dict[str, np.ndarray], parts: tuple[str, ...]):
         """The head fitted on every post of ``F``."""
-        from model.compact.frozen import design
+        from model.backends.compact.frozen import design
 
         return self.make().fit(design(F, parts), F["y"])
 
     def __call__(self, fold: Fold) -> np.ndarray:
-        from model.compact.frozen import design
+        from model.backends.compact.frozen import design
 
         X = design(fold.F, self.parts(fold.dataset))
         return self.make().fit(X[fold.train], fold.y[fold.train]).predict_proba(X[fold.test])
@@ -308,7 +308,7 @@ def tfidf_proba(fold: Fold) -> np.ndarray:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import make_union
 
-    from model.compact.frozen import design
+    from model.backends.compact.frozen import design
 
     X, y, tr, te, texts = design(fold.F, BASELINE.parts(fold.dataset)), fold.y, fold.train, fold.test, fold.texts
     vec = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
@@ -335,7 +335,7 @@ def _image_store(F: dict[str, np.ndarray], ex) -> dict[str, tuple[np.ndarray, li
     top-3 ImageNet names), built from the same ``features`` cache as the frozen heads."""
     import torch
 
-    from model.compact.vision import ImageEncoder
+    from model.backends.compact.vision import ImageEncoder
 
     rows = [i for i, e in enumerate(ex) if e.image_path is not None]
     names = ImageEncoder.top_names(torch.from_numpy(F["logits"][rows]), 3)
@@ -350,7 +350,7 @@ def train_finetuned(dataset: str, train_idx=None, cache: Path = DEFAULT_CACHE, l
     import torch
     from transformers import AutoTokenizer
 
-    from model.compact.text import ClassifierConfig, CompactClassifier, minilm_path
+    from model.backends.compact.text import ClassifierConfig, CompactClassifier, minilm_path
 
     from .classifier import joint_optimizer, train_epoch
     from .features import Batches
@@ -377,7 +377,7 @@ def finetune_fold(fold: Fold, log=print) -> Path:
     out = fold.cache / f"{fold.dataset}_ft_k{fold.k}_s{fold.seed}_f{fold.index}.npy"
     if out.exists():
         return out
-    from model.compact.frozen import softmax
+    from model.backends.compact.frozen import softmax
 
     from .calibrate import evaluate_classifier
 
@@ -426,9 +426,9 @@ def record_cv(out: Path, route: str, dataset: str, name: str, cache: Path = DEFA
 
 def export_frozen(cand: Candidate, dataset: str, out: Path, route: str, cache: Path = DEFAULT_CACHE) -> dict:
     """A frozen head fitted on every train + dev post of ``dataset``, saved into the student
-    directory ``out`` as ``classifier_<route>`` (``model.compact.frozen``), with its text-only
+    directory ``out`` as ``classifier_<route>`` (``model.backends.compact.frozen``), with its text-only
     twin (the same head on the text blocks alone, for the chain's Conflict line)."""
-    from model.compact.frozen import TEXT_PARTS, save_frozen
+    from model.backends.compact.frozen import TEXT_PARTS, save_frozen
 
     head, F = cand.proba, features(dataset, cache)
     parts = head.parts(dataset)
