@@ -83,6 +83,30 @@ def model_threads(student: Any, settings: Settings) -> int:
     return max(1, settings.concurrency) if getattr(student, "thread_safe", False) else 1
 
 
+def quiet_model_loading(settings: Settings) -> None:
+    """Keep the libraries' progress bars and load-time warnings (tqdm bars of transformers and
+    its GGUF reader, a transformers tokenizer warning) out of the worker's log: call before
+    the student's libraries are imported. Off with ``log_level=debug``; an explicit
+    ``TQDM_DISABLE`` / ``TRANSFORMERS_VERBOSITY`` in the environment wins."""
+    if settings.log_level == "debug":
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def load_configured_student(settings: Settings) -> Any:
+    """``model.load_student(settings.model_spec)`` with the settings' device and API key (the
+    worker's student; ``mulcot label`` loads it the same way)."""
+    from model import load_student
+
+    opts = {"device": settings.model_device} if settings.model_device else {}
+    key = getattr(settings, "openai_api_key", None)
+    if key is not None and settings.model_spec.startswith("openai:"):
+        opts["api_key"] = key.get_secret_value()
+    return load_student(settings.model_spec, **opts)
+
+
 class Application:
     """The worker: settings -> Faust app with the sentiment agent, student, sinks, metrics.
 
@@ -112,13 +136,7 @@ class Application:
     # --- construction -------------------------------------------------------------------
     def load_student(self) -> Any:
         if self.student is None:
-            from model import load_student
-
-            opts = {"device": self.settings.model_device} if self.settings.model_device else {}
-            key = getattr(self.settings, "openai_api_key", None)
-            if key is not None and self.settings.model_spec.startswith("openai:"):
-                opts["api_key"] = key.get_secret_value()
-            self.student = load_student(self.settings.model_spec, **opts)
+            self.student = load_configured_student(self.settings)
         return self.student
 
     def warm_up(self) -> float:
@@ -354,4 +372,4 @@ def batch_line(outcome: Outcome, n: int, process_ms: float, publish_ms: float) -
     )
 
 
-__all__ = ["Application", "batch_line"]
+__all__ = ["Application", "batch_line", "load_configured_student", "quiet_model_loading"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
@@ -107,8 +108,12 @@ def _pillow_errors():
         yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"image rejected as a decompression bomb: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(ErrorCode.IMAGE_UNREADABLE, f"image cannot be decoded: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageError(ErrorCode.IMAGE_UNREADABLE,
+                         "image cannot be decoded: the bytes are not an image in any format Pillow can identify") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or type(exc).__name__
+        raise ImageError(ErrorCode.IMAGE_UNREADABLE, f"image cannot be decoded: {text}") from None
 
 
 def _open(data: bytes) -> Image.Image:

@@ -230,6 +230,8 @@ class RedisSink(BaseSink):
         return cls(ctx.writer)
 
     async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> list[Failed]:
+        """The results (idempotent writes), then the batch's dead-letter counts and the dead letters
+        themselves in the bounded ``dead_recent`` list."""
         failed: list[Failed] = []
         if results:
             try:
@@ -243,9 +245,14 @@ class RedisSink(BaseSink):
         for d in dead:
             codes[d.dead.error.value] = codes.get(d.dead.error.value, 0) + 1
         count_dead = getattr(self.writer, "count_dead", None)
-        if codes and count_dead is not None:
+        push_dead = getattr(self.writer, "push_dead", None)  # the bounded list the dashboard shows
+        if dead and (count_dead is not None or push_dead is not None):
+            # a retry after a lost reply may count or list a batch's dead letters twice
             try:
-                await count_dead(codes)
+                if count_dead is not None:
+                    await count_dead(codes)
+                if push_dead is not None:
+                    await push_dead([d.dead for d in dead])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported for each dead letter of the batch

@@ -27,6 +27,9 @@ key                                    type    content
                                                newest kept (``XADD MAXLEN ~``)
 ``P dead_letters``                     hash    ``{error code: n}``: dead letters counted by
                                                the worker since the key was created
+``P dead_recent``                      list    the newest ``dead_letters_max`` DeadLetter
+                                               JSONs, newest first; originals over
+                                               ``DEAD_INLINE_MAX_BYTES`` by reference only
 =====================================  ======  ==========================================
 
 Event time is the input record's Kafka timestamp. Writes are one Lua script per post, so
@@ -53,7 +56,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import SentimentResult
+from .protocol import DeadLetter, SentimentResult
 
 _WRITE_LUA = """
 -- KEYS: result, recent, aspect (or recent again), thumb, text, events, counts... (overall, then per aspect)
@@ -101,6 +104,18 @@ return 1
 
 
 TEXT_MAX_CHARS = 1000
+DEAD_INLINE_MAX_BYTES = 4096
+"""Dead letters kept in Redis (``dead_recent``) carry their original inline only up to this size;
+a larger original is kept as ``size``, ``sha256`` and the reference of its input record."""
+
+
+def dead_for_redis(dead: DeadLetter) -> bytes:
+    """The JSON a dead letter is kept as in ``P dead_recent``: bounded to a few KB."""
+    orig = dead.original
+    if orig.data_b64 is not None and orig.size > DEAD_INLINE_MAX_BYTES:
+        ref = f"kafka://{dead.source.topic}/{dead.source.partition}/{dead.source.offset}"
+        dead = dead.model_copy(update={"original": orig.model_copy(update={"data_b64": None, "ref": ref})})
+    return dead.model_dump_json().encode()
 
 
 def _cut(text: str | None) -> bytes:
@@ -124,6 +139,7 @@ class KeyLayout:
     count_windows_s: Sequence[int] = field(default_factory=lambda: [60, 3600, 86400])
     count_retention: int = 48
     events_max: int = 10_000
+    dead_letters_max: int = 1000
 
     def result(self, post_id: str) -> str:
         return f"{self.prefix}result:{post_id}"
@@ -155,6 +171,10 @@ class KeyLayout:
     def dead_letters(self) -> str:
         return f"{self.prefix}dead_letters"
 
+    @property
+    def dead_recent(self) -> str:
+        return f"{self.prefix}dead_recent"
+
     @classmethod
     def from_settings(cls, s: Any) -> KeyLayout:
         return cls(
@@ -165,6 +185,7 @@ class KeyLayout:
             count_windows_s=list(s.count_windows_s),
             count_retention=s.count_retention,
             events_max=getattr(s, "events_max", 10_000),
+            dead_letters_max=getattr(s, "dead_letters_max", 1000),
         )
 
     def write_args(
@@ -270,6 +291,16 @@ class AsyncResultWriter:
             pipe.hincrby(self.layout.dead_letters, code, n)
         await pipe.execute()
 
+    async def push_dead(self, dead: Sequence[DeadLetter]) -> None:
+        """Add dead letters to the bounded ``dead_recent`` list (newest first; ``dead_letters_max``
+        kept). A retry after a lost reply may add a batch's dead letters twice."""
+        if not dead or self.layout.dead_letters_max <= 0:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(self.layout.dead_recent, *(dead_for_redis(d) for d in dead))
+        pipe.ltrim(self.layout.dead_recent, 0, self.layout.dead_letters_max - 1)
+        await pipe.execute()
+
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -356,6 +387,17 @@ class ResultStore:
         """Dead letters by error code, as counted by the workers."""
         return {k.decode(): int(v) for k, v in self.client.hgetall(self.layout.dead_letters).items()}
 
+    def recent_dead_letters(self, n: int = 20, code: str | None = None) -> list[DeadLetter]:
+        """The newest ``n`` dead letters the workers kept in Redis (``dead_recent``), newest
+        first, optionally only those with error ``code``."""
+        raws = self.client.lrange(self.layout.dead_recent, 0, max(n, 1) - 1 if code is None else -1)  # the list is bounded
+        out = []
+        for raw in raws:
+            d = DeadLetter.model_validate_json(raw)
+            if code is None or d.error.value == code:
+                out.append(d)
+        return out[: max(n, 1)]
+
     def events_after(self, last_id: str = "$", block_ms: int | None = None, count: int = 100) -> list[tuple[str, str]]:
         """``(entry id, post id)`` of the ``events`` entries after ``last_id`` (``"$"``: only
         new ones; ``"0"``: all kept), waiting up to ``block_ms`` for the first one."""
@@ -379,4 +421,4 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-__all__ = ["ResultStore", "AsyncResultWriter", "KeyLayout", "aspect_key_part"]
+__all__ = ["ResultStore", "AsyncResultWriter", "KeyLayout", "aspect_key_part", "dead_for_redis", "DEAD_INLINE_MAX_BYTES"]

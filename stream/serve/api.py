@@ -2,7 +2,7 @@
 
 Every endpoint reads; none writes to Redis or takes a Redis command from the caller. Inputs
 are validated and bounded (FastAPI/pydantic: 422 with the reason). The Redis commands used
-are GET, MGET, ZREVRANGE, ZCARD, HGETALL, XREAD, XREVRANGE, XLEN and PING.
+are GET, MGET, ZREVRANGE, ZCARD, HGETALL, LRANGE, XREAD, XREVRANGE, XLEN and PING.
 
 Results are sent as stored: the JSON the worker wrote is spliced into the response without
 being parsed again (the ``recent=50`` page is a ZREVRANGE and one MGET), except where a
@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from ..protocol import MAX_ID, SentimentResult
+from ..protocol import MAX_ID, DeadLetter, ErrorCode, SentimentResult
 from ..store import KeyLayout
 
 STATIC = pathlib.Path(__file__).parent / "static"
@@ -62,6 +62,13 @@ class Stats(BaseModel):
     buckets: list[Bucket]
     dead_letters: dict[str, int] = Field(..., description="dead letters by error code, as counted by the workers")
     results_indexed: int = Field(..., description="ids in the recent index (bounded by recent_max)")
+
+
+class DeadLettersPage(BaseModel):
+    count: int = Field(..., ge=0)
+    kept: int = Field(..., ge=0, description="dead letters kept in Redis (the newest dead_letters_max)")
+    filters: dict[str, Any]
+    items: list[DeadLetter] = Field(..., description="newest first; originals over 4 KiB by reference only")
 
 
 class Health(BaseModel):
@@ -277,6 +284,24 @@ def create_app(settings: Any, *, redis_client: Any = None) -> FastAPI:
         dead = {k.decode(): int(v) for k, v in got[-2].items()}
         return {"window": window, "aspect": aspect, "buckets": out, "dead_letters": dead, "results_indexed": int(got[-1])}
 
+    @app.get("/api/dead-letters", response_model=DeadLettersPage, dependencies=guarded, tags=["dead letters"],
+             responses={401: {"model": Problem}})  # fmt: skip
+    async def dead_letters(
+        recent: int = Query(20, ge=1, le=MAX_RECENT, description="how many dead letters (newest first)"),
+        code: ErrorCode | None = Query(None, description="only dead letters with this error code"),
+    ) -> Any:
+        """The newest dead letters the workers kept in Redis (bounded by `MULCOT_DEAD_LETTERS_MAX`),
+        with their code, message, post id, source coordinates and original (inline up to 4 KiB).
+        The dead-letter topic holds all of them (`mulcot dead-letters`)."""
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(layout.dead_recent).lrange(layout.dead_recent, 0, recent - 1 if code is None else -1)
+        kept, raws = await pipe.execute()
+        if code is not None:
+            raws = [r for r in raws if json.loads(r).get("error") == code.value][:recent]
+        filters = {"recent": recent, "code": code.value if code is not None else None}
+        head = json.dumps({"count": len(raws), "kept": int(kept), "filters": filters})[:-1].encode()
+        return Response(head + b',"items":[' + b",".join(raws) + b"]}", media_type="application/json")
+
     @app.get(
         "/api/stream",
         dependencies=guarded,
@@ -361,4 +386,4 @@ def create_app(settings: Any, *, redis_client: Any = None) -> FastAPI:
     return app
 
 
-__all__ = ["create_app", "ResultItem", "ResultsPage", "Stats", "Health"]
+__all__ = ["create_app", "ResultItem", "ResultsPage", "Stats", "Health", "DeadLettersPage"]
