@@ -407,7 +407,7 @@ def _query(store: Any, post_id: str | None, n: int, aspect: str | None, label: s
             got = store.get(post_id)
             results = [got] if got else []
         else:
-            results = _matching(store, n, aspect, label)
+            results = store.matching(n, aspect, label)
         if len(results) >= (1 if post_id is not None else n) or time.monotonic() >= deadline:
             return results
         time.sleep(0.5)
@@ -419,59 +419,29 @@ def _filters_text(aspect: str | None, label: str | None) -> str:
     return f" ({shown})" if shown else ""
 
 
-def _matching(store: Any, n: int, aspect: str | None, label: str | None) -> list[Any]:
-    """The newest ``n`` results about ``aspect`` with ``label`` (either may be None); with a
-    label, among the newest 2,000 indexed."""
-    if label is None:
-        return store.by_aspect(aspect, n) if aspect is not None else store.recent(n)
-    pool = store.by_aspect(aspect, 2000) if aspect is not None else store.recent(2000)
-    return [r for r in pool if r.label == label][:n]
-
-
 def _nothing_matched(store: Any, n: int, aspect: str | None, label: str | None, where: str) -> str:
     filters = [f"newest {n}"] + ([f"aspect {aspect!r} (case-insensitive)"] if aspect is not None else []) + (
         [f"label {label!r}"] if label else [])  # fmt: skip
     msg = f"no results matched; filters: {', '.join(filters)}; looked in {where}."
-    total = store.client.zcard(store.layout.recent)
+    total = store.indexed()
     if not total:
         return msg + " The cache holds no results yet: is a worker running, and were posts produced to its input topic?"
     msg += f" The cache holds {total} results."
     if aspect is not None:
-        names = _some_aspects(store)
+        names = store.aspects()
         if names:
             msg += " Aspects with results include: " + ", ".join(repr(a) for a in names) + "."
     return msg
 
 
-def _some_aspects(store: Any, limit: int = 12) -> list[str]:
-    """Up to ``limit`` aspect names that have results (a bounded SCAN of the aspect indexes)."""
-    prefix = store.layout.aspect("")
-    names: list[str] = []
-    for i, key in enumerate(store.client.scan_iter(match=prefix + "*", count=500)):
-        if i >= 5000 or len(names) >= limit:
-            break
-        names.append(key.decode()[len(prefix):])
-    return sorted(names)
-
-
 def _follow(store: Any, last: str, aspect: str | None, label: str | None, emit: Any, stop: threading.Event) -> None:
     """Print each new result (after events entry ``last``) that matches the filters, until ``stop``."""
-    from .store import aspect_key_part
-
-    want = aspect_key_part(aspect) if aspect is not None else None
     while not stop.is_set():
         entries = store.events_after(last, block_ms=1000, count=200)
         if not entries:
             continue
         last = entries[-1][0]
-        newest: dict[str, None] = {}
-        for _, pid in entries:  # a post written twice in one read: once, in its newest place
-            newest.pop(pid, None)
-            newest[pid] = None
-        for pid in newest:
-            r = store.get(pid)
-            if r is None or (label and r.label != label) or (want is not None and aspect_key_part(r.aspect or "") != want):
-                continue
+        for r in store.new_results(entries, aspect, label):
             emit(r)
 
 
