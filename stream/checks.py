@@ -12,12 +12,17 @@ may meet to that one line, so the command line prints no traceback for them.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import socket
 from typing import Any
 
-from .kafka import BrokerUnavailable
-
 CHECK_TIMEOUT_S = 3.0
+
+
+class BrokerUnavailable(RuntimeError):
+    """Kafka cannot be reached; ``str()`` is one line naming the broker and the cause. (Here, not
+    in :mod:`stream.kafka`, so a verb can check the broker before aiokafka is imported.)"""
 
 
 class CacheUnavailable(RuntimeError):
@@ -55,6 +60,19 @@ def _tcp_reason(addr: str, timeout_s: float) -> str | None:
         return describe(exc)
 
 
+class _LastError(logging.Handler):
+    """Keeps the last error aiokafka logged: its bootstrap error names no cause, the log does
+    (refused, an unsupported SASL mechanism, failed authentication, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = re.sub(r":?\s*<AIOKafkaConnection[^>]*>", "", record.getMessage())
+        self.text = " ".join(text.split())
+
+
 async def _metadata(settings: Any, timeout_s: float) -> None:
     from aiokafka.client import AIOKafkaClient
 
@@ -80,6 +98,9 @@ def check_kafka(settings: Any, timeout_s: float = CHECK_TIMEOUT_S) -> None:
     reasons = [r for r in (_tcp_reason(a, timeout_s) for a in settings.bootstrap_servers) if r is not None]
     if len(reasons) == len(settings.bootstrap_servers):
         raise BrokerUnavailable(f"{where}: {reasons[0]}")
+    last = _LastError()
+    logger = logging.getLogger("aiokafka")
+    logger.addHandler(last)
     try:
         asyncio.run(_metadata(settings, timeout_s))
     except TimeoutError:
@@ -88,18 +109,22 @@ def check_kafka(settings: Any, timeout_s: float = CHECK_TIMEOUT_S) -> None:
             f"(is it a Kafka broker, and is MULCOT_SECURITY_PROTOCOL={settings.security_protocol} what it speaks?)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
-        raise BrokerUnavailable(f"{where}: {kafka_reason(exc, settings)}") from None
+        raise BrokerUnavailable(f"{where}: {kafka_reason(exc, settings, last.text)}") from None
+    finally:
+        logger.removeHandler(last)
 
 
-def kafka_reason(exc: BaseException, settings: Any) -> str:
-    """The cause of a failed Kafka connection, with a hint for the usual mistakes."""
-    name = type(exc).__name__
+def kafka_reason(exc: BaseException, settings: Any, logged: str = "") -> str:
+    """The cause of a failed Kafka connection (``logged``: the last error aiokafka logged), with a
+    hint for the usual mistakes."""
     text = describe(exc)
-    if "Sasl" in name or "Authentication" in name or "sasl" in text.lower():
+    if "bootstrap" in text.lower():  # names no cause: the log does
+        text = re.sub(r'^Unable connect to "[^"]*":\s*', "", logged) or text
+    if re.search(r"sasl|authenticat", f"{type(exc).__name__} {text}", re.IGNORECASE):
         return f"authentication failed: {text} (check MULCOT_SASL_MECHANISM / MULCOT_SASL_USERNAME / MULCOT_SASL_PASSWORD)"
-    if "bootstrap" in text.lower():  # the TCP connection was made, so the server spoke something else
-        return (f"the server accepted the connection but did not answer as a Kafka broker (wrong port, or is "
-                f"MULCOT_SECURITY_PROTOCOL={settings.security_protocol} not what it speaks?)")  # fmt: skip
+    if "bootstrap" in describe(exc).lower():  # the TCP connection was made, so the server spoke something else
+        return (f"the server accepted the connection but did not answer as a Kafka broker ({text}; wrong port, or "
+                f"is MULCOT_SECURITY_PROTOCOL={settings.security_protocol} not what it speaks?)")  # fmt: skip
     return text
 
 

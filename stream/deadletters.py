@@ -104,7 +104,10 @@ async def read_dead_letters(settings: Settings, recent: int | None = 20, code: s
             if batch:
                 last = time.monotonic()
                 continue
-            at_end = all(cons.highwater(tp) is not None and await cons.position(tp) >= cons.highwater(tp) for tp in tps)
+            at_end = True
+            for tp in tps:
+                high = cons.highwater(tp)  # from the last fetch: right on Tansu, unlike end_offsets()
+                at_end = at_end and high is not None and await cons.position(tp) >= high
             if (at_end and idle >= IDLE_S) or idle >= IDLE_MAX_S:
                 break
         got = [e for e in got if code is None or e.dead.error.value == code]

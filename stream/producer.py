@@ -62,7 +62,8 @@ def convert(line: str, base: Path, number: int = 0, *, check: bool = True) -> Li
     through untouched (so the worker dead-letters them), reported as invalid JSON. With
     ``check``, the converted post is validated against the ``Post`` schema.
     """
-    raw = line.rstrip("\n").encode("utf-8", "surrogateescape")  # the line's bytes as they are in the file
+    line = line.rstrip("\r\n")
+    raw = line.encode("utf-8", "surrogateescape")  # the line's bytes as they are in the file
     try:
         obj = json.loads(line)
     except ValueError as exc:
