@@ -22,6 +22,7 @@ import logging
 import signal
 from typing import Any
 
+from ..delivery import until_done
 from ..metrics import AlertMetrics
 from ..protocol import Alert
 from ..settings import Settings
@@ -97,7 +98,7 @@ class AlertRunner:
         window's alerts are published, and acknowledged by Kafka, before it is marked evaluated)."""
 
         def publish(alerts: list[Alert]) -> None:
-            asyncio.run_coroutine_threadsafe(self.policy.run("publishing alerts", lambda: self._send(alerts)), loop).result()
+            asyncio.run_coroutine_threadsafe(until_done(self.policy, "publishing alerts", lambda: self._send(alerts)), loop).result()
 
         if values:
             report = self.detector.ingest(values)
@@ -142,7 +143,7 @@ class AlertRunner:
                 got = await cons.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
                 self.assigned = bool(cons.assignment())
                 values = [m.value for msgs in got.values() for m in msgs]
-                await self.policy.run("alert detector step", lambda v=values: asyncio.to_thread(self._step, v, loop))
+                await until_done(self.policy, "alert detector step", lambda v=values: asyncio.to_thread(self._step, v, loop))
                 if got:
                     await self._commit(cons)
         finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-OPERATIONS = ["GET /api/alerts", "GET /api/alerts/{alert_id}", "GET /api/health", "GET /api/results",
+OPERATIONS = ["GET /api/alerts", "GET /api/alerts/{alert_id}", "GET /api/dead-letters", "GET /api/health", "GET /api/results",
               "GET /api/results/{post_id}", "GET /api/results/{post_id}/thumbnail", "GET /api/stats"]  # fmt: skip
 
 
