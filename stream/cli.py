@@ -155,8 +155,9 @@ def config_cmd(as_json: bool) -> None:
 def worker_cmd(**opts: Any) -> None:
     """Run a worker: consume posts, label them, publish results + dead letters, write Redis.
 
-    Runs in the foreground until Ctrl-C / SIGTERM. Start several with the same group id
-    (MULCOT_GROUP_ID) to share the input partitions. Delivery is at-least-once: offsets
+    Runs in the foreground until Ctrl-C / SIGTERM. Checks Kafka and Redis first (one line and
+    exit 1 within seconds when either does not answer), then loads the student. Start several
+    with the same group id (MULCOT_GROUP_ID) to share the input partitions. Delivery is at-least-once: offsets
     are committed only after the outputs are acknowledged by Kafka and written to Redis.
     """
     s = settings_from(**opts)
@@ -205,8 +206,9 @@ def services_up(broker: str | None, redis_url: str | None, log_dir: Path | None)
     """Run Tansu and Valkey in the foreground on the addresses in settings.
 
     Defaults: broker 127.0.0.1:9092, cache redis://127.0.0.1:6379/0, which every other
-    verb also uses, so `mulcot services up & mulcot worker & mulcot produce FILE` works
-    with no configuration. Ctrl-C / SIGTERM stops both. Storage is in memory.
+    verb also uses, so `mulcot services up & mulcot services wait; mulcot worker &` then
+    `mulcot produce FILE` works with no configuration. Ctrl-C / SIGTERM stops both. Storage
+    is in memory.
     """
     import signal
     import threading

@@ -64,7 +64,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (TimeoutError, KafkaConnectionError, OSError) as exc:
-        raise BrokerUnavailable(f"cannot reach Kafka at {settings.broker}: {exc or type(exc).__name__}") from None
+        from .checks import describe
+
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.broker}: {describe(exc)}") from None
     try:
         existing = set(await admin.list_topics())
         wanted = {

@@ -40,6 +40,22 @@ def _label(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
+def _kill_after(args: list[str], out: Path, lines: int, cwd: Path, timeout: float, poll_s: float) -> None:
+    """Run `mulcot label ARGS` and SIGKILL it once ``out`` has ``lines`` complete lines."""
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "label", *args], env=_env(), cwd=cwd,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while (not out.exists() or out.read_bytes().count(b"\n") < lines) and time.monotonic() < deadline:
+            assert proc.poll() is None, "label finished before it could be killed"
+            time.sleep(poll_s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _posts_file(tmp_path: Path) -> tuple[Path, str]:
     """Good posts (inline image, text-only with an aspect, a research row with an image file and a
     gold label) around 3 bad lines; returns the file and its text."""
@@ -127,18 +143,7 @@ def test_label_resume_after_sigkill(tmp_path: Path) -> None:
             if i == 1500:
                 fh.write('{"id": "broken", "text": \n')  # one dead letter in the middle
     out = tmp_path / "r.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "label", "many.jsonl", "--model", "noop", "--out", "r.jsonl",
-                             "--batch-size", "2"], env=_env(), cwd=tmp_path, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while (not out.exists() or out.read_bytes().count(b"\n") < 250) and time.monotonic() < deadline:
-            assert proc.poll() is None, "label finished before it could be killed"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _kill_after(["many.jsonl", "--model", "noop", "--out", "r.jsonl", "--batch-size", "2"], out, 250, tmp_path, 120, 0.01)
     before = out.read_bytes()
     assert 200 < before.count(b"\n") < n, before.count(b"\n")
     with out.open("ab") as fh:  # a line torn by the kill (the last write cut short)
@@ -170,24 +175,14 @@ def test_label_usage_errors_are_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.data
+@pytest.mark.timeout(3600)  # two loads of the default student and 200 chains: minutes on 2 cores
 def test_label_t15_with_the_default_student_killed_and_resumed(data_dir: Path, tmp_path: Path) -> None:
     """The issue's command: 200 Twitter-2015 test posts with the default student; killed with
     SIGKILL about halfway and resumed, each id exactly once, every line valid."""
     src = data_dir / "t15" / "test.jsonl"
     out = tmp_path / "r.jsonl"
     args = [str(src), "--limit", "200", "--out", str(out), "--batch-size", "8"]
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "label", *args], env=_env(), cwd=tmp_path,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 1200
-        while (not out.exists() or out.read_bytes().count(b"\n") < 100) and time.monotonic() < deadline:
-            assert proc.poll() is None, "label finished before it could be killed"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _kill_after(args, out, 100, tmp_path, 1200, 0.2)
     p = _label(*args, "--resume", cwd=tmp_path, timeout=1200)
     assert p.returncode == 0, p.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
