@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .protocol import ErrorCode
 
@@ -198,7 +198,9 @@ def _shrink(image: Image.Image, side: int) -> Image.Image:
     (``Image.reduce``: a fraction of a resampling's cost), then, if still too big, bilinear."""
     w, h = image.size
     k = max(w, h) // side if max(w, h) > side else 1
-    small = image.reduce(k) if k > 1 else image
+    # a plain Image either way: saving an ImageFile (a draft decode already at size) compares
+    # file paths first (two os.getcwd calls per thumbnail)
+    small = image.reduce(k) if k > 1 else image.copy() if isinstance(image, ImageFile.ImageFile) else image
     w, h = small.size
     if max(w, h) > side:
         scale = side / max(w, h)

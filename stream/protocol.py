@@ -31,6 +31,15 @@ _BASE64 = TypeAdapter(bytes, config=ConfigDict(val_json_bytes="base64"))
 LabelName = Literal["positive", "neutral", "negative"]
 
 
+def schema_message(exc: ValidationError, most: int = 5) -> str:
+    """The first ``most`` errors of a validation failure in one line (``loc: msg; ...``)."""
+    parts = []
+    for err in exc.errors()[:most]:
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "post"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -97,9 +97,9 @@ class _Process:
 
     name = "service"
 
-    def __init__(self, host: str, port: int, log_dir: Path | None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_dir: Path | None = None) -> None:
         self.host = host
-        self.port = port
+        self.port = port = port or free_port(host)
         self._own_dir = log_dir is None
         # absolute: the child runs with the log folder as its working directory, and Valkey
         # resolves its --dir against that (a relative path would point below itself)
@@ -173,9 +173,6 @@ class EmbeddedKafka(_Process):
 
     name = "tansu"
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_dir: Path | None = None) -> None:
-        super().__init__(host, port or free_port(host), log_dir)
-
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
@@ -200,9 +197,6 @@ class EmbeddedRedis(_Process):
     """Valkey (or redis-server) on ``host:port``, no persistence."""
 
     name = "valkey"
-
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_dir: Path | None = None) -> None:
-        super().__init__(host, port or free_port(host), log_dir)
 
     @property
     def url(self) -> str:

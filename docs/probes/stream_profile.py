@@ -2,10 +2,11 @@
 
 Starts embedded Tansu + Valkey, preloads N bench posts (``stream.bench.make_posts``: ~21 KB
 JPEGs inline), starts the real worker with the no-op student (thumbnails on, the default) and
-samples it with py-spy (``pip install py-spy``) until every result is in Redis. Prints the
+samples it with py-spy (``pip install py-spy``) from its first result until every result is
+in Redis (at most 10,000: what the recent index keeps). Prints the
 top-20 functions by own samples and by samples including callees (every thread but idle ones).
 
-    .venv/bin/python docs/probes/stream_profile.py [posts] [image_decode]   # 30000 auto
+    .venv/bin/python docs/probes/stream_profile.py [posts] [image_decode]   # 9000 auto
 """
 
 import asyncio
@@ -23,7 +24,7 @@ from stream.producer import produce_records  # noqa: E402
 from stream.services import WorkerProcess, embedded_services  # noqa: E402
 from stream.settings import load_settings  # noqa: E402
 
-posts = int(sys.argv[1]) if len(sys.argv) > 1 else 30000
+posts = min(int(sys.argv[1]) if len(sys.argv) > 1 else 9000, 10_000)  # the recent index keeps 10,000
 mode = sys.argv[2] if len(sys.argv) > 2 else "auto"
 out = Path(tempfile.mkdtemp(prefix="mulcot-profile-"))
 with embedded_services(log_dir=out) as (kafka, redis):

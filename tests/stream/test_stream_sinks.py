@@ -201,3 +201,46 @@ def test_a_failing_step_is_retried_until_it_succeeds() -> None:
 
     got = asyncio.run(until_done(RetryPolicy(base_s=0.01), "step", step, on_retry=lambda e: seen.append(str(e))))
     assert got == "done" and len(calls) == 3 and seen == ["model server down"] * 2
+
+
+def test_delivery_retries_falls_back_and_skips_for_any_sink() -> None:
+    """The one mechanism, for a sink that is neither Kafka nor Redis: a transient failure is
+    retried (only that item), a permanent one is replaced by the sink's fallback, and an item
+    whose fallback is refused too is skipped and counted - the sink itself only writes."""
+    from redis.exceptions import ResponseError
+
+    from stream.sinks import BaseSink, Failed
+
+    items = [_result(i, "t") for i in range(4)]
+    calls: list[list[str]] = []
+    flaky = {"p1"}
+
+    class ListSink(BaseSink):
+        name = "list"
+
+        def __init__(self) -> None:
+            self.written: list[str] = []
+
+        async def write(self, results, dead=()):  # type: ignore[no-untyped-def]
+            got = [r.result.id for r in results] + [f"dead:{d.dead.post_id}" for d in dead]
+            calls.append(got)
+            failed = []
+            for item, name in zip([*results, *dead], got):
+                if name in flaky:
+                    flaky.discard(name)
+                    failed.append(Failed(item, ConnectionError("down for a moment")))
+                elif name in ("p2", "p3", "dead:p3"):
+                    failed.append(Failed(item, ResponseError("WRONGTYPE refused for good")))
+                else:
+                    self.written.append(name)
+            return failed
+
+        def fallback(self, item, error):  # type: ignore[no-untyped-def]
+            rec = item.record
+            return dead_letter(rec, ErrorCode.PUBLISH_FAILED, str(error), item.result.id, inline_max=0) if rec else None
+
+    sink, counts = ListSink(), Counts()
+    asyncio.run(Delivery([sink], counters=counts, policy=RetryPolicy(base_s=0.01)).deliver(items))
+    assert sorted(sink.written) == ["dead:p2", "p0", "p1"]  # p3's fallback was refused too: skipped
+    assert calls[0] == ["p0", "p1", "p2", "p3"] and calls[1] == ["dead:p2", "dead:p3"] and calls[2] == ["p1"]
+    assert counts.retries == {"list": 1} and counts.skips == {"list": 1}
