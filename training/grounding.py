@@ -7,8 +7,9 @@ gives a post its own image file: ``swap_partners``), and with no image. From the
 * ``no_image_honest``: share of the no-image chains whose Image field states there is no image;
 * ``swap_changed``: share of posts whose Image field changes when another image is given;
 * ``swap_jaccard``: mean Jaccard similarity of the content words of the two Image fields
-  (own vs swapped). Content words: lower-cased letter words minus English stopwords and
-  :data:`GENERIC` image vocabulary, so that a fixed template around grounded content is not
+  (own vs swapped). Content words: lower-cased letter words minus English stopwords,
+  :data:`GENERIC` image vocabulary and the words found in over half of all the Image lines of the
+  two runs (``image_template_words``), so that a fixed template around grounded content is not
   counted as similarity. ``swap_jaccard_raw`` is the same with stopwords removed only;
 * ``label_flip_swapped``: share of labels that change when the image is swapped;
 * ``visual_claims``: share of own-image chains whose Text or Conclusion line (the chain writer's
@@ -34,6 +35,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -150,7 +152,11 @@ def grounding_metrics(own, swapped, none, teacher_chains: Sequence[str | None] =
     def agrees(p):
         return p.chain is not None and p.chain.prediction == p.label.value
 
-    jac = [jaccard(content_words(img(a)), content_words(img(b))) for a, b in zip(own, swapped)]
+    # the fixed template: content words found in over half of all the Image lines of the two runs
+    lines = [content_words(img(p)) for p in (*own, *swapped)]
+    df = Counter(w for ws in lines for w in ws)
+    template = {w for w, c in df.items() if c > len(lines) / 2}
+    jac = [jaccard(content_words(img(a)) - template, content_words(img(b)) - template) for a, b in zip(own, swapped)]
     jac_raw = [jaccard(content_words(img(a), generic=False), content_words(img(b), generic=False))
                for a, b in zip(own, swapped)]
     teacher = [parse_chain(t).conflict_resolution for t in teacher_chains if t]
@@ -163,6 +169,7 @@ def grounding_metrics(own, swapped, none, teacher_chains: Sequence[str | None] =
         "swap_identical": _rate([(img(a) or "") == (img(b) or "") for a, b in zip(own, swapped)]),
         "swap_jaccard": sum(jac) / len(jac) if jac else None,
         "swap_jaccard_raw": sum(jac_raw) / len(jac_raw) if jac_raw else None,
+        "image_template_words": sorted(template),
         "label_flip_swapped": _rate([a.label != b.label for a, b in zip(own, swapped)]),
         "label_flip_no_image": _rate([a.label != b.label for a, b in zip(own, none)]),
         "conflict_rate": _rate([names_conflict(p.chain.conflict_resolution) for p in own if p.chain is not None]),

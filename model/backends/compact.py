@@ -92,6 +92,10 @@ class CompactStudent(BaseStudent):
 
         for route, name in names.items():
             self.classifiers[route] = MeanRoute([load(n) for n in name]) if isinstance(name, list) else load(name)
+        # post-level posts without an image: the round-4 text route when the student has one
+        from ..compact.frozen import TextRoute
+
+        self.text_route = TextRoute.load(self.path, sentences) if "post" in self.classifiers else None
         # the input format (image words) of the fine-tuned routes; defaults when every route is frozen
         members = [m for c in self.classifiers.values() for m in (c.members if isinstance(c, MeanRoute) else [c])]
         self.cfg = next((c.cfg for c in members if isinstance(c, CompactClassifier)), ClassifierConfig())
@@ -191,6 +195,10 @@ class CompactStudent(BaseStudent):
             probs[idx] = p
             for j, i in enumerate(rows):
                 n_tokens[i] = n[j]
+        if self.text_route is not None and not text_only:
+            bare = [i for i, p in enumerate(batch) if self._route(p) == "post" and not has[i] > 0]
+            if bare:
+                probs[torch.tensor(bare)] = torch.from_numpy(self.text_route.probs([batch[i].text for i in bare])).float()
         return probs, n_tokens
 
     def _member_probs(self, clf, batch: list[PostInput], rows: list[int], words, feats: torch.Tensor,

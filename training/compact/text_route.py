@@ -180,11 +180,22 @@ def export(name: str, out: Path, cache: Path = CACHE) -> dict:
     cand = CANDIDATES[name]
     F = features(pool(), "pool", cache)
     model = cand.fit(F, np.arange(len(F["y"])))
-    save_file({"weight": torch.tensor(model.coef_, dtype=torch.float32),
-               "bias": torch.tensor(model.intercept_, dtype=torch.float32)}, str(out / "text_route.safetensors"))
+    save_file({"weight": torch.tensor(model.coef_, dtype=torch.float32).contiguous(),
+               "bias": torch.tensor(model.intercept_, dtype=torch.float32).contiguous()}, str(out / "text_route.safetensors"))
     meta = {"kind": "text_route", "candidate": name, "description": cand.description, "parts": list(cand.parts),
             "fitted_on": f"round-4 pool ({len(F['y'])} texts)", "rule": "docs/results.md, Round 4"}
     (out / "text_route.json").write_text(json.dumps(meta, indent=2))
+    table = cache / "text_route_k5_s0.json"
+    if table.exists():  # the CV figures of the adopted candidate and of base, into the model card
+        rows = {r["name"]: r for r in json.loads(table.read_text())}
+        keep = ("acc_mean", "acc_std", "f1_mean", "f1_std", "acc_folds", "f1_folds", "ood_acc", "ood_f1", "ood_n")
+        card_f = out / "model_card.json"
+        card = json.loads(card_f.read_text()) if card_f.exists() else {}
+        card.setdefault("cv", {})["text_only_posts"] = {
+            "dataset": "round-4 pool (MVSA-Single train + dev, single-aspect Twitter-2015/2017 train + dev)", "k": 5,
+            "seed": 0, "adopted": name, "average": "macro", "candidate": {k: rows[name][k] for k in keep},
+            "baseline": {k: rows["base"][k] for k in keep}, "rule": "docs/results.md, Round 4"}
+        card_f.write_text(json.dumps(card, indent=2))
     return meta
 
 
