@@ -45,10 +45,8 @@ chaos: setup
 student: setup
 	$(VENV)/bin/mulcot distill compact training/recipes/compact-assistant.toml
 	$(VENV)/bin/mulcot distill compact training/recipes/compact.toml --export model/weights/default
-	$(PY) -m training.cv export mvsa_single --candidate "mean of fine-tuned and baseline probabilities" \
-		--out model/weights/default --route post
-	$(PY) -m training.cv export t15 --candidate "fine-tuned MiniLM-LoRA + image" \
-		--out model/weights/default --route aspect
+	$(PY) -m training.compact.select export mvsa_single --candidate mean --out model/weights/default --route post
+	$(PY) -m training.compact.select export t15 --candidate finetune --out model/weights/default --route aspect
 	$(VENV)/bin/mulcot distill compact training/recipes/explainer-grounded.toml --stage explainer
 	cp runs/explainer_g1/explainer.safetensors runs/explainer_g1/explainer.json model/weights/default/
 

@@ -11,9 +11,9 @@ spec stay cheap (no torch import):
 * ``hf:<path-or-hub-id>[+<adapter-path-or-hub-id>]`` - a Hugging Face image-text-to-text
   model (Qwen2.5-VL, SmolVLM/Idefics3), optionally with a LoRA adapter merged in;
 * ``tiny:<family>`` - a tiny random-initialised model of a real family (``qwen2_5_vl`` or
-  ``smolvlm``, see :mod:`model.tiny`), built locally on first use: smoke runs and tests;
+  ``smolvlm``, see :mod:`model.backends.tiny.build`), built locally on first use: smoke runs and tests;
 * ``openai:<base_url>[#<model>]`` - a student served by an OpenAI-compatible endpoint (vLLM,
-  SGLang; ``model/backends/openai.py``);
+  SGLang; ``model/backends/openai/student.py``);
 * ``noop`` - a model-free student for measuring the pipeline alone (benchmarks only);
 * ``mulcot-rd-3b`` / ``mulcot-rd-7b`` - aliases of the published students, ``hf:sghn/MulCoT-RD-3B``.
 
@@ -196,7 +196,7 @@ def _parse_hf(rest: str) -> tuple[str, str | None]:
 
 
 def _load_hf(spec: Spec, options: dict) -> Student:
-    from .hf.student import HFStudent
+    from .backends.hf.student import HFStudent
 
     return HFStudent.from_pretrained(spec.target, adapter=spec.adapter, **options)
 
@@ -211,7 +211,7 @@ def _check_default(spec: Spec) -> None:
 
 
 def _load_default(spec: Spec, options: dict) -> Student:
-    from .backends.compact import CompactStudent
+    from .backends.compact.student import CompactStudent
 
     return CompactStudent.from_pretrained(DEFAULT_WEIGHTS, **options)
 
@@ -222,19 +222,19 @@ def _check_compact(spec: Spec) -> None:
 
 
 def _load_compact(spec: Spec, options: dict) -> Student:
-    from .backends.compact import CompactStudent
+    from .backends.compact.student import CompactStudent
 
     return CompactStudent.from_pretrained(Path(spec.target), **options)
 
 
 def _load_noop(spec: Spec, options: dict) -> Student:
-    from .backends.noop import NoopStudent
+    from .backends.noop.student import NoopStudent
 
     return NoopStudent(**options)
 
 
 def _parse_openai(rest: str) -> tuple[str, str | None]:
-    from .backends.openai import parse_target  # no heavy imports: parsing stays cheap
+    from .backends.openai.student import parse_target  # no heavy imports: parsing stays cheap
 
     try:
         parse_target(rest)
@@ -244,13 +244,13 @@ def _parse_openai(rest: str) -> tuple[str, str | None]:
 
 
 def _load_openai(spec: Spec, options: dict) -> Student:
-    from .backends.openai import OpenAIStudent
+    from .backends.openai.student import OpenAIStudent
 
     return OpenAIStudent.from_target(spec.target, **options)
 
 
 def _parse_tiny(rest: str) -> tuple[str, str | None]:
-    from .tiny import family_name
+    from .backends.tiny.build import family_name
 
     try:
         return family_name(rest), None
@@ -262,7 +262,7 @@ def tiny_path(family: str, workdir: str | Path | None = None, *, seed: int = 0) 
     """The directory of the tiny ``family`` model for ``seed``, built there on first use:
     ``<workdir>/tiny-<family>`` (seed 0) or ``tiny-<family>-s<seed>``; ``workdir`` defaults to
     ``$MULCOT_TINY_DIR`` or ``<tmp>/mulcot-tiny``."""
-    from .tiny import build_tiny, family_name
+    from .backends.tiny.build import build_tiny, family_name
 
     family = family_name(family)
     root = Path(workdir or os.environ.get("MULCOT_TINY_DIR") or Path(tempfile.gettempdir()) / "mulcot-tiny")
@@ -273,7 +273,7 @@ def tiny_path(family: str, workdir: str | Path | None = None, *, seed: int = 0) 
 
 
 def _load_tiny(spec: Spec, options: dict) -> Student:
-    from .hf.student import HFStudent
+    from .backends.hf.student import HFStudent
 
     return HFStudent.from_pretrained(str(tiny_path(spec.target)), **{"name": str(spec), **options})
 

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from .checks import BrokerUnavailable  # defined there (no aiokafka import), raised here too
 from .settings import Settings
 
 log = logging.getLogger("mulcot.kafka")
@@ -23,8 +24,6 @@ MAX_REQUEST = 8 * 1024 * 1024  # largest produce request / partition fetch (the 
 MAX_BATCH = 1024 * 1024  # producer batch size
 
 
-class BrokerUnavailable(RuntimeError):
-    pass
 
 
 def producer(settings: Settings, **kw: Any) -> AIOKafkaProducer:

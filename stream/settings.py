@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     dlq_inline_max_bytes: int = Field(
         256 * 1024, ge=0, description="originals larger than this go to the DLQ as a reference, not inline"
     )
+    dead_letters_max: int = Field(
+        1000, ge=0, le=100_000, description="how many recent dead letters the worker keeps in Redis for "
+        "`/api/dead-letters` and the dashboard (0: none; the full ones are on the dead-letter topic)"
+    )
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus metrics port of the worker (0: off)")
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="worker log level")
     work_dir: Path = Field(Path(".cache/mulcot"), description="working files (Faust data dir, service and demo logs); relative: to the current directory")
@@ -272,12 +276,74 @@ def _list_hint(field: str) -> str:
     return f" ({env_name(field)} takes a JSON list, e.g. {env_name(field)}='{json.dumps(example)}')"
 
 
+NON_SETTING_VARIABLES = frozenset({
+    "MULCOT_DATA_DIR",  # the research data (training.data, tests)
+    "MULCOT_THREADS",  # torch threads of training.cv / training.grounding
+    "MULCOT_TINY_DIR",  # where tiny test models are built (model.loading)
+    "MULCOT_ENGINE", "MULCOT_ENGINE_SLOTS", "MULCOT_ENGINE_MAX_LEN",  # the batched GPU engine (model.engine)
+    "MULCOT_GPU_MODEL_SPEC", "MULCOT_MODELS_DIR",  # docker-compose.yml's gpu / vllm profiles
+    "MULCOT_CHROMIUM", "MULCOT_TEST_ARTIFACTS", "MULCOT_TEST_TIMING", "MULCOT_README_MODEL",  # the tests
+})
+"""``MULCOT_*`` variables read elsewhere in the code, which are not settings and get no typo warning
+(a test checks that every ``MULCOT_*`` name in the code is a setting or listed here)."""
+
+_warned: set[str] = set()
+
+
+def setting_names() -> set[str]:
+    """Every environment variable name the settings class reads."""
+    return {env_name(name) for name in Settings.model_fields}
+
+
+def unknown_variables(environ: Any = None, dotenv: str | Path | None = ".env") -> list[str]:
+    """One warning line per ``MULCOT_*`` variable of the environment or ``.env`` that is not a
+    setting (nor in :data:`NON_SETTING_VARIABLES`), naming the nearest setting."""
+    import difflib
+    import os
+
+    known = setting_names()
+    found: dict[str, str] = {}
+    for key in (os.environ if environ is None else environ):
+        if key.upper().startswith("MULCOT_"):
+            found.setdefault(key.upper(), "environment variable")
+    path = Path(dotenv) if dotenv else None
+    if path is not None and path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        for n, line in enumerate(lines, 1):
+            key = line.strip().removeprefix("export ").partition("=")[0].strip()
+            if key.upper().startswith("MULCOT_") and "=" in line:
+                found.setdefault(key.upper(), f"line {n} of {path}")
+    out = []
+    for key, where in sorted(found.items()):
+        if key in known or key in NON_SETTING_VARIABLES:
+            continue
+        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else "see `mulcot config` for the settings"
+        out.append(f"warning: {key} ({where}) is not a mulcot setting and is ignored; {hint}")
+    return out
+
+
+def warn_unknown_variables() -> None:
+    """Print :func:`unknown_variables` to stderr, each at most once per process."""
+    import sys
+
+    for line in unknown_variables():
+        if line not in _warned:
+            _warned.add(line)
+            print(line, file=sys.stderr)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings from env/.env plus ``overrides``; raise :class:`SettingsError` (one line)."""
+    """Read settings from env/.env plus ``overrides``; raise :class:`SettingsError` (one line).
+    ``MULCOT_*`` variables that are not settings get one warning each (:func:`unknown_variables`)."""
     import re
 
     from pydantic_settings import SettingsError as SourceError
 
+    warn_unknown_variables()
     try:
         return Settings(**overrides)
     except SourceError as exc:  # a value the environment source cannot parse (e.g. a list that is not JSON)
@@ -316,4 +382,5 @@ if __name__ == "__main__":  # python -m stream.settings --markdown
     print(markdown_table())
 
 
-__all__ = ["Settings", "SettingsError", "load_settings", "env_name", "DEFAULT_BROKER", "DEFAULT_REDIS_URL"]
+__all__ = ["Settings", "SettingsError", "load_settings", "env_name", "unknown_variables", "NON_SETTING_VARIABLES",
+           "DEFAULT_BROKER", "DEFAULT_REDIS_URL"]

@@ -107,9 +107,36 @@ def teacher_cmd(recipe, overrides, data_file, out_file, backend, model_name, bas
                         max_guided=max_guided, max_concurrency=concurrency, requests_per_s=rps,
                         max_retries=max_retries, max_tokens=max_tokens, price_prompt_per_mtok=price_in,
                         price_completion_per_mtok=price_out)
-    factory = teacher_factory(cfg, out_dir=Path(out_file).parent)
+    errors: list[str] = []
+    factory = _recording(teacher_factory(cfg, out_dir=Path(out_file).parent), errors)
     summary = run_teacher(exs, factory, out_file, max_guided=max_guided, progress=True)
     click.echo(json.dumps(summary, indent=2))
+    asked = summary["total"] - summary["skipped_done"]
+    last = f"; last error: {errors[-1]}" if errors else ""
+    if asked and summary["errors"] == asked:
+        raise click.ClickException(f"every request to the teacher failed: none of {asked} posts got an answer{last}")
+    if summary["errors"]:
+        click.echo(f"warning: {summary['errors']} of {asked} posts got no answer from the teacher (not written; "
+                   f"a rerun retries them){last}", err=True)
+
+
+def _recording(factory, errors: list[str]):
+    """``factory`` whose backends record each failed request's reason in ``errors``."""
+    def build():
+        backend = factory()
+        generate = backend.generate
+
+        async def recorded(*args, **kw):
+            try:
+                return await generate(*args, **kw)
+            except Exception as exc:
+                errors.append(" ".join(str(exc).split()) or type(exc).__name__)
+                raise
+
+        backend.generate = recorded
+        return backend
+
+    return build
 
 
 def _train_options(f):
@@ -279,12 +306,12 @@ def evaluate_cmd(spec, data_file, out_dir, limit, batch_size, no_chain, no_embed
 
 
 @distill.command("cv", add_help_option=False, context_settings={"ignore_unknown_options": True},
-                 help="Model selection by stratified k-fold CV over train + dev (python -m training.cv): "
-                      "features | run | finetune | export DATASET [--k --seed --candidate --out --route]; "
-                      "`mulcot distill cv -h` for its options.")
+                 help="The compact student's model selection by stratified k-fold CV over train + dev "
+                      "(python -m training.compact.select): features | run | finetune | export DATASET "
+                      "[--k --seed --candidate --out --route]; `mulcot distill cv -h` for its options.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def cv_cmd(args) -> None:
-    from .cv import main as cv_main
+    from .compact.select import main as cv_main
 
     cv_main(list(args), prog="mulcot distill cv")
 

@@ -139,7 +139,7 @@ def evaluate(
         out_dir: if set, write ``report.json``, ``predictions.jsonl`` and PNG plots there.
         image_max_side: downscale images to this longer side before the student sees them.
         embeddings: compute the MiniLM embedding cosine (needs the installed MiniLM package).
-        train_log: a training log JSONL (``training.trainer`` format) to plot loss curves from.
+        train_log: a training log JSONL (``training.mulcot.trainer`` format) to plot loss curves from.
         progress: show a progress bar.
         grounding: also run the grounding metrics (``training.grounding``: each post with an
             image again with another post's image and with none; about three times the work),
@@ -195,7 +195,7 @@ def evaluate(
 
 def selection_cv(student: Any) -> dict | None:
     """The cross-validated figures the student's routes were chosen by (``model_card.json`` key
-    ``cv``, written by ``training/cv.py export``), for students that have a model card."""
+    ``cv``, written by ``training/compact/select.py export``), for students that have a model card."""
     path = getattr(student, "path", None)
     card = Path(path) / "model_card.json" if path is not None else None
     if card is None or not card.exists():

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..hf import KNOWN_FAMILIES
+from ..backends.hf import KNOWN_FAMILIES
 from ..prompts import PROMPT_VERSION
 from ..types import PostInput, Prediction
 from .engine import DoesNotFit, Engine, EngineConfig, _round_up
@@ -121,7 +121,7 @@ def classify(student: Any, batch: Sequence[PostInput]) -> list[Prediction] | Non
 
 
 def _with_chains(student: Any, preds: Sequence[Prediction], results, ms: float) -> list[Prediction]:
-    from ..hf.student import with_generated_chain
+    from ..backends.hf.student import with_generated_chain
 
     return [with_generated_chain(pred, r.text, r.prompt_tokens, len(r.tokens), ms) for pred, r in zip(preds, results)]
 

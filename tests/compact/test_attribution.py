@@ -1,4 +1,4 @@
-"""The Text line's evidence (``model.compact.attribution``): which words of the post moved the
+"""The Text line's evidence (``model.backends.compact.attribution``): which words of the post moved the
 served classifier, computed with Captum's feature ablation through the route that served it, and
 the sentence that cites them. The last tests run the committed default student: no stubs."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import PostInput, load_student
-from model.compact.attribution import (
+from model.backends.compact.attribution import (
     TextEvidence,
     attribute,
     cite,

@@ -80,7 +80,7 @@ def test_chain_image_fields_come_from_the_evidence(student, chained):
     """No image: the Image line says so. With one: it names the image classifier's guesses with
     their scores (the evidence recorded in ``extra``), and the Conflict line compares the
     text-only and multimodal labels."""
-    from model.compact.grounded import AGREE_MARK, CONFLICT_MARK, NO_IMAGE, NO_IMAGE_CONFLICT
+    from model.backends.compact.grounded import AGREE_MARK, CONFLICT_MARK, NO_IMAGE, NO_IMAGE_CONFLICT
 
     preds = chained
     for post, p in zip(POSTS, preds):
@@ -103,7 +103,7 @@ def test_chain_image_fields_come_from_the_evidence(student, chained):
     # the Conclusion starts from the Conflict line (a writer trained on grounded targets) or, with
     # no image, from the text alone; a post without an aspect is "the post", not the prompt's
     # stand-in target "the whole post"
-    from model.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE_START
+    from model.backends.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE_START
 
     for post, p in zip(POSTS, preds):
         start = NO_IMAGE_START if post.image is None else (

@@ -56,7 +56,7 @@ def test_metrics_from_three_runs():
 def test_evidence_sentences_say_only_what_the_evidence_says():
     from PIL import Image
 
-    from model.compact.grounded import (
+    from model.backends.compact.grounded import (
         CONFLICT_MARK,
         NO_IMAGE,
         ImageEvidence,

@@ -1,4 +1,4 @@
-"""Text in the picture (``model.compact.ocr``, RapidOCR's PP-OCRv4 models from its wheel): the OCR
+"""Text in the picture (``model.backends.compact.ocr``, RapidOCR's PP-OCRv4 models from its wheel): the OCR
 check set of issue 22 (text drawn with Pillow over real tweet photos, and real photos without text)
 and pictures OCR cannot read, which get no quote and no error."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from model.compact.ocr import Reader, normalise
+from model.backends.compact.ocr import Reader, normalise
 from tests.support.ocr_checkset import cases, char_accuracy, font
 
 

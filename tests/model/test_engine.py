@@ -16,8 +16,8 @@ import torch
 
 from model.bench import synthetic_posts
 from model.engine import Engine, EngineConfig
-from model.engine.reference import hf_student, reference_run
-from model.engine.shapes import build_shape
+from model.engine.checks.reference import hf_student, reference_run
+from model.engine.checks.shapes import build_shape
 from model.types import PostInput
 
 
@@ -104,7 +104,7 @@ def test_engine_smolvlm_family():
 
 def test_checks_at_tiny_shape():
     """The GPU checks' code (fp32 greedy, teacher-forced logits) runs and agrees on CPU."""
-    from model.engine.bench import run_engine_checks
+    from model.engine.checks.bench import run_engine_checks
 
     out = run_engine_checks("tiny", n_posts=2, new_tokens=5)
     assert out["fp32_greedy"]["token_agreement"] == 1.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-OPERATIONS = ["GET /api/health", "GET /api/results", "GET /api/results/{post_id}", "GET /api/results/{post_id}/thumbnail",
+OPERATIONS = ["GET /api/dead-letters", "GET /api/health", "GET /api/results", "GET /api/results/{post_id}", "GET /api/results/{post_id}/thumbnail",
               "GET /api/stats"]  # fmt: skip
 
 

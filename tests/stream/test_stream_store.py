@@ -151,3 +151,37 @@ def test_dashboard_keys(store: ResultStore) -> None:
 def store_url(store: ResultStore) -> str:
     kw = store.client.connection_pool.connection_kwargs
     return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
+
+
+def test_both_faces_read_the_same_and_clamp_counts(store: ResultStore) -> None:
+    """The sync face (the CLI) and the async face (mulcot serve) run the one read model: the
+    same results, filters and counts; a negative count reads as 0 and unknown keys are ignored
+    by both."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from stream.store import AsyncResultStore
+
+    now = 1_700_000_000
+    for i, label in enumerate(["positive", "negative", "positive", "neutral"]):
+        store.put(_r(f"f{i}", label=label, aspect="Tea" if i % 2 else None), event_ms=(now - 10 + i) * 1000, text=f"t{i}")
+    bucket = store.layout.counts(60, now - now % 60)
+    store.client.hset(bucket, mapping={"neutral": -3, "bogus": 7})
+
+    async def read_async():  # type: ignore[no-untyped-def]
+        client = aioredis.from_url(store_url(store))
+        try:
+            a = AsyncResultStore(client, store.layout)
+            return (await a.run(a.reads.counts(60, 1, now_s=now)), [it.post_id for it in await a.run(a.reads.newest(10, label="positive"))],
+                    [it.post_id for it in await a.run(a.reads.newest(10, aspect="TEA"))])  # fmt: skip
+        finally:
+            await client.aclose()
+
+    counts, positive, tea = asyncio.run(read_async())
+    assert counts == store.counts(60, 1, now_s=now) == [(now - now % 60, {"positive": 2, "neutral": 0, "negative": 1})]
+    assert positive == [r.id for r in store.matching(10, label="positive")] == ["f2", "f0"]
+    assert tea == [r.id for r in store.by_aspect("tea")] == ["f3", "f1"]
+    entries = store.events_after("0")
+    assert [r.id for r in store.new_results(entries + entries[:1], label="positive")] == ["f2", "f0"]
+    assert store.indexed() == 4 and store.aspects() == ["tea"]

@@ -82,7 +82,7 @@ def features(rows: list[Row], tag: str, cache: Path = CACHE) -> dict[str, np.nda
     f = cache / f"text_route_{tag}.npz"
     if f.exists():
         return dict(np.load(f))
-    from model.compact.frozen import SentenceEncoder
+    from model.backends.compact.frozen import SentenceEncoder
 
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

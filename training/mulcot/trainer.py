@@ -62,7 +62,7 @@ class TrainSettings(TrainConfig):
     """:class:`TrainConfig` plus what the run adds."""
 
     image_max_side: int | None = Field(None, description="Downscale images to this longer side when loading "
-                                                         "(None: as served, see model.hf.inputs).")
+                                                         "(None: as served, see model.backends.hf.inputs).")
     seed: int = Field(0, description="Seed for Python, NumPy, torch and data order.")
     progress: bool = Field(True, description="Show a progress bar.")
 
@@ -90,7 +90,7 @@ def make_batches(processor: Any, examples: Sequence[Example], *, family: str, cf
 
 
 def _save_adapter(model: Any, processor: Any, path: Path) -> None:
-    from model.hf.processor import save_processor
+    from model.backends.hf.processor import save_processor
 
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)

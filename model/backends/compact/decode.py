@@ -14,7 +14,7 @@ It is exact greedy decoding: the tokens are those ``generate(do_sample=False)`` 
 checks this on a tiny model in fp32; in bf16 a different batch shape can change rounding).
 The model should use eager attention: with a padding mask, PyTorch's CPU SDPA takes a slow
 path that made each decode step about twice as long (measured in docs/benchmarks.md). The
-compact backend uses ``grouped_eager`` (model/backends/attention.py), eager attention without
+compact backend uses ``grouped_eager`` (model/kernels/attention.py), eager attention without
 the per-head copy of the key/value cache.
 """
 

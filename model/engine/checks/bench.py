@@ -31,7 +31,7 @@ from typing import Any
 
 import click
 
-from ..types import PostInput
+from ...types import PostInput
 
 
 def _cuda(device: str) -> bool:
@@ -63,7 +63,7 @@ def _peak_gb(device: str) -> float:
 
 def bench_posts(n: int, *, image_px: int, images: str | Path | None = None, seed: int = 0) -> list[PostInput]:
     """``n`` synthetic posts, each with an image (from ``images`` if given, cycled)."""
-    from ..bench import synthetic_posts
+    from ...bench import synthetic_posts
 
     posts = synthetic_posts(n, seed=seed, image_px=image_px, with_images=1.0)
     if images:
@@ -94,8 +94,8 @@ def defaults(shape: str, device: str) -> dict:
 def make_engine(model: Any, processor: Any, posts: list[PostInput], *, slots: int, new_tokens: int, device: str,
                 image_size: int, cuda_graphs: bool = True):
     """An engine sized for ``posts`` (``max_len`` from their longest prompt)."""
-    from .engine import Engine, EngineConfig, _round_up
-    from .inputs import Planner
+    from ..engine import Engine, EngineConfig, _round_up
+    from ..inputs import Planner
 
     d = defaults("tiny" if image_size < 100 else "3b", device)
     planner = Planner(model, processor, image_size=image_size)
@@ -115,7 +115,7 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
     already built ``(model, processor)`` of ``shape`` in ``dtype`` (saves a build per run)."""
     import torch
 
-    from .engine import summarize_latency
+    from ..engine import summarize_latency
     from .reference import hf_student, label_agreement, reference_run, token_agreement
     from .shapes import build_shape
 
@@ -203,7 +203,7 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
 
 
 def _vision_attention(device: str, dtype: Any) -> str:
-    from . import vision
+    from .. import vision
 
     if vision.varlen_available(__import__("torch").device(device), dtype) and vision._VARLEN_ERROR is None:
         return "torch varlen_attn"
@@ -289,7 +289,7 @@ def run_engine_checks(shape: str = "tiny", *, n_posts: int = 8, new_tokens: int 
 
 
 def make_cfg_stub(slots: int):
-    from .engine import EngineConfig
+    from ..engine import EngineConfig
 
     return EngineConfig(slots=slots)
 
@@ -353,5 +353,5 @@ def engine(shape: str, batch: int, new_tokens: int | None, n_posts: int | None, 
         print_table(result)
 
 
-if __name__ == "__main__":  # `python -m model.engine.bench ...` where the mulcot CLI is not installed (a GPU box)
+if __name__ == "__main__":  # `python -m model.engine.checks.bench ...` where the mulcot CLI is not installed (a GPU box)
     engine()

@@ -10,7 +10,7 @@ directory:
 * ``student.json``: name, version, image size; ``model_card.json``: how it was trained.
 
 ``classify`` is one MiniLM + one EfficientNet forward pass per batch (labels only);
-``explain`` runs the label-conditioned chain writer (see ``model.compact.explainer``).
+``explain`` runs the label-conditioned chain writer (see ``model.backends.compact.explainer``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..chain import parse_chain
-from ..types import LABELS, BaseStudent, PostInput, Prediction
+from ...chain import parse_chain
+from ...types import LABELS, BaseStudent, PostInput, Prediction
 
 _log = logging.getLogger(__name__)
 EVIDENCE_CLASSES = 3
@@ -65,9 +65,9 @@ class CompactStudent(BaseStudent):
     ) -> None:
         from transformers import AutoTokenizer
 
-        from ..compact.frozen import FrozenClassifier, SentenceEncoder
-        from ..compact.text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path
-        from ..compact.vision import ImageEncoder
+        from .frozen import FrozenClassifier, SentenceEncoder
+        from .text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path
+        from .vision import ImageEncoder
 
         self.path = Path(path)
         meta = json.loads((self.path / "student.json").read_text())
@@ -93,7 +93,7 @@ class CompactStudent(BaseStudent):
         for route, name in names.items():
             self.classifiers[route] = MeanRoute([load(n) for n in name]) if isinstance(name, list) else load(name)
         # post-level posts without an image: the round-4 text route when the student has one
-        from ..compact.frozen import TextRoute
+        from .frozen import TextRoute
 
         self.text_route = TextRoute.load(self.path, sentences) if "post" in self.classifiers else None
         # the input format (image words) of the fine-tuned routes; defaults when every route is frozen
@@ -133,7 +133,7 @@ class CompactStudent(BaseStudent):
     # ------------------------------------------------------------------ labels
     @torch.inference_mode()
     def classify(self, batch: Sequence[PostInput]) -> list[Prediction]:
-        from ..prompts import PROMPT_VERSION
+        from ...prompts import PROMPT_VERSION
 
         batch = list(batch)
         if not batch:
@@ -204,8 +204,8 @@ class CompactStudent(BaseStudent):
     def _member_probs(self, clf, batch: list[PostInput], rows: list[int], words, feats: torch.Tensor,
                       has: torch.Tensor, logits: torch.Tensor | None, text_only: bool = False):
         """One classifier's probabilities [len(rows), 3] for the posts ``rows``, and their prompt tokens."""
-        from ..compact.frozen import FrozenClassifier
-        from ..compact.text import encode_pairs
+        from .frozen import FrozenClassifier
+        from .text import encode_pairs
 
         idx = torch.tensor(rows)
         if isinstance(clf, FrozenClassifier):
@@ -255,8 +255,8 @@ class CompactStudent(BaseStudent):
             from peft import get_peft_model, set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            from ..compact.decode import GreedyDecoder
-            from ..compact.explainer import ExplainerConfig, load_base, prompt_prefix
+            from .decode import GreedyDecoder
+            from .explainer import ExplainerConfig, load_base, prompt_prefix
 
             cfg = ExplainerConfig(**json.loads((self.path / "explainer.json").read_text()))
             model, tok = load_base(torch.float32)
@@ -271,8 +271,8 @@ class CompactStudent(BaseStudent):
                 self._explainer = (_Generate(model, tok), tok, cfg)
             else:
                 # eager attention (CPU SDPA with a padding mask is ~2x slower per step), without
-                # copying the key/value cache per query head (model/backends/attention.py)
-                from .attention import GROUPED_EAGER, register
+                # copying the key/value cache per query head (model/kernels/attention.py)
+                from ...kernels.attention import GROUPED_EAGER, register
 
                 register()
                 model.set_attn_implementation(GROUPED_EAGER)
@@ -281,11 +281,11 @@ class CompactStudent(BaseStudent):
 
     @torch.inference_mode()
     def grounded_lines(self, posts: Sequence[PostInput], preds: Sequence[Prediction]) -> list[GroundedLines]:
-        """The evidence lines of each post's chain (``model.compact.grounded``): the Image line from
+        """The evidence lines of each post's chain (``model.backends.compact.grounded``): the Image line from
         the image classifier's top classes with their scores and the dominant colours, the Conflict
         line from the classifier's text-only label against ``preds``' label, and whether that is a
         conflict. Training builds the chain writer's grounded targets with the same lines."""
-        from ..compact.grounded import ImageEvidence, conflict_sentence, dominant_colours, image_sentence
+        from .grounded import ImageEvidence, conflict_sentence, dominant_colours, image_sentence
 
         posts, preds = list(posts), list(preds)
         evidence = self._evidence(posts, preds)
@@ -315,7 +315,7 @@ class CompactStudent(BaseStudent):
         if not self.ocr:
             return out
         if self._reader is None:
-            from ..compact.ocr import Reader
+            from .ocr import Reader
 
             self._reader = Reader()
         for i, p in enumerate(posts):
@@ -330,7 +330,7 @@ class CompactStudent(BaseStudent):
         return out
 
     def text_probs_fn(self, posts: list[PostInput], preds: list[Prediction]):
-        """``probs_fn(rows, texts)`` for ``model.compact.attribution``: the class probabilities of post
+        """``probs_fn(rows, texts)`` for ``model.backends.compact.attribution``: the class probabilities of post
         ``rows[k]`` through the route that served it, its image evidence fixed, its text ``texts[k]``."""
         n = len(posts)
         feats, lgs, has = torch.zeros(n, self.cfg.image_dim), torch.zeros(n, 1000), torch.zeros(n)
@@ -354,9 +354,9 @@ class CompactStudent(BaseStudent):
 
     @torch.inference_mode()
     def text_evidence(self, posts: Sequence[PostInput], preds: Sequence[Prediction]) -> list:
-        """The words of each post that moved its served label (``model.compact.attribution``: Captum
+        """The words of each post that moved its served label (``model.backends.compact.attribution``: Captum
         feature ablation through the post's route, then the cited phrases and p(label) without them)."""
-        from ..compact.attribution import attribute, cite
+        from .attribution import attribute, cite
 
         posts, preds = list(posts), list(preds)
         fn = self.text_probs_fn(posts, preds)
@@ -366,7 +366,7 @@ class CompactStudent(BaseStudent):
     def _text_lines(self, posts: list[PostInput], preds: list[Prediction]) -> tuple[list[str] | None, list]:
         """The Text lines from the attribution, and the evidence (None, [] when attribution is off; a
         failure is logged and each line says the evidence is missing)."""
-        from ..compact.attribution import text_sentence
+        from .attribution import text_sentence
 
         if not self.attribution:
             return None, [None] * len(posts)
@@ -379,15 +379,15 @@ class CompactStudent(BaseStudent):
 
     @torch.inference_mode()
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
-        """Chains in three steps (``model.compact.grounded``): the Text line quotes the words that moved
+        """Chains in three steps (``model.backends.compact.grounded``): the Text line quotes the words that moved
         the served classifier (:meth:`text_evidence`; with ``attribution=False`` the chain writer writes
         it); the Image and Conflict lines are written from the evidence (:meth:`grounded_lines`: text
         read in the picture, recognisable classes, colours; the text-only against the full label);
         then the chain writer, with those lines in its context, writes the Conclusion line, whose
         first words are forced (``grounded.conclusion_start``: always without an image, and from
         the Conflict line for a chain writer trained on grounded targets)."""
-        from ..compact.explainer import EXPLAINER_PROMPT_VERSION, chat_prompt, user_prompt
-        from ..compact.grounded import conclusion_start
+        from .explainer import EXPLAINER_PROMPT_VERSION, chat_prompt, user_prompt
+        from .grounded import conclusion_start
 
         batch, predictions = list(batch), list(predictions)
         if len(batch) != len(predictions):
@@ -457,7 +457,7 @@ class MeanRoute:
     serves posts without an image and the text-only reading (its text-only twin)."""
 
     def __init__(self, members: list) -> None:
-        from ..compact.frozen import FrozenClassifier
+        from .frozen import FrozenClassifier
 
         self.members = members
         self.frozen = next((m for m in members if isinstance(m, FrozenClassifier)), None)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..text_utils import clip_words
+from ...text_utils import clip_words
 
 EXPLAINER_PROMPT_VERSION = "compact-explainer/1"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,7 +40,7 @@ class ExplainerConfig:
     """Decoder layers that get LoRA (the top 16 of 30: backward stops there, a third cheaper to train)."""
     grounded_targets: bool = False
     """Trained on grounded targets (``training.compact.explainer.grounded_rows``): the Image and
-    Conflict lines in its context are the evidence sentences of ``model.compact.grounded``, and
+    Conflict lines in its context are the evidence sentences of ``model.backends.compact.grounded``, and
     its Conclusion starts from ``grounded.conclusion_start``, which the backend then forces."""
 
     def to_dict(self) -> dict:

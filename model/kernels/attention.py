@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..hf import QWEN_FAMILIES
+from ..backends.hf import QWEN_FAMILIES
 
 #: Name under which :func:`packed_sdpa_forward` is registered with transformers.
 PACKED_SDPA = "flash_packed_sdpa"

@@ -12,7 +12,7 @@ text alone, so the two fields that speak about the image are not left to it:
   with the image (:func:`conflict_sentence`); it names a conflict exactly when they differ.
 
 The language model writes ``Text`` before these and ``Conclusion`` after them, with the two
-grounded lines in its context (``model.backends.compact``). Claims are capped to the evidence:
+grounded lines in its context (``model.backends.compact.student``). Claims are capped to the evidence:
 classes are called guesses with their scores, colours are shares of pixels.
 """
 

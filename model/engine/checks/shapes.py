@@ -1,5 +1,5 @@
 """Models for the engine's benchmark and checks, built in memory with random weights (no hub):
-the tiny test shapes of :mod:`model.tiny`, and the real Qwen2.5-VL-3B-Instruct shape."""
+the tiny test shapes of :mod:`model.backends.tiny.build`, and the real Qwen2.5-VL-3B-Instruct shape."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ SHAPES = ("tiny", "tiny-smolvlm", "3b")
 
 
 def tiny_module():
-    """The module with the tiny offline tokenizer and configs (:mod:`model.tiny`)."""
-    from .. import tiny
+    """The module with the tiny offline tokenizer and configs (:mod:`model.backends.tiny.build`)."""
+    from ...backends.tiny import build as tiny
 
     return tiny
 
@@ -55,7 +55,7 @@ def tiny_module():
 def _qwen_processor(tok: Any, image_size: int):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from ..hf.processor import _qwen_processor_class
+    from ...backends.hf.processor import _qwen_processor_class
 
     px = image_size * image_size
     ip = Qwen2VLImageProcessorPil(size={"shortest_edge": px, "longest_edge": px}, patch_size=14, merge_size=2,
@@ -67,7 +67,7 @@ def build_shape(shape: str, *, device: str = "cpu", dtype: Any = None, image_siz
     """``(model, processor)``: ``tiny`` (the test Qwen2.5-VL), ``tiny-smolvlm`` (the test
     Idefics3) or ``3b`` (Qwen2.5-VL-3B's architecture, 3.75 B parameters), random weights, eval
     mode, on ``device`` in ``dtype``. The tokenizer is the small local one of
-    :mod:`model.tiny` (the real one is not reachable offline); the 3B model keeps its real
+    :mod:`model.backends.tiny.build` (the real one is not reachable offline); the 3B model keeps its real
     151,936-row vocabulary."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..types import PostInput
+from ...types import PostInput
 from . import IDEFICS3, QWEN_FAMILIES
 
 if TYPE_CHECKING:  # pragma: no cover

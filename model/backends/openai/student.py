@@ -6,7 +6,7 @@ server serves one model: the first id of ``GET <base_url>/models`` is used). Bac
 follow the model as a query string: ``...#sghn/MulCoT-RD-3B?constraint=regex&max_concurrency=32``.
 
 How a prediction is made (the same two steps as the in-process HF student, see
-``model/backends/hf.py``):
+``model/backends/hf/student.py``):
 
 1. **Label** (``classify``): one request per post with the label prompt
    (``prompts.label_prompt``; the image as a base64 ``image_url`` part), ``max_tokens=1``,
@@ -34,7 +34,7 @@ How a prediction is made (the same two steps as the in-process HF student, see
 2. **Chain** (``explain``): a request with the reasoning prompt (the same user turn: the image
    and the post), greedy, ``stop`` at the ``Prediction`` key; the text is cut there and
    ``"Prediction": <label>`` is appended with the label from step 1
-   (``model.hf.student.chain_with_label``), so the chain's prediction agrees with the label for every
+   (``model.backends.hf.student.chain_with_label``), so the chain's prediction agrees with the label for every
    prediction. What the model's own text argued for is kept in ``extra["chain_label"]`` /
    ``["chain_agrees"]``.
 
@@ -53,10 +53,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..chain import label_in
-from ..http import ChatClient, EndpointError, LoopThread, api_key_from_env, message_text, user_message
-from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
-from ..types import LABELS, BaseStudent, Label, PostInput, Prediction
+from ...chain import label_in
+from ...http import ChatClient, EndpointError, LoopThread, api_key_from_env, message_text, user_message
+from ...prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
+from ...types import LABELS, BaseStudent, Label, PostInput, Prediction
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..chain import parse_chain
-from ..prompts import PROMPT_VERSION
-from ..types import LABELS, BaseStudent, Label, PostInput, Prediction, ReasoningChain
+from ...chain import parse_chain
+from ...prompts import PROMPT_VERSION
+from ...types import LABELS, BaseStudent, Label, PostInput, Prediction, ReasoningChain
 
 
 class NoopStudent(BaseStudent):

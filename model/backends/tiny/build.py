@@ -5,7 +5,7 @@ from where this project is built and tested, yet the HF path (``hf:`` students, 
 training pipeline, the engine) must run end to end. ``load_student("tiny:qwen2_5_vl")`` and
 recipe fields such as ``model: tiny:qwen2_5_vl`` (``training/recipes/tiny.yaml``: a full
 ``mulcot distill run`` in seconds) build one of these models locally; tests, the engine's shape
-tables (``model/engine/shapes.py``) and the GPU checks (``deploy/gpu``) use the same builders.
+tables (``model/engine/checks/shapes.py``) and the GPU checks (``deploy/gpu``) use the same builders.
 The models are random: their output is gibberish, but deterministic for a seed.
 
 What is built, into one directory that ``from_pretrained`` loads like a hub model:
@@ -16,7 +16,7 @@ What is built, into one directory that ``from_pretrained`` loads like a hub mode
 * a random-initialised model of about a million parameters with the *architecture* of a real
   family (Qwen2.5-VL, or Idefics3 = the SmolVLM architecture);
 * the processor, built from its constructors (``AutoProcessor`` needs torchvision for the
-  video processors, which does not load beside this torch; see ``model.hf.processor``).
+  video processors, which does not load beside this torch; see ``model.backends.hf.processor``).
 
 API (all deterministic for a given ``seed``)::
 
@@ -39,8 +39,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .prompts import LABEL_WORDS, guided_reasoning_prompt, label_prompt, reasoning_prompt
-from .types import CHAIN_FIELDS, Label, PostInput, ReasoningChain
+from ...prompts import LABEL_WORDS, guided_reasoning_prompt, label_prompt, reasoning_prompt
+from ...types import CHAIN_FIELDS, Label, PostInput, ReasoningChain
 
 FAMILIES = ("qwen2_5_vl", "smolvlm")
 
@@ -351,7 +351,7 @@ def build_tiny(family: str, path: str | Path, **kwargs: Any) -> Path:
 def _save_parts(path: Path, tok: Any, image_processor: Any, template: str, processor_class: str,
                 **meta: Any) -> None:
     """Save tokenizer, image processor, chat template and processor metadata the way
-    ``model.hf.processor.build_processor`` reads them (and the way hub repos lay them out)."""
+    ``model.backends.hf.processor.build_processor`` reads them (and the way hub repos lay them out)."""
     tok.save_pretrained(path)
     image_processor.save_pretrained(path)
     (path / "chat_template.jinja").write_text(template)
@@ -365,7 +365,7 @@ def _write_marker(path: Path, family: str, seed: int) -> None:
 def load_tiny(path: str | Path):
     """Load a tiny model directory as plain ``(model, processor)`` (fp32, eval mode), with the
     same processor construction as the HF backend. For training code and tests."""
-    from .hf.loading import load_model_and_processor
+    from ..hf.loading import load_model_and_processor
 
     model, processor, _ = load_model_and_processor(str(path), device="cpu")
     return model, processor

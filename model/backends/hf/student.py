@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..chain import chain_label, parse_chain
-from ..prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
-from ..types import BaseStudent, Label, PostInput, Prediction
+from ...chain import chain_label, parse_chain
+from ...prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
+from ...types import BaseStudent, Label, PostInput, Prediction
 from . import QWEN_FAMILIES
 from .inputs import answer_lead, encode_batch, encode_rendered, render_prompt
 from .loading import load_model_and_processor, version_of
@@ -97,7 +97,7 @@ class HFStudent(BaseStudent):
         self.info = dict(info or {})
         self.cache_implementation = cache_implementation
         if vision_attention == "packed":
-            from ..backends.attention import PACKED_SDPA, use_packed_vision_attention
+            from ...kernels.attention import PACKED_SDPA, use_packed_vision_attention
 
             if use_packed_vision_attention(model):
                 self.info["vision_attention"] = PACKED_SDPA
@@ -114,7 +114,7 @@ class HFStudent(BaseStudent):
         # when these settings are ones it does not reproduce
         self.engine = None
         if engine not in (None, False, "off"):
-            from ..engine.student import attach
+            from ...engine.student import attach
 
             self.engine = attach(self, engine, slots=engine_slots, max_len=engine_max_len)
 
@@ -227,7 +227,7 @@ class HFStudent(BaseStudent):
         if not batch:
             return []
         if self.engine is not None:
-            from ..engine import student as engine_student
+            from ...engine import student as engine_student
 
             preds = engine_student.classify(self, batch)
             if preds is not None:  # None: a post too long for the engine's slots
@@ -289,7 +289,7 @@ class HFStudent(BaseStudent):
         if not batch:
             return []
         if self.engine is not None:
-            from ..engine import student as engine_student
+            from ...engine import student as engine_student
 
             out = engine_student.explain(self, batch, predictions)
             if out is not None:
@@ -308,7 +308,7 @@ class HFStudent(BaseStudent):
         """Label (+ chain unless ``chain=False`` or the student was loaded with ``chain=False``).
         With the engine, label and chain come from one pass (one vision pass per post)."""
         if self.engine is not None and chain and self.chain and batch:
-            from ..engine import student as engine_student
+            from ...engine import student as engine_student
 
             preds = engine_student.predict(self, batch)
             if preds is not None:

@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from ..prompts import reasoning_prompt
-from ..types import PostInput
-from .engine import STOP_STRINGS, Engine
+from ...prompts import reasoning_prompt
+from ...types import PostInput
+from ..engine import STOP_STRINGS, Engine
 
 
 def _hf():
-    from ..hf.inputs import encode_batch
-    from ..hf.student import HFStudent
+    from ...backends.hf.inputs import encode_batch
+    from ...backends.hf.student import HFStudent
 
     return HFStudent, encode_batch
 
