@@ -53,6 +53,16 @@ def chained(student):
     return student.predict(POSTS)
 
 
+def test_chain_text_lines_quote_the_post(chained):
+    """The Text line of every chain quotes words of its post (the aspect excluded) and records the
+    evidence it was written from."""
+    from training.grounding import cites_text
+
+    for post, p in zip(POSTS, chained):
+        assert cites_text(p.chain.text_analysis, post.text, post.aspect), p.chain.text_analysis
+        assert set(p.extra["text_evidence"]) >= {"quotes", "p_label", "p_without_cited"}
+
+
 def test_label_and_chain_agree_and_parse(chained):
     preds = chained
     for p in preds:
