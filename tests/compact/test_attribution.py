@@ -126,3 +126,16 @@ def test_cited_words_move_the_label_more_than_random_words(student):
     f = faithfulness(student, posts, preds, seed=0)
     assert f["faithfulness_n"] >= 2
     assert f["comprehensiveness"] > 2 * max(f["comprehensiveness_random"], 0.0)
+
+
+def test_an_attribution_failure_never_fails_a_post(student, monkeypatch, caplog):
+    from model.backends.compact.student import ATTRIBUTION_FAILED
+
+    def broken(*_a, **_k):
+        raise RuntimeError("attribution broke")
+
+    monkeypatch.setattr(student, "text_evidence", broken)
+    preds = student.classify(POSTS[:2])
+    lines, evs = student._text_lines(POSTS[:2], preds)
+    assert lines == [ATTRIBUTION_FAILED] * 2 and evs == [None, None]
+    assert "attribution failed" in caplog.text
