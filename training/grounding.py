@@ -245,7 +245,7 @@ def faithfulness(student, posts: list, preds: list, seed: int = 0) -> dict[str, 
     lab = [evs[i].label for i in rows]
     res: dict[str, Any] = {"faithfulness_n": len(rows)}
     for key, ts in texts.items():
-        p = fn(rows, ts).numpy()[np.arange(len(rows)), lab]
+        p = fn(rows, ts).detach().numpy()[np.arange(len(rows)), lab]
         res[f"{'comprehensiveness' if 'without' in key else 'sufficiency'}{'_random' if key.startswith('rand') else ''}"] = \
             float(np.mean(base - p))
     return res
