@@ -89,6 +89,7 @@ class Settings(BaseSettings):
         None, description="API key of an openai: student's endpoint (masked in `mulcot config`; else OPENAI_API_KEY)"
     )
     chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
+    ocr: bool = Field(True, description="read the text in pictures for the chain's Image line (default / compact: students; False: faster chains)")
     label_first: bool = Field(
         False, description="publish a labels-only result as soon as the label is known, then the full one"
     )
