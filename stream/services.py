@@ -226,14 +226,15 @@ class EmbeddedRedis(_Process):
 
 
 class WorkerProcess:
-    """A worker as a child process, run as a user runs it (``python -m stream.cli worker``),
-    with exactly ``settings`` (passed as ``MULCOT_*`` variables; the parent's own ``MULCOT_*``
+    """A worker as a child process, run as a user runs it (``python -m stream.cli worker``; or
+    another long-running verb, ``verb=("alerts", "run")``), with exactly ``settings`` (passed as ``MULCOT_*`` variables; the parent's own ``MULCOT_*``
     and ``REDIS_URL`` are not inherited) plus ``env``; output to ``log_path``.
 
     The one way the demo, the benchmark and the tests start and stop workers.
     """
 
-    def __init__(self, settings: Settings, log_path: Path, *, cwd: Path | None = None, **env: str) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *, cwd: Path | None = None,
+                 verb: tuple[str, ...] = ("worker",), **env: str) -> None:  # fmt: skip
         self.settings = settings
         self.log = Path(log_path)
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +243,7 @@ class WorkerProcess:
         full.update(env)
         self._fh = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
+            [sys.executable, "-m", "stream.cli", *verb],
             cwd=str(cwd) if cwd else None,
             env=full,
             stdout=self._fh,

@@ -117,8 +117,10 @@ class AlertRunner:
             log.warning("committing the detector's offsets failed (%s: %s); they are read again", type(exc).__name__, exc)
 
     async def run(self) -> None:
+        from aiokafka.errors import KafkaError
+
         from ..health import HealthServer
-        from ..kafka import consumer, producer
+        from ..kafka import BrokerUnavailable, consumer, producer
 
         s = self.settings
         self.stopping = asyncio.Event()
@@ -130,12 +132,23 @@ class AlertRunner:
                 pass
         if s.alerts_metrics_port:
             HealthServer(self.metrics.registry, {"assigned": lambda: self.assigned}).start(s.alerts_metrics_port)
-        if s.create_topics:
-            await ensure_alerts_topic(s)
-        cons = consumer(s, s.output_topic, group_id=s.alerts_group_id, auto_offset_reset=s.auto_offset_reset)
-        self.producer = producer(s)
-        await cons.start()
-        await self.producer.start()
+        quiet = logging.getLogger("aiokafka")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # an unreachable broker is reported once, as BrokerUnavailable
+        try:
+            if s.create_topics:
+                await ensure_alerts_topic(s)
+            cons = consumer(s, s.output_topic, group_id=s.alerts_group_id, auto_offset_reset=s.auto_offset_reset)
+            self.producer = producer(s)
+            try:
+                await cons.start()
+                await self.producer.start()
+            except (KafkaError, OSError) as exc:
+                await cons.stop()
+                await self.producer.stop()
+                raise BrokerUnavailable(f"cannot reach Kafka at {s.broker}: {exc or type(exc).__name__}") from None
+        finally:
+            quiet.setLevel(level)
         log.info("alert detector: %s -> %s, windows %s s, baseline %d s, lateness %d s, FDR %g", s.output_topic,
                  s.alerts_topic, list(s.alerts_windows_s), s.alerts_baseline_s, s.alerts_lateness_s, s.alerts_fdr)  # fmt: skip
         try:

@@ -1,8 +1,11 @@
-"""The detector's statistics, from statsmodels (nothing hand-written):
+"""The detector's statistics, from scipy and statsmodels (nothing hand-written):
 
-* a rise in a label's share: the two-sample score test of proportions, one-sided
-  (:func:`statsmodels.stats.proportion.test_proportions_2indep`, ``method="score"``), of the
-  window's share against the baseline's;
+* a rise in a label's share: Fisher's exact test, one-sided (:func:`scipy.stats.fisher_exact`,
+  ``alternative="greater"``), of the window's posts against the baseline's, that label against
+  the others. Exact, because the windows that matter hold 20-40 posts and the decision is made
+  far in the tail (p around 1e-6), where the normal approximation of a score or z test is
+  anti-conservative: on synthetic no-change days the score test put p = 6e-7 on 12 negative
+  posts of 21 against a baseline of 38 of 258, which Fisher's test puts at 3e-5;
 * a rise in volume: the exact conditional test of two Poisson rates, one-sided
   (:func:`statsmodels.stats.rates.test_poisson_2indep`, ``method="exact-cond"``: given the
   window's and the baseline's posts together, the window's count is binomial in the share of
@@ -17,7 +20,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
-SHARE_TEST = "two-proportion score test, one-sided (statsmodels test_proportions_2indep), Benjamini-Hochberg over the window"
+SHARE_TEST = "Fisher's exact test, one-sided (scipy fisher_exact), Benjamini-Hochberg over the window"
 VOLUME_TEST = "exact conditional Poisson rate test, one-sided (statsmodels test_poisson_2indep), Benjamini-Hochberg over the window"
 
 
@@ -26,18 +29,14 @@ def _clean(p: float | None) -> float:
 
 
 def share_pvalues(counts: Sequence[int], nobs: Sequence[int], base_counts: Sequence[int], base_nobs: Sequence[int]) -> list[float]:
-    """P-values that each window's share ``counts / nobs`` is larger than its baseline's (one
-    vectorised call)."""
-    if not len(counts):
-        return []
-    import numpy as np
-    from statsmodels.stats.proportion import test_proportions_2indep
+    """P-values that each window's share ``counts / nobs`` is larger than its baseline's: Fisher's
+    exact test of the 2x2 table (window / baseline x label / other labels), one-sided."""
+    from scipy.stats import fisher_exact
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = test_proportions_2indep(np.asarray(counts), np.asarray(nobs), np.asarray(base_counts), np.asarray(base_nobs),
-                                      method="score", compare="diff", alternative="larger")  # fmt: skip
-    return [_clean(p) for p in np.atleast_1d(res.pvalue)]
+    out = []
+    for k, n, k0, n0 in zip(counts, nobs, base_counts, base_nobs):
+        out.append(_clean(fisher_exact([[k, n - k], [k0, n0 - k0]], alternative="greater").pvalue))
+    return out
 
 
 def volume_pvalues(counts: Sequence[int], exposure_s: Sequence[float], base_counts: Sequence[int],

@@ -28,7 +28,7 @@ from stream.protocol import Alert
 from stream.store import ResultStore
 from tests.serve.test_serve_browser import ARTIFACTS, browser  # noqa: F401 - the headless Chromium fixture
 from tests.support import alerts_synth as syn
-from tests.support.alerts_live import LABEL_STUDENT, DetectorProc, produce_timed, read_all
+from tests.support.alerts_live import LABEL_STUDENT, detector_proc, produce_timed, read_all
 from tests.support.stream_fixtures import services  # noqa: F401
 from tests.support.stream_helpers import WorkerProc, create_topics, wait_redis, wait_until
 
@@ -108,7 +108,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]: 
 
     create_topics(s)
     w1 = WorkerProc(s, tmp / "worker-1.log")
-    det = DetectorProc(s, tmp / "alerts.log")
+    det = detector_proc(s, tmp / "alerts.log")
     w2 = None
     store = ResultStore.from_settings(s)
     try:

@@ -6,47 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stream.services import WorkerProcess
 from stream.settings import Settings
 from tests.support.alerts_synth import Post
 from tests.support.label_student import marked
-from tests.support.stream_helpers import ROOT, settings_env
+from tests.support.stream_helpers import ROOT
 
 LABEL_STUDENT = "py:tests.support.label_student:LabelStudent"
 
 
-class DetectorProc:
-    """``mulcot alerts run`` with exactly ``settings``, output to ``log``."""
-
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.log = log
-        self._fh = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "alerts", "run"], cwd=ROOT, env=settings_env(settings),
-                                     stdout=self._fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._fh.close()
-        return self.proc.returncode
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+def detector_proc(settings: Settings, log: Path) -> WorkerProcess:
+    """``mulcot alerts run`` as a child process with exactly ``settings``, output to ``log``."""
+    return WorkerProcess(settings, log, cwd=ROOT, verb=("alerts", "run"), OMP_NUM_THREADS="1")
 
 
 def post_record(p: Post) -> tuple[bytes, bytes, int]:
