@@ -11,8 +11,9 @@ from PIL import Image
 from model import LABELS, Label, PostInput, load_student, parse_spec
 from model.backends.hf.inputs import encode_batch, prepare_image, render_prompt
 from model.backends.hf.processor import save_processor
-from model.backends.hf.student import HFStudent, chain_with_label
+from model.backends.hf.student import HFStudent
 from model.backends.tiny.build import load_tiny
+from model.chain import chain_with_label
 from model.prompts import label_prompt, reasoning_prompt
 
 

@@ -7,7 +7,7 @@ Modules (serving and training both use them, so a post becomes the same tensors 
 * :mod:`.loading` - local directory or hub id -> ``(model, processor, info)``; content versions;
 * :mod:`.inputs` - images made safe and shrunk, chat-template rendering, batch encoding;
 * :mod:`.student` - :class:`~model.backends.hf.student.HFStudent` (labels from one forward pass, chains
-  by generation) and ``chain_with_label``.
+  by generation; the batched engine of :mod:`model.engine` as its fast path).
 
 This package module imports nothing heavy: the family names below are read by code that
 must stay light (spec checks, the engine's dispatch).

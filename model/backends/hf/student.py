@@ -26,15 +26,14 @@ How a prediction is made (see docs/model.md for the reasoning):
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...chain import chain_label, parse_chain
+from ...chain import STOP_STRINGS, with_generated_chain
 from ...prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
-from ...types import BaseStudent, Label, PostInput, Prediction
+from ...types import BaseStudent, PostInput, Prediction
 from . import QWEN_FAMILIES
 from .inputs import answer_lead, encode_batch, encode_rendered, render_prompt
 from .loading import load_model_and_processor, version_of
@@ -44,11 +43,10 @@ log = logging.getLogger(__name__)
 #: Default square resolution for Qwen-family images (pixels per side; the method's ~280x280).
 DEFAULT_IMAGE_SIZE = 280
 
-_PRED_KEY = re.compile(r"(?:^|\n)[ \t\"'`*#>\-{,]*prediction[\"'`* \t]*[:=]?", re.IGNORECASE)
-
-
 class HFStudent(BaseStudent):
     """A Hugging Face VLM student. Build with :meth:`from_pretrained` (or ``load_student``)."""
+
+    thread_safe: bool = False  # True while it holds an engine path (attach_engine)
 
     def __init__(
         self,
@@ -114,9 +112,29 @@ class HFStudent(BaseStudent):
         # when these settings are ones it does not reproduce
         self.engine = None
         if engine not in (None, False, "off"):
-            from ...engine.student import attach
+            self.attach_engine(engine, slots=engine_slots, max_len=engine_max_len)
 
-            self.engine = attach(self, engine, slots=engine_slots, max_len=engine_max_len)
+    # ---- the engine path ----------------------------------------------------------------
+    def engine_settings(self):
+        """What the engine needs to know of this student (:class:`model.engine.path.EngineSettings`)."""
+        from ...engine.path import EngineSettings
+
+        return EngineSettings(
+            family=self.family, device=self.device, max_new_tokens=self.max_new_tokens, image_size=self.image_size,
+            greedy=not self.do_sample, chain_prompt=self.chain_prompt,
+            first_token_labels=self.first_token_exact and self.label_scoring != "sequence")
+
+    def attach_engine(self, option: Any = "auto", *, slots: int | None = None, max_len: int | None = None):
+        """Hold an engine path (:class:`model.engine.path.EnginePath`) when ``option`` asks for
+        one and these settings are ones the engine reproduces; returns it (or None). With it,
+        ``classify``, ``explain`` and ``predict`` go through the engine unless it declines a
+        batch, and calls may come from several threads at once (``thread_safe``)."""
+        from ...engine.path import EnginePath
+
+        self.engine = EnginePath.attach(self.model, self.processor, self.engine_settings(), self.label_prediction,
+                                        option, slots=slots, max_len=max_len)
+        self.thread_safe = self.engine is not None
+        return self.engine
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -227,9 +245,7 @@ class HFStudent(BaseStudent):
         if not batch:
             return []
         if self.engine is not None:
-            from ...engine import student as engine_student
-
-            preds = engine_student.classify(self, batch)
+            preds = self.engine.classify(batch)
             if preds is not None:  # None: a post too long for the engine's slots
                 return preds
         t0 = time.perf_counter()
@@ -261,7 +277,7 @@ class HFStudent(BaseStudent):
         else:
             gen.update(temperature=None, top_p=None, top_k=None)
         if stop_at_prediction:
-            gen.update(stop_strings=["Prediction", "prediction\""], tokenizer=self.tokenizer)
+            gen.update(stop_strings=list(STOP_STRINGS), tokenizer=self.tokenizer)
         if self.cache_implementation:
             gen["cache_implementation"] = self.cache_implementation
         if self.seed is not None:
@@ -289,9 +305,7 @@ class HFStudent(BaseStudent):
         if not batch:
             return []
         if self.engine is not None:
-            from ...engine import student as engine_student
-
-            out = engine_student.explain(self, batch, predictions)
+            out = self.engine.explain(batch, predictions)
             if out is not None:
                 return out
         t0 = time.perf_counter()
@@ -308,45 +322,8 @@ class HFStudent(BaseStudent):
         """Label (+ chain unless ``chain=False`` or the student was loaded with ``chain=False``).
         With the engine, label and chain come from one pass (one vision pass per post)."""
         if self.engine is not None and chain and self.chain and batch:
-            from ...engine import student as engine_student
-
-            preds = engine_student.predict(self, batch)
+            preds = self.engine.predict(batch)
             if preds is not None:
                 return preds
         return super().predict(batch, chain=chain and self.chain)
 
-
-def with_generated_chain(pred: Prediction, generated: str, prompt_tokens: int, generated_tokens: int,
-                         chain_ms: float) -> Prediction:
-    """``pred`` (from ``classify``) with the chain made of the ``generated`` text
-    (:func:`chain_with_label`), its token counts and time, and in ``extra`` the label the model's
-    own text argued for (``chain_label``, ``chain_agrees``). The HF, engine and OpenAI students
-    all build their chained predictions here."""
-    chain, own = chain_with_label(generated, pred.label)
-    extra = {**pred.extra, "chain_label": own.value if own else None,
-             "chain_agrees": (own == pred.label) if own else None, "chain_prompt_tokens": int(prompt_tokens)}
-    return Prediction(**{**pred.__dict__, "chain": chain, "prompt_tokens": pred.prompt_tokens + int(prompt_tokens),
-                         "generated_tokens": int(generated_tokens), "chain_ms": chain_ms, "extra": extra})
-
-
-def chain_with_label(generated: str, label: Label):
-    """Cut ``generated`` at its ``Prediction`` key, append ``"Prediction": <label>`` and parse.
-
-    Returns ``(chain, own)``: the parsed chain (Prediction == label) and the label the model's own
-    text argued for (its Prediction field if it wrote one, else the last label word of its
-    conclusion), or None."""
-    text = generated or ""
-    m = _PRED_KEY.search(text)
-    own = None
-    if m:
-        own_chain = parse_chain(text)
-        own = chain_label(own_chain)
-        text = text[: m.start()]
-    else:
-        own = chain_label(parse_chain(text))
-        # decoding stopped on the word "Prediction" inside a line: drop that word
-        text = re.sub(r"[\"'`*]*prediction[\"'`*]*\s*$", "", text, flags=re.IGNORECASE)
-    text = text.rstrip(" \t\r\n,")
-    raw = (text + "\n\n" if text else "") + f'"Prediction": {label.value}'
-    chain = parse_chain(raw).with_prediction(label)
-    return chain, own

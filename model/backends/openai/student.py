@@ -34,7 +34,7 @@ How a prediction is made (the same two steps as the in-process HF student, see
 2. **Chain** (``explain``): a request with the reasoning prompt (the same user turn: the image
    and the post), greedy, ``stop`` at the ``Prediction`` key; the text is cut there and
    ``"Prediction": <label>`` is appended with the label from step 1
-   (``model.backends.hf.student.chain_with_label``), so the chain's prediction agrees with the label for every
+   (``model.chain.chain_with_label``), so the chain's prediction agrees with the label for every
    prediction. What the model's own text argued for is kept in ``extra["chain_label"]`` /
    ``["chain_agrees"]``.
 
@@ -53,7 +53,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ...chain import label_in
+from ...chain import STOP_STRINGS, label_in, with_generated_chain
 from ...http import ChatClient, EndpointError, LoopThread, api_key_from_env, message_text, user_message
 from ...prompts import LABEL_WORDS, PROMPT_VERSION, guided_reasoning_prompt, label_prompt, reasoning_prompt
 from ...types import LABELS, BaseStudent, Label, PostInput, Prediction
@@ -287,7 +287,7 @@ class OpenAIStudent(BaseStudent):
 
     async def _chain_one(self, post: PostInput, label: Label) -> tuple[str, int, int]:
         prompt = guided_reasoning_prompt(post, label) if self.chain_prompt == "guided" else reasoning_prompt(post)
-        params = {"max_tokens": self.max_new_tokens, "stop": ["Prediction", "prediction\""]}
+        params = {"max_tokens": self.max_new_tokens, "stop": list(STOP_STRINGS)}
         data = await self.http.chat(self._body(post, prompt, **params))
         usage = data.get("usage") or {}
         return message_text(data), int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -313,8 +313,6 @@ class OpenAIStudent(BaseStudent):
         t0 = time.perf_counter()
         got = self.loop.gather([self._chain_one(p, pr.label) for p, pr in zip(batch, predictions)])
         ms = (time.perf_counter() - t0) * 1000
-        from ..hf.student import with_generated_chain  # lazily: parsing a spec must not import the HF code
-
         return [with_generated_chain(pred, text, n_prompt, n_gen, ms) for pred, (text, n_prompt, n_gen) in zip(predictions, got)]
 
     def predict(self, batch: Sequence[PostInput], *, chain: bool = True) -> list[Prediction]:

@@ -94,18 +94,80 @@ def defaults(shape: str, device: str) -> dict:
 def make_engine(model: Any, processor: Any, posts: list[PostInput], *, slots: int, new_tokens: int, device: str,
                 image_size: int, cuda_graphs: bool = True):
     """An engine sized for ``posts`` (``max_len`` from their longest prompt)."""
-    from ..engine import Engine, EngineConfig, _round_up
+    from ..config import EngineConfig, round_up
+    from ..engine import Engine
     from ..inputs import Planner
 
     d = defaults("tiny" if image_size < 100 else "3b", device)
     planner = Planner(model, processor, image_size=image_size)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         longest = max(pool.map(lambda ip: len(planner.plan(*ip).reason_ids), enumerate(posts)))
-    max_len = _round_up(longest + 64 + new_tokens + d["sync_every"] + 2 * d["len_bucket"], d["kv_bucket"])
+    max_len = round_up(longest + 64 + new_tokens + d["sync_every"] + 2 * d["len_bucket"], d["kv_bucket"])
     cfg = EngineConfig(slots=slots, max_new_tokens=new_tokens, max_len=max_len, sync_every=d["sync_every"],
                        len_bucket=d["len_bucket"], kv_bucket=d["kv_bucket"], image_size=image_size,
                        cuda_graphs=cuda_graphs)
     return Engine(model, processor, cfg)
+
+
+def _timed(device: str, fn):
+    """``(fn(), seconds)``, the device synchronised on both sides."""
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t
+
+
+def _time_engine(engine: Any, posts: list[PostInput], batch: int, device: str, dtype: Any) -> tuple[dict, list, list]:
+    """The engine's side (after a warm-up of every graph / shape): labels-only, caller batches of
+    ``batch``, then every post at once. Returns ``(figures, per-batch results, stream results)``."""
+    from ..engine import summarize_latency
+
+    engine.run(posts[:batch])  # warm-up (not timed)
+    engine.classify(posts[:batch])
+    _reset_peak(device)
+    _, lab_s = _timed(device, lambda: engine.classify(posts))
+    per_batch, got = [], []
+    for i in range(0, len(posts), batch):
+        res, s = _timed(device, lambda i=i: engine.run(posts[i : i + batch]))
+        got += res
+        per_batch.append(s * 1000)
+    stream, stream_s = _timed(device, lambda: engine.run(posts))
+    tokens = sum(len(r.tokens) for r in got)
+    return {
+        "posts_per_s": round(len(posts) / (sum(per_batch) / 1000), 3),
+        "stream_posts_per_s": round(len(posts) / stream_s, 3),
+        "labels_posts_per_s": round(len(posts) / lab_s, 3),
+        "tokens_per_s": round(tokens / (sum(per_batch) / 1000), 1),
+        "p50_batch_ms": round(statistics.median(per_batch), 1),
+        "peak_gb": _peak_gb(device),
+        "generated_tokens": tokens,
+        "cuda_graphs": engine.cuda_graphs,
+        "graph_error": engine.graph_error,
+        "vision_attention": _vision_attention(device, dtype),
+        "refills": engine.stats["refills"],
+        "p50_post_latency_ms": summarize_latency(stream),  # admission to finished, in the stream run
+    }, got, stream
+
+
+def _time_reference(student: Any, posts: list[PostInput], batch: int, new_tokens: int, device: str) -> tuple[dict, dict]:
+    """The HF reference's side (after a short warm-up): labels-only, then label + chain."""
+    from .reference import reference_run
+
+    reference_run(student, posts[:batch], batch_size=batch, max_new_tokens=min(8, new_tokens))  # warm-up
+    _reset_peak(device)
+    _, lab_s = _timed(device, lambda: reference_run(student, posts, batch_size=batch, max_new_tokens=new_tokens,
+                                                    chain=False))
+    ref, ref_s = _timed(device, lambda: reference_run(student, posts, batch_size=batch, max_new_tokens=new_tokens))
+    tokens = sum(len(t) for t in ref["tokens"])
+    return {
+        "posts_per_s": round(len(posts) / ref_s, 3),
+        "labels_posts_per_s": round(len(posts) / lab_s, 3),
+        "tokens_per_s": round(tokens / ref_s, 1),
+        "p50_batch_ms": round(statistics.median(ref["batch_ms"]), 1),
+        "peak_gb": _peak_gb(device),
+        "generated_tokens": tokens,
+    }, ref
 
 
 def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | None = None, n_posts: int | None = None,
@@ -115,8 +177,7 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
     already built ``(model, processor)`` of ``shape`` in ``dtype`` (saves a build per run)."""
     import torch
 
-    from ..engine import summarize_latency
-    from .reference import hf_student, label_agreement, reference_run, token_agreement
+    from .reference import hf_student, label_agreement, token_agreement
     from .shapes import build_shape
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,43 +193,7 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
     engine = make_engine(model, processor, posts, slots=batch, new_tokens=new_tokens, device=device,
                          image_size=d["image_size"], cuda_graphs=cuda_graphs)
     student = hf_student(model, processor, image_size=d["image_size"], max_new_tokens=new_tokens)
-    batches = [posts[i : i + batch] for i in range(0, len(posts), batch)]
-
-    # warm-up: every graph / shape once (not timed)
-    engine.run(posts[:batch])
-    engine.classify(posts[:batch])
-
-    def timed(fn):
-        _sync(device)
-        t = time.perf_counter()
-        out = fn()
-        _sync(device)
-        return out, time.perf_counter() - t
-
-    _reset_peak(device)
-    _, lab_s = timed(lambda: engine.classify(posts))
-    per_batch = []
-    got = []
-    for b in batches:
-        res, s = timed(lambda b=b: engine.run(b))
-        got += res
-        per_batch.append(s * 1000)
-    stream, stream_s = timed(lambda: engine.run(posts))
-    eng_tokens = sum(len(r.tokens) for r in got)
-    eng = {
-        "posts_per_s": round(len(posts) / (sum(per_batch) / 1000), 3),
-        "stream_posts_per_s": round(len(posts) / stream_s, 3),
-        "labels_posts_per_s": round(len(posts) / lab_s, 3),
-        "tokens_per_s": round(eng_tokens / (sum(per_batch) / 1000), 1),
-        "p50_batch_ms": round(statistics.median(per_batch), 1),
-        "peak_gb": _peak_gb(device),
-        "generated_tokens": eng_tokens,
-        "cuda_graphs": bool(engine.cfg.cuda_graphs and _cuda(device)),
-        "graph_error": engine.graph_error,
-        "vision_attention": _vision_attention(device, tdtype),
-        "refills": engine.stats["refills"],
-        "p50_post_latency_ms": summarize_latency(stream),  # admission to finished, in the stream run
-    }
+    eng, got, stream = _time_engine(engine, posts, batch, device, tdtype)
     result: dict[str, Any] = {"engine": eng}
     cfg = engine.cfg
     engine.close()
@@ -177,26 +202,12 @@ def run_engine_bench(shape: str = "tiny", *, batch: int = 8, new_tokens: int | N
     if _cuda(device):
         torch.cuda.empty_cache()
     if reference:
-        reference_run(student, posts[:batch], batch_size=batch, max_new_tokens=min(8, new_tokens))  # warm-up
-        _reset_peak(device)
-        _, rlab_s = timed(lambda: reference_run(student, posts, batch_size=batch, max_new_tokens=new_tokens,
-                                                chain=False))
-        ref, ref_s = timed(lambda: reference_run(student, posts, batch_size=batch, max_new_tokens=new_tokens))
-        ref_tokens = sum(len(t) for t in ref["tokens"])
-        result["reference"] = {
-            "posts_per_s": round(len(posts) / ref_s, 3),
-            "labels_posts_per_s": round(len(posts) / rlab_s, 3),
-            "tokens_per_s": round(ref_tokens / ref_s, 1),
-            "p50_batch_ms": round(statistics.median(ref["batch_ms"]), 1),
-            "peak_gb": _peak_gb(device),
-            "generated_tokens": ref_tokens,
-        }
+        result["reference"], ref = _time_reference(student, posts, batch, new_tokens, device)
         result.update(token_agreement([r.tokens for r in got], ref["tokens"]))
         result.update(label_agreement([r.label_scores for r in got], ref["scores"]))
         result["stream_token_agreement"] = token_agreement([r.tokens for r in stream], ref["tokens"])["token_agreement"]
-        ratio = {k: round(eng[k] / result["reference"][k], 2) for k in ("posts_per_s", "labels_posts_per_s")
-                 if result["reference"].get(k)}
-        result["speedup"] = ratio
+        result["speedup"] = {k: round(eng[k] / result["reference"][k], 2) for k in ("posts_per_s", "labels_posts_per_s")
+                             if result["reference"].get(k)}
     result.update(_env(device, shape, tdtype, batch, new_tokens, len(posts), d["image_size"], build_s,
                        cfg, bool(images)))
     return result
@@ -289,7 +300,7 @@ def run_engine_checks(shape: str = "tiny", *, n_posts: int = 8, new_tokens: int 
 
 
 def make_cfg_stub(slots: int):
-    from ..engine import EngineConfig
+    from ..config import EngineConfig
 
     return EngineConfig(slots=slots)
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from ...chain import STOP_STRINGS
 from ...prompts import reasoning_prompt
 from ...types import PostInput
-from ..engine import STOP_STRINGS, Engine
+from ..engine import Engine
 
 
 def _hf():
