@@ -37,13 +37,10 @@ LORA_ALL = (r".*(?:language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|m
 
 
 def _training():
-    """The student stage's pieces, wherever the training package keeps them."""
-    try:
-        from training.mulcot.student import make_student_loss
-        from training.mulcot.vlm import Item, add_lora, collate_items, model_inputs
-    except ImportError:
-        from training.student import make_student_loss  # type: ignore[no-redef]
-        from training.vlm import Item, add_lora, collate_items, model_inputs  # type: ignore[no-redef]
+    """The student stage's pieces (``training.mulcot``), imported when the check runs."""
+    from training.mulcot.student import make_student_loss
+    from training.mulcot.vlm import Item, add_lora, collate_items, model_inputs
+
     return make_student_loss, Item, add_lora, collate_items, model_inputs
 
 
