@@ -186,10 +186,6 @@ def evaluate(
         (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     if console is not None:
         print_report(report, console)
-        if report.get("grounding"):
-            from .grounding import print_grounding
-
-            print_grounding(report["grounding"], console)
     return report
 
 
@@ -298,15 +294,23 @@ def evaluate_file(student: Student | str, data: str | Path, **kwargs: Any) -> di
 
 # ---------------------------------------------------------------- display and plots
 
-def print_report(report: dict[str, Any], console: Any = None) -> None:
-    from rich.console import Console
+def rich_table(title: str, first: str, *right: str) -> Any:
+    """A rich table titled ``title``: the column ``first``, then the right-justified ``right``."""
     from rich.table import Table
 
+    t = Table(title=title)
+    t.add_column(first)
+    for name in right:
+        t.add_column(name, justify="right")
+    return t
+
+
+def print_report(report: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+
     console = console or Console()
-    t = Table(title=f"evaluation of {report.get('student')} on {report['n']} posts")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("95% CI (bootstrap)", justify="right")
+    t = rich_table(f"evaluation of {report.get('student')} on {report['n']} posts", "metric", "value",
+                   "95% CI (bootstrap)")
     ci = report.get("ci95") or {}
 
     def fmt(v: Any) -> str:
@@ -327,13 +331,14 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
             f"{c['average']} F1 {c['f1_mean']:.4f} +- {c['f1_std']:.4f}; baseline {100 * b['acc_mean']:.2f} +- "
             f"{100 * b['acc_std']:.2f} / {b['f1_mean']:.4f} +- {b['f1_std']:.4f}[/dim]")
     if report.get("confusion"):
-        c = Table(title="confusion (rows gold, columns predicted)")
-        c.add_column("gold \\ pred")
-        for name in LABEL_NAMES:
-            c.add_column(name, justify="right")
+        c = rich_table("confusion (rows gold, columns predicted)", "gold \\ pred", *LABEL_NAMES)
         for name, row in zip(LABEL_NAMES, report["confusion"]):
             c.add_row(name, *[str(v) for v in row])
         console.print(c)
+    if report.get("grounding"):
+        from .grounding import print_grounding
+
+        print_grounding(report["grounding"], console)
 
 
 def _plt():

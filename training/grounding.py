@@ -41,6 +41,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import click
+from pydantic import Field
+
+from .options import Options
+from .recipe import StrictModel
+
 GENERIC = frozenset("""
 image images picture pictures photo photos photograph photographs shows show showing shown appears appear
 appearing depicts depict depicting depicted visible post posts text tweet classifier classifiers guess guesses
@@ -300,13 +306,11 @@ def evaluate_grounding(student, examples, *, batch_size: int = 16, seed: int = 0
 
 def print_grounding(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from .evaluate import rich_table
 
     console = console or Console()
-    t = Table(title=f"grounding ({report['n']} posts with images)")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("target", justify="right")
+    t = rich_table(f"grounding ({report['n']} posts with images)", "metric", "value", "target")
     targets = {"no_image_honest": "1.0", "swap_changed": ">= 0.95", "swap_jaccard": "<= 0.2", "text_cites": ">= 0.95",
                "distinct_text_lines": ">= 0.9", "comprehensiveness": ">= 2x random"}
     for k in ("no_image_honest", "swap_changed", "swap_jaccard", "swap_jaccard_raw", "label_flip_swapped",
@@ -320,28 +324,34 @@ def print_grounding(report: dict[str, Any], console: Any = None) -> None:
     console.print(t)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+class GroundingArgs(StrictModel):
+    student: str = Field("default", description="Student spec (as load_student takes).")
+    data: str = Field(description="Labelled posts (a JSONL file).")
+    limit: int | None = Field(None, description="Only the first N posts with images.")
+    batch_size: int = Field(16, description="Posts per predict call.")
+    seed: int = Field(0, description="Seed of the image swap (a derangement of the posts).")
+    out: Path | None = Field(None, description="Write grounding.json and grounding_chains.jsonl here.")
+
+
+_ARGS = Options(GroundingArgs)
+
+
+@click.command(help="Grounding metrics of a student's chains (own / swapped / no image); the same code as "
+                    "`mulcot distill evaluate --grounding`.")
+@_ARGS
+def main(**kw) -> None:
     import os
 
     import torch
 
     from .data import load_examples
 
+    a = _ARGS.build(kw)
     torch.set_num_threads(int(os.environ.get("MULCOT_THREADS", "2")))
-    ap = argparse.ArgumentParser(description="Grounding metrics of a student's chains (own / swapped / no image).")
-    ap.add_argument("--student", default="default")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--limit", type=int, default=None, help="first N posts with images")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
     ex = [e for e in load_examples(a.data) if e.image_path is not None]
     if a.limit:
         ex = ex[: a.limit]
-    report = evaluate_grounding(a.student, ex, batch_size=a.batch_size, seed=a.seed, out_dir=a.out)
-    print_grounding(report)
+    print_grounding(evaluate_grounding(a.student, ex, batch_size=a.batch_size, seed=a.seed, out_dir=a.out))
 
 
 if __name__ == "__main__":

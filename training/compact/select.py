@@ -37,10 +37,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
+import click
 import numpy as np
+from pydantic import Field
 
 from model.types import LABELS
+
+from ..options import Options
+from ..recipe import StrictModel
 
 LABEL_INDEX = {l.value: i for i, l in enumerate(LABELS)}
 DEFAULT_CACHE = Path("runs/cv")
@@ -204,17 +210,27 @@ def table(name: str) -> list[Candidate]:
     return [c for c in CANDIDATES.values() if name in c.tables]
 
 
-def logreg(C: float = 1.0):
-    from sklearn.linear_model import LogisticRegression
+def logreg(C: float = 1.0) -> Callable[[], object]:
+    """A maker of scikit-learn's logistic regression (imported when it is first made)."""
 
-    return lambda: LogisticRegression(C=C, max_iter=3000)
+    def make():
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=C, max_iter=3000)
+
+    return make
 
 
-def mlp(hidden: int = 256, alpha: float = 1e-3, seed: int = 0):
-    from sklearn.neural_network import MLPClassifier
+def mlp(hidden: int = 256, alpha: float = 1e-3, seed: int = 0) -> Callable[[], object]:
+    """A maker of scikit-learn's MLP classifier with early stopping."""
 
-    return lambda: MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha, early_stopping=True,
-                                 validation_fraction=0.1, max_iter=300, random_state=seed)
+    def make():
+        from sklearn.neural_network import MLPClassifier
+
+        return MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha, early_stopping=True, validation_fraction=0.1,
+                             max_iter=300, random_state=seed)
+
+    return make
 
 
 @dataclass(frozen=True)
@@ -477,7 +493,7 @@ def export(dataset: str, name: str, out: Path, route: str, cache: Path = DEFAULT
     ``dataset`` and save it into the student directory ``out`` as the classifier of ``route``."""
     cand = resolve(name)
     if cand.export is None:
-        raise ValueError(f"candidate {cand.name!r} ({cand.description}) is scored only; it has no export")
+        raise ValueError(f"{cand.name} ({cand.description}) is scored only; it has no export")
     return cand.export(cand, dataset, out, route, cache)
 
 
@@ -501,36 +517,54 @@ register("tfidf", "logreg C=1 on text + image + TF-IDF", tfidf_proba, tables=("f
 
 
 # --------------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    import argparse
+class DataArgs(StrictModel):
+    dataset: Literal[tuple(DATASETS)] = Field(description="The data set (its train + dev files).")
+    cache: Path = Field(DEFAULT_CACHE, description="Where the features, the fold probabilities and the tables are kept.")
+
+
+class TableArgs(DataArgs):
+    k: int = Field(5, ge=2, description="Number of folds.")
+    seed: int = Field(0, description="Seed of the fold split.")
+
+
+class ExportArgs(DataArgs):
+    candidate: str = Field(description="The candidate: its short name (" + ", ".join(CANDIDATES) + ") or its "
+                                       "description, as `run` prints both.")
+    out: Path = Field(description="The student directory.")
+    route: str = Field("post", description="The route (classifier_<route>).")
+
+
+_DATA, _TABLE, _EXPORT = (Options(m, arguments=["dataset"]) for m in (DataArgs, TableArgs, ExportArgs))
+
+
+def _threads() -> None:
     import os
 
     import torch
 
     torch.set_num_threads(int(os.environ.get("MULCOT_THREADS", "2")))
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("verb", choices=["features", "run", "finetune", "export"],
-                    help="finetune: round 2's fine-tuned candidate, fold by fold (resumable), then its table")
-    ap.add_argument("dataset", choices=sorted(DATASETS))
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--candidate", help="export: the candidate's short name (or its description, as `run` prints "
-                                        "both): " + ", ".join(CANDIDATES))
-    ap.add_argument("--out", type=Path, help="export: the student directory")
-    ap.add_argument("--route", default="post", help="export: the route (classifier_<route>)")
-    a = ap.parse_args(argv)
-    if a.verb == "export":
-        try:
-            print(export(a.dataset, a.candidate, a.out, a.route, a.cache))
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-        return
-    if a.verb == "features":
-        F = features(a.dataset, a.cache)
-        print({k: v.shape for k, v in F.items()})
-        return
-    tag = "ft" if a.verb == "finetune" else "cv"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             help="The compact student's model selection by stratified k-fold CV over train + dev "
+                  "(`mulcot distill cv` = `python -m training.compact.select`): features, then the tables "
+                  "(run, finetune), then export of the adopted candidate. Candidates: "
+                  + "; ".join(f"{c.name} ({c.description})" for c in CANDIDATES.values()) + ".")
+def cv() -> None:
+    pass
+
+
+@cv.command("features", help="Compute (once; then read from CACHE) the frozen features of DATASET's train + dev posts.")
+@_DATA
+def features_cmd(**kw) -> None:
+    a = _DATA.build(kw)
+    _threads()
+    print({k: v.shape for k, v in features(a.dataset, a.cache).items()})
+
+
+def _table(kw: dict, tag: str) -> None:
+    a = _TABLE.build(kw)
+    _threads()
     rows = run(a.dataset, a.cache, a.k, a.seed, tag)
     print_rows(rows, a.dataset, a.k)
     out = a.cache / f"{a.dataset}_{tag}_k{a.k}_s{a.seed}.json"
@@ -538,5 +572,36 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     print(f"written {out}")
 
 
+@cv.command("run", help="Round 1's table: the frozen-feature heads beside the baseline, on the same folds "
+                        "(written to CACHE/DATASET_cv_k<k>_s<seed>.json).")
+@_TABLE
+def run_cmd(**kw) -> None:
+    _table(kw, "cv")
+
+
+@cv.command("finetune", help="Round 2's table: the fine-tuned candidate, trained fold by fold (resumable: the fold "
+                             "probabilities stay in CACHE), its mean with the baseline, and TF-IDF "
+                             "(CACHE/DATASET_ft_k<k>_s<seed>.json).")
+@_TABLE
+def finetune_cmd(**kw) -> None:
+    _table(kw, "ft")
+
+
+@cv.command("export", help="Fit CANDIDATE on every train + dev post of DATASET and save it as the route's "
+                           "classifier in the student directory OUT; its CV figures go into OUT's model card.")
+@_EXPORT
+def export_cmd(**kw) -> None:
+    a = _EXPORT.build(kw)
+    try:
+        cand = resolve(a.candidate)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--candidate") from None
+    if cand.export is None:
+        raise click.BadParameter(f"{cand.name} ({cand.description}) is scored only; it has no export",
+                                 param_hint="--candidate")
+    _threads()
+    print(export(a.dataset, a.candidate, a.out, a.route, a.cache))
+
+
 if __name__ == "__main__":
-    main()
+    cv()
