@@ -133,14 +133,14 @@ class Settings(BaseSettings):
         [600, 3600], description="tested window lengths in seconds (JSON list in env; multiples of 60)"
     )
     alerts_hops: int = Field(
-        4, ge=1, le=60, description="evaluate each window length this many times per window length (hopping windows; 1: tumbling)"
+        10, ge=1, le=60, description="evaluate each window length this many times per window length (hopping windows; 1: tumbling)"
     )
-    alerts_baseline_s: int = Field(7200, ge=60, le=7 * 86400, description="trailing baseline: the scope's posts in this many seconds before the window")
+    alerts_baseline_s: int = Field(14400, ge=60, le=7 * 86400, description="trailing baseline: the scope's posts in this many seconds before the window")
     alerts_lateness_s: int = Field(
         300, ge=0, le=86400, description="a window is evaluated once the newest event time seen (at most the wall clock) passes its end by this much"
     )
     alerts_fdr: float = Field(
-        1e-4, gt=0, lt=1, description="Benjamini-Hochberg false-discovery rate over the tests of one window (every scope and kind)"
+        3e-4, gt=0, lt=1, description="Benjamini-Hochberg false-discovery rate over the tests of one window (every scope and kind)"
     )
     alerts_min_count: int = Field(20, ge=1, description="fewest posts of a scope in a window for it to be tested")
     alerts_min_baseline: int = Field(60, ge=1, description="fewest posts of a scope in its baseline for it to be tested")

@@ -19,10 +19,10 @@ class WindowSpec:
 @dataclass(frozen=True)
 class AlertConfig:
     windows_s: tuple[int, ...] = (600, 3600)
-    hops: int = 4
-    baseline_s: int = 7200
+    hops: int = 10
+    baseline_s: int = 14400
     lateness_s: int = 300
-    fdr: float = 1e-4
+    fdr: float = 3e-4
     min_count: int = 20
     min_baseline: int = 60
     min_share_delta: float = 0.15

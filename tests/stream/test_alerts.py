@@ -31,7 +31,7 @@ def overlaps(a: Alert, span: tuple[int, int]) -> bool:
     return a.window_start_ms < span[1] and span[0] < a.window_end_ms
 
 
-def surge_posts(seed: int = 7) -> list[syn.Post]:
+def surge_posts(seed: int = 8) -> list[syn.Post]:
     return syn.stream(6, seed=seed, changes=[syn.surge(SURGE_AT)], fixed_rates={7: 180.0})
 
 
