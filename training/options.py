@@ -172,8 +172,9 @@ class Options:
         default = None if default is PydanticUndefined else default
         required = self._required and info.is_required()
         if key in self._arguments:
+            metavar = param.upper() + ("..." if multiple else "")
             return click.argument(param, type=typ, required=required, nargs=-1 if multiple else 1,
-                                  metavar=param.upper())
+                                  metavar=metavar if required else f"[{metavar}]")
         decls = (_names(self._flags.get(key)) or [_flag(param)]) + _names(self._aliases.get(key))
         help_ = info.description or ""
         if self._over_file:
