@@ -193,8 +193,8 @@ def export(name: str, out: Path, cache: Path = CACHE) -> dict:
         card = json.loads(card_f.read_text()) if card_f.exists() else {}
         card.setdefault("cv", {})["text_only_posts"] = {
             "dataset": "round-4 pool (MVSA-Single train + dev, single-aspect Twitter-2015/2017 train + dev)", "k": 5,
-            "seed": 0, "adopted": name, "average": "macro", "candidate": {k: rows[name][k] for k in keep},
-            "baseline": {k: rows["base"][k] for k in keep}, "rule": "docs/results.md, Round 4"}
+            "seed": 0, "adopted": name, "candidate": {**{k: rows[name][k] for k in keep}, "average": "macro"},
+            "baseline": {**{k: rows["base"][k] for k in keep}, "average": "macro"}, "rule": "docs/results.md, Round 4"}
         card_f.write_text(json.dumps(card, indent=2))
     return meta
 
