@@ -69,7 +69,8 @@ def test_label_and_chain_agree_and_parse(chained):
         assert p.chain is not None
         assert p.chain.parsed, p.chain.raw
         assert p.chain.prediction == p.label.value
-        assert p.generated_tokens > 10
+        # the chain writer writes the Conclusion (the Text line comes from the attribution)
+        assert p.generated_tokens >= 3 and len(p.chain.final_conclusion.split()) >= 3
         assert len(p.chain.text_analysis.split()) >= 3
 
 
