@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from .protocol import ErrorCode
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, settings_from
 
 PLUGIN_GROUP = "mulcot.commands"
 BENCH_GROUP = "mulcot.bench"
@@ -80,14 +80,6 @@ def _broken(name: str, target: str, exc: Exception) -> click.Command:
         raise click.ClickException(f"command {name!r} ({target}) could not be loaded: {type(exc).__name__}: {exc}")
 
     return _cmd
-
-
-def settings_from(**overrides: Any) -> Settings:
-    """Settings from env/.env plus non-None CLI overrides; bad settings -> one error line."""
-    try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _common(f: Any) -> Any:
@@ -383,20 +375,30 @@ def results_cmd(redis_url: str | None, post_id: str | None, recent: int | None, 
     elif results:
         console.print(results_table(results))
     if follow:
-        click.echo(f"following new results{_filters_text(aspect, label)} (Ctrl-C to stop)", err=True)
-        # Ctrl-C sets a flag that the loop reads between reads (at most a second apart) instead of
-        # raising KeyboardInterrupt wherever the interpreter is: raised inside the Redis client's
-        # connection pool it could leave a lock held, and closing the store then hung
-        stop = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-        try:
-            _follow(store, last_event or "0-0", aspect, label,
-                    lambda r: click.echo(r.model_dump_json()) if as_json else console.print(result_line(r)), stop)
-        except _redis.exceptions.RedisError as exc:
-            raise click.ClickException("lost " + redis_message(s, exc).removeprefix("cannot reach ")) from None
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            store.close()
+        show = (lambda r: click.echo(r.model_dump_json())) if as_json else (lambda r: console.print(result_line(r)))
+        _follow_until_ctrl_c(store, s, last_event, aspect, label, show)
+
+
+def _follow_until_ctrl_c(store: Any, s: Settings, last_event: str | None, aspect: str | None, label: str | None,
+                         show: Any) -> None:
+    """``results --follow``: each new matching result through ``show`` until Ctrl-C."""
+    import redis as _redis
+
+    from .checks import redis_message
+
+    click.echo(f"following new results{_filters_text(aspect, label)} (Ctrl-C to stop)", err=True)
+    # Ctrl-C sets a flag that the loop reads between reads (at most a second apart) instead of
+    # raising KeyboardInterrupt wherever the interpreter is: raised inside the Redis client's
+    # connection pool it could leave a lock held, and closing the store then hung
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        _follow(store, last_event or "0-0", aspect, label, show, stop)
+    except _redis.exceptions.RedisError as exc:
+        raise click.ClickException("lost " + redis_message(s, exc).removeprefix("cannot reach ")) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        store.close()
 
 
 def _query(store: Any, post_id: str | None, n: int, aspect: str | None, label: str | None, wait_s: float) -> list[Any]:

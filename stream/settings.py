@@ -441,3 +441,15 @@ if __name__ == "__main__":  # python -m stream.settings --markdown
 
 __all__ = ["Settings", "SettingsError", "load_settings", "env_name", "unknown_variables", "NON_SETTING_VARIABLES",
            "DEFAULT_BROKER", "DEFAULT_REDIS_URL"]
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """Settings from env/.env plus non-None CLI overrides; bad settings -> one error line (a CLI
+    verb's ``click.ClickException``). Every verb of ``mulcot`` (``stream.cli``, ``stream.alerts.cli``)
+    reads its settings here."""
+    import click
+
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -294,19 +294,10 @@ def evaluate_file(student: Student | str, data: str | Path, **kwargs: Any) -> di
 
 # ---------------------------------------------------------------- display and plots
 
-def rich_table(title: str, first: str, *right: str) -> Any:
-    """A rich table titled ``title``: the column ``first``, then the right-justified ``right``."""
-    from rich.table import Table
-
-    t = Table(title=title)
-    t.add_column(first)
-    for name in right:
-        t.add_column(name, justify="right")
-    return t
-
-
 def print_report(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
+
+    from .report import rich_table
 
     console = console or Console()
     t = rich_table(f"evaluation of {report.get('student')} on {report['n']} posts", "metric", "value",

@@ -307,7 +307,7 @@ def evaluate_grounding(student, examples, *, batch_size: int = 16, seed: int = 0
 def print_grounding(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
 
-    from .evaluate import rich_table
+    from .report import rich_table
 
     console = console or Console()
     t = rich_table(f"grounding ({report['n']} posts with images)", "metric", "value", "target")

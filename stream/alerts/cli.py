@@ -11,7 +11,7 @@ import click
 
 
 def _settings(**overrides: Any) -> Any:
-    from ..cli import settings_from
+    from ..settings import settings_from
 
     return settings_from(**overrides)
 
