@@ -475,7 +475,7 @@ def label_cmd(file: Path, out: str, dead_letters: str | None, model_spec: str | 
     time left) goes to stderr, then a one-line summary.
     """
     from .demo import DemoError, check_model
-    from .label import LabelError, LabelJob, run_label, total_lines
+    from .label import LabelError, LabelJob, already_done, run_label, to_label
     from .progress import Progress
 
     s = settings_from(model_spec=model_spec, chain=False if no_chain else None, max_batch=batch_size)
@@ -483,6 +483,7 @@ def label_cmd(file: Path, out: str, dead_letters: str | None, model_spec: str | 
                    resume=resume, overwrite=overwrite)  # fmt: skip
     try:
         job.check()
+        done = already_done(job)  # --resume: what the last run wrote (a torn last line is cut)
         check_model(s.model_spec)
     except (LabelError, DemoError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -495,11 +496,14 @@ def label_cmd(file: Path, out: str, dead_letters: str | None, model_spec: str | 
     except Exception as exc:
         raise click.ClickException(_model_load_message(s.model_spec, exc)) from None
     try:
-        with Progress(f"label {file.name}", total_lines(job), unit="posts") as bar:
+        with Progress(f"label {file.name}", to_label(job, done), unit="posts") as bar:
             job.note = bar.note
-            report = run_label(job, student, bar)
+            report = run_label(job, student, bar, done)
     except LabelError as exc:
         raise click.ClickException(str(exc)) from None
+    except BrokenPipeError:  # `--out - | head`: the reader left; what was written stands (--resume needs a file)
+        sys.stderr.close()
+        sys.exit(1)
     except Exception as exc:
         if not getattr(exc, "transient", False):  # a model server down or refusing us: one line, no traceback
             raise

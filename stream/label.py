@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .messages import InRecord, Outcome
-from .producer import MISSING_IMAGE, Line, convert, count_lines
+from .producer import MISSING_IMAGE, Line, convert
 from .settings import Settings
 
 CSV_FIELDS = ["id", "label", "confidence", "text_analysis", "image_analysis", "conflict_resolution",
@@ -244,9 +244,9 @@ async def _label(job: LabelJob, student: Any, writer: _Writer, lines: Iterator[L
     processor = BatchProcessor(student, job.settings, executor=executor, worker="mulcot-label", thumbnails=False)
     skipped = 0
 
-    def passed() -> int:  # lines skipped since the last call (resumed or duplicate): they count as done
+    def passed() -> int:  # lines skipped as duplicates since the last call: they count as done
         nonlocal skipped
-        now = report.resumed + len(report.duplicates)
+        now = len(report.duplicates)
         delta, skipped = now - skipped, now
         return delta
 
@@ -271,24 +271,53 @@ async def _label(job: LabelJob, student: Any, writer: _Writer, lines: Iterator[L
         executor.shutdown(wait=False)
 
 
-def run_label(job: LabelJob, student: Any, progress: Any = None) -> LabelReport:
-    """Label ``job.path`` with ``student``; returns the report. ``progress`` (a
-    :class:`stream.progress.Progress`) is advanced per batch."""
+@dataclass
+class Done:
+    """What a previous run already wrote (``--resume``): result and dead-letter post ids, and
+    the input lines that were dead-lettered."""
+
+    ids: set[str] = field(default_factory=set)
+    lines: set[int] = field(default_factory=set)
+
+
+def already_done(job: LabelJob) -> Done:
+    """With ``resume``: read (and cut the torn last line of) the output and dead-letter files."""
+    if not job.resume:
+        return Done()
+    ids = done_results(Path(job.out), job.fmt)
+    dead_ids, lines = done_dead(job.dead_path)
+    return Done(ids | dead_ids, lines)
+
+
+def to_label(job: LabelJob, done: Done) -> int:
+    """How many lines of the input (the first ``limit``) are not done yet (the progress total)."""
+    n = todo = 0
+    with open(job.path, encoding="utf-8", errors="surrogateescape") as fh:
+        for number, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            n += 1
+            if job.limit and n > job.limit:
+                break
+            pid = _peek_id(text)
+            todo += not (number in done.lines or (pid is not None and pid in done.ids))
+    return todo
+
+
+def run_label(job: LabelJob, student: Any, progress: Any = None, done: Done | None = None) -> LabelReport:
+    """Label ``job.path`` with ``student``, skipping what ``done`` (default: :func:`already_done`)
+    holds; returns the report. ``progress`` (a :class:`stream.progress.Progress`) is advanced per
+    batch by the lines labelled, dead-lettered or skipped as duplicates."""
     report = LabelReport()
-    done_ids: set[str] = set()
-    done_lines: set[int] = set()
+    done = done if done is not None else already_done(job)
     dead_path = job.dead_path
-    if job.resume:
-        done_ids = done_results(Path(job.out), job.fmt)
-        dead_ids, done_lines = done_dead(dead_path)
-        done_ids |= dead_ids
     out_exists = job.out != "-" and Path(job.out).exists() and Path(job.out).stat().st_size > 0
     mode = "a" if job.resume else "w"
     out_fh: IO[str] = sys.stdout if job.out == "-" else open(job.out, mode, encoding="utf-8", newline="")
     dead_fh = open(dead_path, mode, encoding="utf-8") if dead_path is not None else None
     try:
         writer = _Writer(out_fh, job.fmt, dead_fh, header=not (job.resume and out_exists))
-        lines = job.lines(done_ids, done_lines, report)
+        lines = job.lines(done.ids, done.lines, report)
 
         def advance(n: int) -> None:
             if progress is not None:
@@ -303,8 +332,5 @@ def run_label(job: LabelJob, student: Any, progress: Any = None) -> LabelReport:
     return report
 
 
-def total_lines(job: LabelJob) -> int:
-    return count_lines(job.path, job.limit)
-
-
-__all__ = ["LabelJob", "LabelReport", "LabelError", "run_label", "done_results", "done_dead", "CSV_FIELDS", "total_lines"]
+__all__ = ["LabelJob", "LabelReport", "LabelError", "Done", "already_done", "to_label", "run_label", "done_results",
+           "done_dead", "CSV_FIELDS"]

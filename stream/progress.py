@@ -41,6 +41,7 @@ class Progress:
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
         self.console = console or Console(stderr=True)
         self.done = 0
+        self._printed = -1  # ``done`` at the last plain line
         self.t0 = time.monotonic()
         self._last = self.t0
         self._bar: RichProgress | None = None
@@ -59,14 +60,8 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
-        else:
+        elif self._printed != self.done:
             self._line()
-
-    def start_clock(self) -> None:
-        """Start measuring the rate now (e.g. after the model has loaded)."""
-        self.t0 = self._last = time.monotonic()
-        if self._bar is not None:
-            self._bar.reset(self._task, total=self.total, completed=self.done)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -88,6 +83,7 @@ class Progress:
             print(text, file=sys.stderr, flush=True)
 
     def _line(self) -> None:
+        self._printed = self.done
         self._last = time.monotonic()
         took = max(self._last - self.t0, 1e-9)
         rate = self.done / took
