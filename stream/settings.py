@@ -335,7 +335,7 @@ def _list_hint(field: str) -> str:
 
 NON_SETTING_VARIABLES = frozenset({
     "MULCOT_DATA_DIR",  # the research data (training.data, tests)
-    "MULCOT_THREADS",  # torch threads of training.cv / training.grounding
+    "MULCOT_THREADS",  # torch threads of training.compact.select / training.grounding
     "MULCOT_TINY_DIR",  # where tiny test models are built (model.loading)
     "MULCOT_ENGINE", "MULCOT_ENGINE_SLOTS", "MULCOT_ENGINE_MAX_LEN",  # the batched GPU engine (model.engine)
     "MULCOT_GPU_MODEL_SPEC", "MULCOT_MODELS_DIR",  # docker-compose.yml's gpu / vllm profiles

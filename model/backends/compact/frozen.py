@@ -4,7 +4,7 @@ The features are the all-MiniLM-L6-v2 sentence embedding of the text (mean-poole
 L2-normalised, the pretrained model without any adapter), the aspect's embedding for
 aspect-level routes, and the image's EfficientNet-Lite0 pooled feature (L2-normalised) and,
 optionally, its ImageNet-1k probabilities; image blocks are zero for a post without an image.
-``training/cv.py`` cross-validates heads on exactly these features (:func:`design`) and exports
+``training/compact/select.py`` cross-validates heads on exactly these features (:func:`design`) and exports
 the adopted one. Saved as ``<name>.json`` (``{"kind": "frozen", "parts": [...], ...}``) and
 ``<name>.safetensors`` (``weight`` [3, d], ``bias`` [3], and ``text_weight`` / ``text_bias``:
 the same head fitted on the text blocks alone, which the chain's Conflict line compares with).
