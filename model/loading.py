@@ -15,6 +15,8 @@ spec stay cheap (no torch import):
 * ``openai:<base_url>[#<model>]`` - a student served by an OpenAI-compatible endpoint (vLLM,
   SGLang; ``model/backends/openai/student.py``);
 * ``noop`` - a model-free student for measuring the pipeline alone (benchmarks only);
+* ``py:<module>:<attribute>`` - a student class (or factory) importable from ``<module>``,
+  called with the options: a student kept outside ``model/`` (the tests' label-reading one);
 * ``mulcot-rd-3b`` / ``mulcot-rd-7b`` - aliases of the published students, ``hf:sghn/MulCoT-RD-3B``.
 
 Keyword options are passed to the backend (``device``, ``dtype``, ``image_size``,
@@ -293,6 +295,35 @@ def _load_tiny(spec: Spec, options: dict) -> Student:
     return HFStudent.from_pretrained(str(tiny_path(spec.target)), **{"name": str(spec), **options})
 
 
+def _parse_py(rest: str) -> tuple[str, str | None]:
+    module, sep, attr = rest.partition(":")
+    if not sep or not all(p.isidentifier() for p in module.split(".")) or not attr.isidentifier():
+        raise SpecError(f"bad py spec {'py:' + rest!r}: expected py:<module>:<attribute>, e.g. py:mypkg.students:MyStudent")
+    return rest, None
+
+
+def _check_py(spec: Spec) -> None:
+    import importlib.util
+
+    module = spec.target.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise SpecError(f"module {module!r} of spec {str(spec)!r} cannot be found on the Python path")
+
+
+def _load_py(spec: Spec, options: dict) -> Student:
+    import importlib
+
+    module, _, attr = spec.target.partition(":")
+    factory = getattr(importlib.import_module(module), attr, None)
+    if factory is None:
+        raise SpecError(f"module {module!r} has no attribute {attr!r} (spec {str(spec)!r})")
+    return factory(**options)
+
+
 register_kind("default", _load_default, check=_check_default, bare=True, options=CompactOptions)
 register_kind("noop", _load_noop, bare=True, options=NoopOptions)
 register_kind("compact", _load_compact, check=_check_compact, syntax="compact:<dir>", options=CompactOptions)
@@ -300,6 +331,7 @@ register_kind("hf", _load_hf, _parse_hf, syntax="hf:<model>[+<adapter>]", option
 register_kind("tiny", _load_tiny, _parse_tiny, syntax="tiny:<family>", options=HFOptions)
 register_kind("openai", _load_openai, _parse_openai, syntax="openai:<base_url>[#<model>][?option=value&...]",
               options=OpenAIOptions)
+register_kind("py", _load_py, _parse_py, check=_check_py, syntax="py:<module>:<attribute>")  # options: the factory's
 
 
 __all__ = [

@@ -53,6 +53,8 @@ def run_demo(model_spec: str | None = None, samples: Path | None = None, timeout
     try:
         with embedded_services(log_dir=log_dir) as (kafka, redis):
             console.print(f"  kafka (tansu) {kafka.bootstrap}, redis (valkey) {redis.url}, logs in {log_dir}")
+            console.print(f"  from another terminal while it runs: export MULCOT_BROKER={kafka.bootstrap} "
+                          f"MULCOT_REDIS_URL={redis.url}; then e.g. mulcot dead-letters", soft_wrap=True)  # fmt: skip
             settings = load_settings(
                 broker=kafka.bootstrap, redis_url=redis.url, model_spec=spec, group_id="mulcot-demo",
                 metrics_port=0, max_batch=8, max_latency_ms=200,
@@ -160,12 +162,11 @@ async def run_posts(
 async def _demo(settings, samples: Path, log_dir: Path, timeout: float, console) -> int:  # type: ignore[no-untyped-def]
     """The demo's printing around :func:`run_posts`: a panel per result, a line per dead letter,
     a progress bar, then the summary table."""
-    from rich.panel import Panel
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from .producer import read_posts
-    from .render import chain_text, label_text
+    from .render import result_panel
 
     records = list(read_posts(samples))
     with Progress(
@@ -175,7 +176,7 @@ async def _demo(settings, samples: Path, log_dir: Path, timeout: float, console)
         task = progress.add_task("waiting for the worker (loading the student)", total=len(records))
 
         def on_result(r: SentimentResult) -> None:
-            progress.console.print(_result_panel(r, chain_text, label_text, Panel))
+            progress.console.print(result_panel(r, footer=False))
             progress.advance(task)
             progress.update(task, description="posts processed")
 
@@ -195,11 +196,3 @@ async def _demo(settings, samples: Path, log_dir: Path, timeout: float, console)
     console.print("[green]all posts accounted for[/green]" if run.ok else "[red]some posts are missing[/red]")
     return 0 if run.ok else 1
 
-
-def _result_panel(r: SentimentResult, chain_text, label_text, Panel):  # type: ignore[no-untyped-def]
-    from rich.text import Text
-
-    title = Text.assemble(r.id, "  ", label_text(r.label), f"  {r.confidence:.2f}")
-    if r.aspect:
-        title.append(f"  aspect: {r.aspect}", style="cyan")
-    return Panel(chain_text(r), title=title, title_align="left", expand=True)

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from .checks import BrokerUnavailable  # defined there (no aiokafka import), raised here too
 from .settings import Settings
 
 log = logging.getLogger("mulcot.kafka")
@@ -23,8 +24,6 @@ MAX_REQUEST = 8 * 1024 * 1024  # largest produce request / partition fetch (the 
 MAX_BATCH = 1024 * 1024  # producer batch size
 
 
-class BrokerUnavailable(RuntimeError):
-    pass
 
 
 def producer(settings: Settings, **kw: Any) -> AIOKafkaProducer:
@@ -65,7 +64,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (TimeoutError, KafkaConnectionError, OSError) as exc:
-        raise BrokerUnavailable(f"cannot reach Kafka at {settings.broker}: {exc or type(exc).__name__}") from None
+        from .checks import describe
+
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.broker}: {describe(exc)}") from None
     try:
         existing = set(await admin.list_topics())
         wanted = {

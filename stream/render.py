@@ -65,3 +65,15 @@ def result_line(r: SentimentResult) -> Text:
     if r.chain is not None and r.chain.final_conclusion:
         t.append(f"  {r.chain.final_conclusion[:120]}", style="italic")
     return t
+
+
+def result_panel(r: SentimentResult, footer: bool = True):  # type: ignore[no-untyped-def]
+    """One result as a full-width panel: id, label, confidence and aspect in the title, the chain
+    inside (``mulcot results --post``, the demo; reads well in 80 columns)."""
+    from rich.panel import Panel
+
+    title = Text.assemble(r.id, "  ", label_text(r.label), f"  {r.confidence:.2f}")
+    if r.aspect:
+        title.append(f"  aspect: {r.aspect}", style="cyan")
+    foot = Text(f"{r.model_name} {r.model_version}  {r.timings.end_to_end_ms:.0f} ms end to end", style="dim") if footer else None
+    return Panel(chain_text(r), title=title, title_align="left", subtitle=foot, subtitle_align="right", expand=True)

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
         None, description="API key of an openai: student's endpoint (masked in `mulcot config`; else OPENAI_API_KEY)"
     )
     chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
+    ocr: bool = Field(True, description="read the text in pictures for the chain's Image line (default / compact: students; False: faster chains)")
     label_first: bool = Field(
         False, description="publish a labels-only result as soon as the label is known, then the full one"
     )
@@ -125,9 +126,44 @@ class Settings(BaseSettings):
     serve_token: SecretStr | None = Field(None, description="if set, /api/* needs `Authorization: Bearer <token>` (masked in `mulcot config`)")
     serve_cors_origins: list[str] = Field([], description="origins allowed by CORS (JSON list in env; empty: CORS off)")
 
+    # --- sentiment-shift alerts (`mulcot alerts run` / `replay`; stream/alerts, docs/alerts.md) --
+    alerts_topic: str = Field("sentiment.alerts", description="compacted topic of Alert records (key: alert id) that `mulcot alerts run` publishes")
+    alerts_group_id: str = Field("mulcot-alerts", description="consumer group of `mulcot alerts run` on the output topic")
+    alerts_windows_s: list[int] = Field(
+        [600, 3600], description="tested window lengths in seconds (JSON list in env; multiples of 60)"
+    )
+    alerts_hops: int = Field(
+        10, ge=1, le=60, description="evaluate each window length this many times per window length (hopping windows; 1: tumbling)"
+    )
+    alerts_baseline_s: int = Field(14400, ge=60, le=7 * 86400, description="trailing baseline: the scope's posts in this many seconds before the window")
+    alerts_lateness_s: int = Field(
+        300, ge=0, le=86400, description="a window is evaluated once the newest event time seen (at most the wall clock) passes its end by this much"
+    )
+    alerts_fdr: float = Field(
+        3e-4, gt=0, lt=1, description="Benjamini-Hochberg false-discovery rate over the tests of one window (every scope and kind)"
+    )
+    alerts_min_count: int = Field(20, ge=1, description="fewest posts of a scope in a window for it to be tested")
+    alerts_min_baseline: int = Field(60, ge=1, description="fewest posts of a scope in its baseline for it to be tested")
+    alerts_min_share_delta: float = Field(
+        0.15, gt=0, le=1, description="smallest rise of a label's share over the baseline that can alert (0.15: 20% -> 35%)"
+    )
+    alerts_min_volume_ratio: float = Field(
+        3.0, gt=1, description="smallest ratio of a window's posts to the baseline's expectation that can alert"
+    )
+    alerts_cooldown_s: int = Field(
+        3600, ge=0, description="a detection of the same scope and kind within this many seconds after an alert's window is merged into it"
+    )
+    alerts_recent_max: int = Field(1000, ge=1, description="length bound of the Redis sorted set of recent alerts")
+    alerts_ttl_s: int = Field(30 * 86400, ge=1, description="TTL of alert:{id} values in Redis")
+    alerts_metrics_port: int = Field(9401, ge=0, le=65535, description="Prometheus metrics port of `mulcot alerts run` (0: off)")
+
     # --- dead letters / misc ------------------------------------------------------------
     dlq_inline_max_bytes: int = Field(
         256 * 1024, ge=0, description="originals larger than this go to the DLQ as a reference, not inline"
+    )
+    dead_letters_max: int = Field(
+        1000, ge=0, le=100_000, description="how many recent dead letters the worker keeps in Redis for "
+        "`/api/dead-letters` and the dashboard (0: none; the full ones are on the dead-letter topic)"
     )
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus metrics port of the worker (0: off)")
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="worker log level")
@@ -160,7 +196,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
 
-    @field_validator("input_topic", "output_topic", "dlq_topic", "group_id")
+    @field_validator("input_topic", "output_topic", "dlq_topic", "group_id", "alerts_topic", "alerts_group_id")
     @classmethod
     def _topic(cls, v: str) -> str:
         import re
@@ -176,10 +212,27 @@ class Settings(BaseSettings):
             raise ValueError("windows must be positive seconds")
         return sorted(set(v))
 
+    @field_validator("alerts_windows_s")
+    @classmethod
+    def _alert_windows(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one window")
+        if any(w <= 0 or w % 60 for w in v):
+            raise ValueError("alert windows must be positive multiples of 60 seconds")
+        return sorted(set(v))
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
             raise ValueError("input_topic, output_topic and dlq_topic must differ")
+        if self.alerts_topic in (self.input_topic, self.output_topic, self.dlq_topic):
+            raise ValueError("alerts_topic must differ from the input, output and dead-letter topics")
+        if self.alerts_group_id == self.group_id:
+            raise ValueError("alerts_group_id must differ from group_id (the detector is not a worker)")
+        if any(w % self.alerts_hops for w in self.alerts_windows_s):
+            raise ValueError("every alert window must be a whole number of seconds times alerts_hops")
+        if self.alerts_baseline_s % self.alerts_slot_s:
+            raise ValueError(f"alerts_baseline_s must be a multiple of {self.alerts_slot_s} s (the alert windows' hop)")
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ValueError(f"security_protocol={self.security_protocol} needs sasl_mechanism")
         if self.heartbeat_s >= self.session_timeout_s:
@@ -190,6 +243,14 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         return self.broker.split(",")
+
+    @property
+    def alerts_slot_s(self) -> int:
+        """The alert detector's counting slot: the greatest common divisor of the windows' hops
+        (a window divided by ``alerts_hops``), so every window and hop is a whole number of slots."""
+        import math
+
+        return math.gcd(*(w // self.alerts_hops for w in self.alerts_windows_s))
 
     @property
     def redis_url_value(self) -> str:
@@ -272,12 +333,74 @@ def _list_hint(field: str) -> str:
     return f" ({env_name(field)} takes a JSON list, e.g. {env_name(field)}='{json.dumps(example)}')"
 
 
+NON_SETTING_VARIABLES = frozenset({
+    "MULCOT_DATA_DIR",  # the research data (training.data, tests)
+    "MULCOT_THREADS",  # torch threads of training.compact.select / training.grounding
+    "MULCOT_TINY_DIR",  # where tiny test models are built (model.loading)
+    "MULCOT_ENGINE", "MULCOT_ENGINE_SLOTS", "MULCOT_ENGINE_MAX_LEN",  # the batched GPU engine (model.engine)
+    "MULCOT_GPU_MODEL_SPEC", "MULCOT_MODELS_DIR",  # docker-compose.yml's gpu / vllm profiles
+    "MULCOT_CHROMIUM", "MULCOT_TEST_ARTIFACTS", "MULCOT_TEST_TIMING", "MULCOT_README_MODEL",  # the tests
+})
+"""``MULCOT_*`` variables read elsewhere in the code, which are not settings and get no typo warning
+(a test checks that every ``MULCOT_*`` name in the code is a setting or listed here)."""
+
+_warned: set[str] = set()
+
+
+def setting_names() -> set[str]:
+    """Every environment variable name the settings class reads."""
+    return {env_name(name) for name in Settings.model_fields}
+
+
+def unknown_variables(environ: Any = None, dotenv: str | Path | None = ".env") -> list[str]:
+    """One warning line per ``MULCOT_*`` variable of the environment or ``.env`` that is not a
+    setting (nor in :data:`NON_SETTING_VARIABLES`), naming the nearest setting."""
+    import difflib
+    import os
+
+    known = setting_names()
+    found: dict[str, str] = {}
+    for key in (os.environ if environ is None else environ):
+        if key.upper().startswith("MULCOT_"):
+            found.setdefault(key.upper(), "environment variable")
+    path = Path(dotenv) if dotenv else None
+    if path is not None and path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        for n, line in enumerate(lines, 1):
+            key = line.strip().removeprefix("export ").partition("=")[0].strip()
+            if key.upper().startswith("MULCOT_") and "=" in line:
+                found.setdefault(key.upper(), f"line {n} of {path}")
+    out = []
+    for key, where in sorted(found.items()):
+        if key in known or key in NON_SETTING_VARIABLES:
+            continue
+        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else "see `mulcot config` for the settings"
+        out.append(f"warning: {key} ({where}) is not a mulcot setting and is ignored; {hint}")
+    return out
+
+
+def warn_unknown_variables() -> None:
+    """Print :func:`unknown_variables` to stderr, each at most once per process."""
+    import sys
+
+    for line in unknown_variables():
+        if line not in _warned:
+            _warned.add(line)
+            print(line, file=sys.stderr)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings from env/.env plus ``overrides``; raise :class:`SettingsError` (one line)."""
+    """Read settings from env/.env plus ``overrides``; raise :class:`SettingsError` (one line).
+    ``MULCOT_*`` variables that are not settings get one warning each (:func:`unknown_variables`)."""
     import re
 
     from pydantic_settings import SettingsError as SourceError
 
+    warn_unknown_variables()
     try:
         return Settings(**overrides)
     except SourceError as exc:  # a value the environment source cannot parse (e.g. a list that is not JSON)
@@ -316,4 +439,17 @@ if __name__ == "__main__":  # python -m stream.settings --markdown
     print(markdown_table())
 
 
-__all__ = ["Settings", "SettingsError", "load_settings", "env_name", "DEFAULT_BROKER", "DEFAULT_REDIS_URL"]
+__all__ = ["Settings", "SettingsError", "load_settings", "env_name", "unknown_variables", "NON_SETTING_VARIABLES",
+           "DEFAULT_BROKER", "DEFAULT_REDIS_URL"]
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """Settings from env/.env plus non-None CLI overrides; bad settings -> one error line (a CLI
+    verb's ``click.ClickException``). Every verb of ``mulcot`` (``stream.cli``, ``stream.alerts.cli``)
+    reads its settings here."""
+    import click
+
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None

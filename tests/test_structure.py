@@ -4,8 +4,7 @@
   ``import`` and ``from ... import`` counts, at module level or inside a function (lazy imports
   run too, and a lazy cycle is still a cycle in the design);
 * no function or method longer than 80 lines (decorators and docstring included) in ``model/``;
-  ``stream/`` and ``training/`` are checked too, and marked ``xfail(strict=False)`` while
-  other rooms still have long functions (issue 24).
+  ``stream/`` and ``training/`` are checked the same way.
 """
 
 from __future__ import annotations
@@ -135,11 +134,7 @@ def long_functions(room: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("room", [
-    "model",
-    pytest.param("stream", marks=pytest.mark.xfail(strict=False, reason="issue 24: the stream's parts are split by another change")),
-    pytest.param("training", marks=pytest.mark.xfail(strict=False, reason="issue 24: training/cli.py is split by another change")),
-])
+@pytest.mark.parametrize("room", ["model", "stream", "training"])
 def test_no_function_over_80_lines(room: str) -> None:
     found = long_functions(room)
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines: " + "; ".join(found)

@@ -37,7 +37,7 @@ LORA_ALL = (r".*(?:language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|m
 
 
 def _training():
-    """The student stage's pieces (``training.mulcot``)."""
+    """The student stage's pieces (``training.mulcot``), imported when the check runs."""
     from training.mulcot.student import make_student_loss
     from training.mulcot.vlm import Item, add_lora, collate_items, model_inputs
 

@@ -57,7 +57,7 @@ def test_grounded_rows_on_real_posts(data_dir, monkeypatch):
         text = tok.decode(ids)
         learned = tok.decode([i for i, l in zip(ids, labels) if l != -100])
         image_line = text.split("\nImage: ", 1)[1].split("\n", 1)[0]
-        assert image_line == NO_IMAGE or "classifier's best guesses are" in image_line
+        assert image_line == NO_IMAGE or "the main colours are" in image_line or "could not be recognised" in image_line
         assert image_line not in learned and "Conflict:" not in learned  # evidence lines are context only
         assert any(f"Conclusion: {s}" in text for s in starts)
         assert not claims_pixels(learned, mentions=True)

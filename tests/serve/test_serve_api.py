@@ -116,8 +116,9 @@ def test_read_only_and_safe_defaults(api, served) -> None:  # type: ignore[no-un
     assert "access-control-allow-origin" not in api.get("/api/health", headers={"Origin": "http://evil.example"}).headers
     assert api.get("/").headers["content-security-policy"].startswith("default-src 'self'")
     spec = api.get("/api/openapi.json").json()
-    assert set(spec["paths"]) == {"/api/health", "/api/results", "/api/results/{post_id}", "/api/results/{post_id}/thumbnail",
-                                  "/api/stats", "/api/stream"}  # fmt: skip
+    assert set(spec["paths"]) == {"/api/dead-letters", "/api/health", "/api/results", "/api/results/{post_id}", "/api/results/{post_id}/thumbnail",
+                                  "/api/stats", "/api/stream", "/api/alerts", "/api/alerts/stream",
+                                  "/api/alerts/{alert_id}"}  # fmt: skip
     assert all(set(ops) == {"get"} for ops in spec["paths"].values())
     assert api.get("/static/../api.py").status_code == 404
 

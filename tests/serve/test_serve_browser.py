@@ -119,3 +119,32 @@ def test_dashboard_with_a_token(browser, served) -> None:  # type: ignore[no-unt
         fresh.close()
     finally:
         srv.stop()
+
+
+def test_dashboard_dead_letter_panel(browser, served) -> None:  # type: ignore[no-untyped-def]
+    """The dead-letter panel lists the dead letters the worker kept in Redis (the samples' bad
+    records): code, post id, source, message, and the original record when opened."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1400}, bypass_csp=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(served.url)
+    total = sum(served.dead_codes.values())
+    page.wait_for_function(f"document.querySelectorAll('#dl-list li.dl').length === {total}", timeout=15_000)
+    rows = page.locator("#dl-list li.dl")
+    codes = sorted(rows.nth(i).get_attribute("data-code") or "" for i in range(rows.count()))
+    assert codes == sorted(c for c, n in served.dead_codes.items() for _ in range(n))
+    bad = page.locator("#dl-list li.dl[data-id='demo-bad-image']")
+    assert bad.locator(".dl-code").inner_text() == "image_unreadable"
+    assert "not an image in any format Pillow can identify" in bad.locator(".dl-msg").inner_text()
+    assert bad.locator(".dl-src").inner_text().startswith(served.settings.input_topic + "/")
+    bad.locator("details.dl-orig summary").click()
+    assert '"id": "demo-bad-image"' in bad.locator("details.dl-orig pre").inner_text()
+    assert page.locator("#dl-empty").is_hidden()
+    assert page.locator("#dl-note").inner_text() == f"newest {total} of {total} kept"
+    page.wait_for_timeout(3500)  # one more poll: an opened original stays open (rows are kept when nothing changed)
+    assert bad.locator("details.dl-orig").get_attribute("open") is not None
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#dead-letters").screenshot(path=str(ARTIFACTS / "dashboard-dead-letters.png"))
+    assert not errors, errors
+    page.close()

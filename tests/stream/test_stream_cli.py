@@ -87,8 +87,8 @@ def test_produce_and_results_json(make_settings, start_worker, tmp_path: Path) -
     assert [r["id"] for r in by_aspect] == ["demo-05"]
     table = cli("--post", "demo-03")
     assert table.exit_code == 0 and "demo-03" in table.stdout and "Prediction" in table.stdout
-    missing = cli("--post", "nope")
-    assert missing.exit_code != 0 and "no result" in missing.output
+    missing = cli("--post", "nope")  # no match is not an error, as for --aspect (said on stderr)
+    assert missing.exit_code == 0 and "no result for post 'nope'" in missing.stderr and not missing.stdout
 
 
 def test_results_when_redis_is_down(tmp_path: Path) -> None:

@@ -311,6 +311,8 @@ def test_worker_with_a_real_torch_student(make_settings, start_worker, tmp_path)
     finally:
         store.close()
     assert worker.stop() == 0
+    log = worker.tail(10_000)  # issue 23: no library progress bars or load-time warnings in the worker's log
+    assert "Loading weights" not in log and "it/s]" not in log and "[transformers]" not in log, log[:3000]
 
 
 # default run (about 20-30 s on 2 cores): the tiny Qwen2.5-VL again, with the batched engine on

@@ -41,6 +41,11 @@ class LoraSettings(StrictModel):
     modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved with the adapter "
                                                                 "(e.g. [lm_head] for tiny random test models).")
 
+    def apply(self, model: Any) -> Any:
+        """``model`` wrapped with a trainable adapter of these settings (:func:`add_lora`)."""
+        return add_lora(model, r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=self.targets,
+                        modules_to_save=self.modules_to_save)
+
     def card(self) -> dict:
         """The adapter's settings as a model card records them."""
         return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout,

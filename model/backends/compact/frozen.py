@@ -4,7 +4,7 @@ The features are the all-MiniLM-L6-v2 sentence embedding of the text (mean-poole
 L2-normalised, the pretrained model without any adapter), the aspect's embedding for
 aspect-level routes, and the image's EfficientNet-Lite0 pooled feature (L2-normalised) and,
 optionally, its ImageNet-1k probabilities; image blocks are zero for a post without an image.
-``training/cv.py`` cross-validates heads on exactly these features (:func:`design`) and exports
+``training/compact/select.py`` cross-validates heads on exactly these features (:func:`design`) and exports
 the adopted one. Saved as ``<name>.json`` (``{"kind": "frozen", "parts": [...], ...}``) and
 ``<name>.safetensors`` (``weight`` [3, d], ``bias`` [3], and ``text_weight`` / ``text_bias``:
 the same head fitted on the text blocks alone, which the chain's Conflict line compares with).
@@ -129,3 +129,44 @@ def save_frozen(path: str | Path, name: str, parts: tuple[str, ...], model, text
     save_file({k: v.contiguous() for k, v in state.items()}, path / f"{name}.safetensors")
     (path / f"{name}.json").write_text(json.dumps({"kind": "frozen", "parts": list(parts), "image_dim": 1280,
                                                    **(meta or {})}, indent=2))
+
+
+def vader_scores(texts: list[str]) -> np.ndarray:
+    """VADER's neg, neu, pos and compound scores of each text (``vaderSentiment``: a rule-based
+    sentiment lexicon for social media, Hutto & Gilbert 2014)."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    global _SIA
+    if _SIA is None:
+        _SIA = SentimentIntensityAnalyzer()
+    return np.array([[s["neg"], s["neu"], s["pos"], s["compound"]] for s in map(_SIA.polarity_scores, texts)],
+                    np.float32).reshape(len(texts), 4)
+
+
+_SIA = None
+
+
+class TextRoute:
+    """The head that serves post-level posts without an image (``text_route.json`` +
+    ``.safetensors``, round 4 of docs/results.md): a linear head on the frozen MiniLM sentence
+    embedding and, when its parts name it, VADER's four scores."""
+
+    def __init__(self, cfg: dict, state: dict[str, torch.Tensor], encoder: SentenceEncoder | None = None) -> None:
+        self.cfg, self.parts = cfg, tuple(cfg["parts"])
+        self.w, self.b = state["weight"].float().numpy(), state["bias"].float().numpy()
+        self.encoder = encoder or SentenceEncoder()
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: SentenceEncoder | None = None) -> TextRoute | None:
+        """The text route of the student at ``path``, or None if it has none."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "text_route.json").exists():
+            return None
+        return cls(json.loads((path / "text_route.json").read_text()), load_file(path / "text_route.safetensors"), encoder)
+
+    def probs(self, texts: list[str]) -> np.ndarray:
+        blocks = {"text": lambda: self.encoder.encode(texts), "vader": lambda: vader_scores(texts)}
+        X = np.concatenate([blocks[p]() for p in self.parts], 1)
+        return softmax(X @ self.w.T + self.b)

@@ -18,7 +18,10 @@ class CompactOptions(BackendOptions):
     fp32; ``bf16``; ``fp32``); ``image_dtype`` (``fp32``: as the classifier was trained and
     calibrated; ``bf16``); ``image_size`` (None: the weights' own, 160); ``chain_decoder``
     (``greedy``: the explainer's own decoder; ``generate``: transformers' ``generate``, the
-    reference)."""
+    reference); ``ocr`` (read text in the picture for the Image line); ``attribution`` (the Text
+    line from the words that moved the classifier; off: the chain writer writes it);
+    ``image_class_min`` (the Image line names ImageNet classes only at or above this probability;
+    None: it names none). The flags may arrive as strings (a spec, the environment)."""
 
     device: str = "cpu"
     chain_batch_size: int = 32
@@ -28,6 +31,9 @@ class CompactOptions(BackendOptions):
     image_dtype: str = "fp32"
     image_size: int | None = None
     chain_decoder: str = "greedy"
+    ocr: bool | str = True
+    attribution: bool | str = True
+    image_class_min: float | str | None = None
 
     def __post_init__(self) -> None:
         if self.chain_decoder not in ("greedy", "generate"):

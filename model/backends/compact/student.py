@@ -16,6 +16,7 @@ directory:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from ...chain import parse_chain
 from ...types import LABELS, BaseStudent, PostInput, Prediction
 from .options import CompactOptions
 
+_log = logging.getLogger(__name__)
 EVIDENCE_CLASSES = 3
 """How many ImageNet classes (with their probabilities) the Image line reports."""
 TEXT_TOKENS = 48
@@ -79,6 +81,10 @@ class CompactStudent(BaseStudent):
 
         for route, name in names.items():
             self.classifiers[route] = MeanRoute([load(n) for n in name]) if isinstance(name, list) else load(name)
+        # post-level posts without an image: the round-4 text route when the student has one
+        from .frozen import TextRoute
+
+        self.text_route = TextRoute.load(self.path, sentences) if "post" in self.classifiers else None
         # the input format (image words) of the fine-tuned routes; defaults when every route is frozen
         members = [m for c in self.classifiers.values() for m in (c.members if isinstance(c, MeanRoute) else [c])]
         self.cfg = next((c.cfg for c in members if isinstance(c, CompactClassifier)), ClassifierConfig())
@@ -87,6 +93,13 @@ class CompactStudent(BaseStudent):
         self._max_new_tokens = o.max_new_tokens
         self._chain_dtype = o.chain_dtype
         self._chain_decoder = o.chain_decoder
+        # the Text line from the words that moved the classifier (model.backends.compact.attribution); off:
+        # the chain writer writes it, as before 2026.12.01
+        self.attribution = _flag(o.attribution)
+        # text read in the picture for the Image line (model.backends.compact.ocr); loaded on first use
+        self.ocr = _flag(o.ocr)
+        self._reader = None
+        self.image_class_min = None if o.image_class_min in (None, "", "none") else float(o.image_class_min)
         self._explainer = None  # loaded on first explain(): labels-only users never pay for it
         # bf16 autocast for the text encoder on CPUs with AVX512-BF16/AMX: faster, same dev accuracy
         self._label_bf16 = o.label_dtype == "bf16" or (o.label_dtype == "auto" and (self.device.type == "cuda" or _cpu_has_bf16()))
@@ -169,6 +182,10 @@ class CompactStudent(BaseStudent):
             probs[idx] = p
             for j, i in enumerate(rows):
                 n_tokens[i] = n[j]
+        if self.text_route is not None and not text_only:
+            bare = [i for i, p in enumerate(batch) if self._route(p) == "post" and not has[i] > 0]
+            if bare:
+                probs[torch.tensor(bare)] = torch.from_numpy(self.text_route.probs([batch[i].text for i in bare])).float()
         return probs, n_tokens
 
     def _member_probs(self, clf, batch: list[PostInput], rows: list[int], words, feats: torch.Tensor,
@@ -260,6 +277,7 @@ class CompactStudent(BaseStudent):
         posts, preds = list(posts), list(preds)
         evidence = self._evidence(posts, preds)
         img_rows = [i for i, p in enumerate(posts) if p.image is not None]
+        texts = self._read_text(posts)
         text_probs = self.text_only_probs([posts[i] for i in img_rows]).tolist() if img_rows else []
         out = []
         for i, (p, pr) in enumerate(zip(posts, preds)):
@@ -267,17 +285,91 @@ class CompactStudent(BaseStudent):
                 out.append(GroundedLines(image_sentence(None), conflict_sentence(pr.label.value, None, None, None),
                                          False, None))
                 continue
-            ev = ImageEvidence(tuple((n, float(q)) for n, q in evidence[i]), dominant_colours(p.image))
+            read, state = texts[i]
+            ev = ImageEvidence(tuple((n, float(q)) for n, q in evidence[i]), dominant_colours(p.image),
+                               read.text if read else None, read.score if read else None, state)
             tp = dict(zip((l.value for l in LABELS), text_probs[img_rows.index(i)]))
             text_label = max(tp, key=tp.get)
-            out.append(GroundedLines(image_sentence(ev), conflict_sentence(pr.label.value, pr.probabilities, text_label, tp),
+            out.append(GroundedLines(image_sentence(ev, self.image_class_min),
+                                     conflict_sentence(pr.label.value, pr.probabilities, text_label, tp),
                                      text_label != pr.label.value, ev.to_dict()))
         return out
 
+    def _read_text(self, posts: list[PostInput]) -> list[tuple[object | None, str]]:
+        """OCR of each post's picture: (``ocr.ImageText`` or None, state). A picture OCR cannot read
+        gets no quote; an OCR failure is logged and marked ``"failed"``, never raised."""
+        out: list[tuple[object | None, str]] = [(None, "off")] * len(posts)
+        if not self.ocr:
+            return out
+        if self._reader is None:
+            from .ocr import Reader
+
+            self._reader = Reader()
+        for i, p in enumerate(posts):
+            if p.image is None:
+                continue
+            try:
+                got = self._reader.read(p.image)
+                out[i] = (got, "read" if got else "none")
+            except Exception as e:  # noqa: BLE001 - OCR never fails a post; the chain says so
+                _log.warning("OCR failed on post %s: %s", p.id, e)
+                out[i] = (None, "failed")
+        return out
+
+    def text_probs_fn(self, posts: list[PostInput], preds: list[Prediction]):
+        """``probs_fn(rows, texts)`` for ``model.backends.compact.attribution``: the class probabilities of post
+        ``rows[k]`` through the route that served it, its image evidence fixed, its text ``texts[k]``."""
+        n = len(posts)
+        feats, lgs, has = torch.zeros(n, self.cfg.image_dim), torch.zeros(n, 1000), torch.zeros(n)
+        rows = [i for i, p in enumerate(posts) if p.image is not None]
+        if rows:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._image_bf16):
+                f, logits = self.image.encode([posts[i].image for i in rows])
+            for j, i in enumerate(rows):
+                feats[i], lgs[i], has[i] = f[j].float(), logits[j].float(), 1.0
+        words = [pr.extra.get("image_words") for pr in preds]
+
+        def probs_fn(idx: list[int], texts: list[str]) -> torch.Tensor:
+            batch = [PostInput(text=t, image=posts[i].image, aspect=posts[i].aspect, id=posts[i].id)
+                     for i, t in zip(idx, texts)]
+            ix = torch.tensor(idx, dtype=torch.long)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._label_bf16):
+                p, _ = self._route_probs(batch, [words[i] for i in idx], feats[ix], has[ix], lgs[ix])
+            return p.float()
+
+        return probs_fn
+
+    @torch.inference_mode()
+    def text_evidence(self, posts: Sequence[PostInput], preds: Sequence[Prediction]) -> list:
+        """The words of each post that moved its served label (``model.backends.compact.attribution``: Captum
+        feature ablation through the post's route, then the cited phrases and p(label) without them)."""
+        from .attribution import attribute, cite
+
+        posts, preds = list(posts), list(preds)
+        fn = self.text_probs_fn(posts, preds)
+        labels = [LABELS.index(pr.label) for pr in preds]
+        return cite(attribute([p.text for p in posts], [p.aspect for p in posts], labels, fn), fn)
+
+    def _text_lines(self, posts: list[PostInput], preds: list[Prediction]) -> tuple[list[str] | None, list]:
+        """The Text lines from the attribution, and the evidence (None, [] when attribution is off; a
+        failure is logged and each line says the evidence is missing)."""
+        from .attribution import text_sentence
+
+        if not self.attribution:
+            return None, [None] * len(posts)
+        try:
+            evs = self.text_evidence(posts, preds)
+        except Exception as e:  # noqa: BLE001 - attribution never fails a post; the chain says so
+            _log.warning("text attribution failed for a batch of %d posts: %s", len(posts), e)
+            return [ATTRIBUTION_FAILED] * len(posts), [None] * len(posts)
+        return [text_sentence(ev, pr.label.value) for ev, pr in zip(evs, preds)], evs
+
     @torch.inference_mode()
     def explain(self, batch: Sequence[PostInput], predictions: Sequence[Prediction]) -> list[Prediction]:
-        """Chains in three steps (``model.backends.compact.grounded``): the chain writer writes the Text
-        line; the Image and Conflict lines are written from the evidence (:meth:`grounded_lines`);
+        """Chains in three steps (``model.backends.compact.grounded``): the Text line quotes the words that moved
+        the served classifier (:meth:`text_evidence`; with ``attribution=False`` the chain writer writes
+        it); the Image and Conflict lines are written from the evidence (:meth:`grounded_lines`: text
+        read in the picture, recognisable classes, colours; the text-only against the full label);
         then the chain writer, with those lines in its context, writes the Conclusion line, whose
         first words are forced (``grounded.conclusion_start``: always without an image, and from
         the Conflict line for a chain writer trained on grounded targets)."""
@@ -299,9 +391,13 @@ class CompactStudent(BaseStudent):
                 chat_prompt(tok, user_prompt(p.text, p.aspect, pr.extra.get("image_words"), pr.label.value, cfg)) + "Text:"
                 for p, pr in zip(posts, preds)
             ]
-            first = decoder.generate(prompts, cap, stops)
-            text_lines = [_wording(_line(tok.decode(r, skip_special_tokens=True)), p)
-                          or f"The text reads as {pr.label.value}." for r, p, pr in zip(first, posts, preds)]
+            text_lines, text_ev = self._text_lines(posts, preds)
+            if text_lines is None:  # attribution off: the chain writer writes the Text line
+                first = decoder.generate(prompts, cap, stops)
+                text_lines = [_wording(_line(tok.decode(r, skip_special_tokens=True)), p)
+                              or f"The text reads as {pr.label.value}." for r, p, pr in zip(first, posts, preds)]
+            else:
+                first = [[] for _ in posts]
             starts = [conclusion_start(p.image is not None, g.conflict, cfg.grounded_targets) for p, g in zip(posts, lines)]
             heads = [f"Text: {t}\nImage: {g.image}\nConflict: {g.conflict_line}\nConclusion:" + (f" {st}" if st else "")
                      for t, g, st in zip(text_lines, lines, starts)]
@@ -316,7 +412,8 @@ class CompactStudent(BaseStudent):
                     Prediction(
                         **{**pr.__dict__, "chain": chain, "generated_tokens": len(first[i]) + len(second[i]),
                            "chain_ms": ms, "prompt_version": f"{pr.prompt_version}+{EXPLAINER_PROMPT_VERSION}",
-                           "extra": {**pr.extra, "image_evidence": lines[i].evidence}}
+                           "extra": {**pr.extra, "image_evidence": lines[i].evidence,
+                                     "text_evidence": text_ev[i].to_dict() if text_ev[i] is not None else None}}
                     )
                 )
         return out
@@ -365,6 +462,14 @@ class GroundedLines:
     """Whether the Conflict line names a conflict (the text-only label differs)."""
     evidence: dict | None
     """``ImageEvidence.to_dict()``, or None without an image."""
+
+
+ATTRIBUTION_FAILED = "The words that moved the label could not be computed (attribution failed)."
+
+
+def _flag(v: object) -> bool:
+    """A boolean option that may arrive as a string from a spec or an environment variable."""
+    return v if isinstance(v, bool) else str(v).strip().lower() not in ("0", "false", "no", "off", "")
 
 
 def _glue(text: str) -> str:
