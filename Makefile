@@ -39,16 +39,17 @@ chaos: setup
 
 # Retrain the default student from ../shared/data and export it over model/weights/default:
 # the assistant recipe, then the student recipe (the student directory), then the post and aspect
-# routes adopted by cross-validation (docs/results.md, "Round 2" and "Round 3"), then the chain
+# routes adopted by cross-validation (docs/results.md, "Round 2" and "Round 3"), the text route of
+# posts without an image ("Round 4"), then the chain
 # writer on grounded targets,
 # which reads the exported student's own evidence lines (about 3 hours on 2 CPU cores)
 student: setup
 	$(VENV)/bin/mulcot distill compact training/recipes/compact-assistant.toml
 	$(VENV)/bin/mulcot distill compact training/recipes/compact.toml --export model/weights/default
-	$(PY) -m training.cv export mvsa_single --candidate "mean of fine-tuned and baseline probabilities" \
-		--out model/weights/default --route post
-	$(PY) -m training.cv export t15 --candidate "fine-tuned MiniLM-LoRA + image" \
-		--out model/weights/default --route aspect
+	$(PY) -m training.compact.select export mvsa_single --candidate mean --out model/weights/default --route post
+	$(PY) -m training.compact.select export t15 --candidate finetune --out model/weights/default --route aspect
+	$(PY) -m training.compact.text_route run
+	$(PY) -m training.compact.text_route export --candidate pool_vader --out model/weights/default
 	$(VENV)/bin/mulcot distill compact training/recipes/explainer-grounded.toml --stage explainer
 	cp runs/explainer_g1/explainer.safetensors runs/explainer_g1/explainer.json model/weights/default/
 

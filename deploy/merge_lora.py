@@ -27,7 +27,7 @@ _REPLACED = ("config.json", "model.safetensors.index.json", "generation_config.j
 
 def merge(target: str, out: str | Path, *, adapter: str | None = None, dtype: str = "bf16") -> Path:
     """Merge and save; returns ``out``. Runs on the CPU (the model is held in memory in ``dtype``)."""
-    from model.hf.loading import load_model_and_processor
+    from model.backends.hf.loading import load_model_and_processor
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

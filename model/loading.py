@@ -11,10 +11,12 @@ spec stay cheap (no torch import):
 * ``hf:<path-or-hub-id>[+<adapter-path-or-hub-id>]`` - a Hugging Face image-text-to-text
   model (Qwen2.5-VL, SmolVLM/Idefics3), optionally with a LoRA adapter merged in;
 * ``tiny:<family>`` - a tiny random-initialised model of a real family (``qwen2_5_vl`` or
-  ``smolvlm``, see :mod:`model.tiny`), built locally on first use: smoke runs and tests;
+  ``smolvlm``, see :mod:`model.backends.tiny.build`), built locally on first use: smoke runs and tests;
 * ``openai:<base_url>[#<model>]`` - a student served by an OpenAI-compatible endpoint (vLLM,
-  SGLang; ``model/backends/openai.py``);
+  SGLang; ``model/backends/openai/student.py``);
 * ``noop`` - a model-free student for measuring the pipeline alone (benchmarks only);
+* ``py:<module>:<attribute>`` - a student class (or factory) importable from ``<module>``,
+  called with the options: a student kept outside ``model/`` (the tests' label-reading one);
 * ``mulcot-rd-3b`` / ``mulcot-rd-7b`` - aliases of the published students, ``hf:sghn/MulCoT-RD-3B``.
 
 Keyword options are passed to the backend (``device``, ``dtype``, ``image_size``,
@@ -196,7 +198,7 @@ def _parse_hf(rest: str) -> tuple[str, str | None]:
 
 
 def _load_hf(spec: Spec, options: dict) -> Student:
-    from .hf.student import HFStudent
+    from .backends.hf.student import HFStudent
 
     return HFStudent.from_pretrained(spec.target, adapter=spec.adapter, **options)
 
@@ -211,7 +213,7 @@ def _check_default(spec: Spec) -> None:
 
 
 def _load_default(spec: Spec, options: dict) -> Student:
-    from .backends.compact import CompactStudent
+    from .backends.compact.student import CompactStudent
 
     return CompactStudent.from_pretrained(DEFAULT_WEIGHTS, **options)
 
@@ -222,19 +224,19 @@ def _check_compact(spec: Spec) -> None:
 
 
 def _load_compact(spec: Spec, options: dict) -> Student:
-    from .backends.compact import CompactStudent
+    from .backends.compact.student import CompactStudent
 
     return CompactStudent.from_pretrained(Path(spec.target), **options)
 
 
 def _load_noop(spec: Spec, options: dict) -> Student:
-    from .backends.noop import NoopStudent
+    from .backends.noop.student import NoopStudent
 
     return NoopStudent(**options)
 
 
 def _parse_openai(rest: str) -> tuple[str, str | None]:
-    from .backends.openai import parse_target  # no heavy imports: parsing stays cheap
+    from .backends.openai.student import parse_target  # no heavy imports: parsing stays cheap
 
     try:
         parse_target(rest)
@@ -244,13 +246,13 @@ def _parse_openai(rest: str) -> tuple[str, str | None]:
 
 
 def _load_openai(spec: Spec, options: dict) -> Student:
-    from .backends.openai import OpenAIStudent
+    from .backends.openai.student import OpenAIStudent
 
     return OpenAIStudent.from_target(spec.target, **options)
 
 
 def _parse_tiny(rest: str) -> tuple[str, str | None]:
-    from .tiny import family_name
+    from .backends.tiny.build import family_name
 
     try:
         return family_name(rest), None
@@ -262,7 +264,7 @@ def tiny_path(family: str, workdir: str | Path | None = None, *, seed: int = 0) 
     """The directory of the tiny ``family`` model for ``seed``, built there on first use:
     ``<workdir>/tiny-<family>`` (seed 0) or ``tiny-<family>-s<seed>``; ``workdir`` defaults to
     ``$MULCOT_TINY_DIR`` or ``<tmp>/mulcot-tiny``."""
-    from .tiny import build_tiny, family_name
+    from .backends.tiny.build import build_tiny, family_name
 
     family = family_name(family)
     root = Path(workdir or os.environ.get("MULCOT_TINY_DIR") or Path(tempfile.gettempdir()) / "mulcot-tiny")
@@ -273,9 +275,38 @@ def tiny_path(family: str, workdir: str | Path | None = None, *, seed: int = 0) 
 
 
 def _load_tiny(spec: Spec, options: dict) -> Student:
-    from .hf.student import HFStudent
+    from .backends.hf.student import HFStudent
 
     return HFStudent.from_pretrained(str(tiny_path(spec.target)), **{"name": str(spec), **options})
+
+
+def _parse_py(rest: str) -> tuple[str, str | None]:
+    module, sep, attr = rest.partition(":")
+    if not sep or not all(p.isidentifier() for p in module.split(".")) or not attr.isidentifier():
+        raise SpecError(f"bad py spec {'py:' + rest!r}: expected py:<module>:<attribute>, e.g. py:mypkg.students:MyStudent")
+    return rest, None
+
+
+def _check_py(spec: Spec) -> None:
+    import importlib.util
+
+    module = spec.target.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise SpecError(f"module {module!r} of spec {str(spec)!r} cannot be found on the Python path")
+
+
+def _load_py(spec: Spec, options: dict) -> Student:
+    import importlib
+
+    module, _, attr = spec.target.partition(":")
+    factory = getattr(importlib.import_module(module), attr, None)
+    if factory is None:
+        raise SpecError(f"module {module!r} has no attribute {attr!r} (spec {str(spec)!r})")
+    return factory(**options)
 
 
 register_kind("default", _load_default, check=_check_default, bare=True)
@@ -284,6 +315,7 @@ register_kind("compact", _load_compact, check=_check_compact, syntax="compact:<d
 register_kind("hf", _load_hf, _parse_hf, syntax="hf:<model>[+<adapter>]")
 register_kind("tiny", _load_tiny, _parse_tiny, syntax="tiny:<family>")
 register_kind("openai", _load_openai, _parse_openai, syntax="openai:<base_url>[#<model>][?option=value&...]")
+register_kind("py", _load_py, _parse_py, check=_check_py, syntax="py:<module>:<attribute>")
 
 
 __all__ = [

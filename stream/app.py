@@ -7,8 +7,9 @@ thread, so the event loop keeps heartbeating), publishes results and dead letter
 post id as key, awaits the broker's acknowledgement, writes Redis, and only then
 acknowledges the input records. Faust commits acknowledged offsets, so delivery is
 at-least-once; duplicates are harmless because the output topic is compacted by post id
-and Redis writes are idempotent. Sink errors are retried or, when permanent for one record,
-turned into a bounded dead letter (or skipped, logged and counted): see :mod:`stream.sinks`.
+and Redis writes are idempotent. The sinks are :data:`stream.delivery.SINKS`; their errors are
+retried or, when permanent for one record, turned into a bounded dead letter (or skipped,
+logged and counted) by :class:`stream.delivery.Delivery`.
 
 A batch interrupted by shutdown or a crash is never acknowledged (each record holds an
 extra reference until its outputs are durable), so it is consumed again after a restart.
@@ -26,12 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .delivery import Delivery, build_sinks, until_done
 from .kafka import MAX_BATCH, MAX_REQUEST
 from .messages import InRecord, Outcome
 from .metrics import WorkerMetrics
 from .pipeline import BatchProcessor
 from .settings import Settings, load_settings
-from .sinks import KafkaSink, RedisSink, RetryPolicy
+from .sinks import RetryPolicy, SinkContext
 from .store import AsyncResultWriter, KeyLayout
 
 log = logging.getLogger("mulcot.worker")
@@ -99,6 +101,8 @@ def load_configured_student(settings: Settings) -> Any:
     from model import load_student
 
     opts = {"device": settings.model_device} if settings.model_device else {}
+    if settings.model_spec == "default" or settings.model_spec.startswith("compact:"):
+        opts["ocr"] = settings.ocr  # the compact student reads text in pictures for its chains
     key = getattr(settings, "openai_api_key", None)
     if key is not None and settings.model_spec.startswith("openai:"):
         opts["api_key"] = key.get_secret_value()
@@ -126,8 +130,7 @@ class Application:
         self.processor: BatchProcessor | None = None
         self.writer: AsyncResultWriter | None = None
         self.policy = RetryPolicy()
-        self.kafka_sink: KafkaSink | None = None
-        self.redis_sink: RedisSink | None = None
+        self.delivery: Delivery | None = None
         self.warmed = threading.Event()
         self.ready = threading.Event()
         self.faust = self._make_faust_app()
@@ -259,17 +262,13 @@ class Application:
             self.processor = BatchProcessor.from_settings(self.settings, student, self.executor, self.worker_name)
         if self.writer is None:
             self.writer = AsyncResultWriter(self.settings.redis_url_value, KeyLayout.from_settings(self.settings))
-        counters = _SinkCounters(self.metrics)
-        if self.kafka_sink is None:
-            s = self.settings
+        if self.delivery is None:
 
             async def send(topic: str, key: bytes, value: bytes):  # type: ignore[no-untyped-def]
                 return await self.faust.producer.send(topic, key, value, None, None, None)
 
-            self.kafka_sink = KafkaSink(send, s.output_topic, s.dlq_topic, policy=self.policy, counters=counters,
-                                        worker=self.worker_name)  # fmt: skip
-        if self.redis_sink is None:
-            self.redis_sink = RedisSink(self.writer, policy=self.policy, counters=counters)
+            ctx = SinkContext(self.settings, worker=self.worker_name, send=send, writer=self.writer)
+            self.delivery = Delivery(build_sinks(ctx), policy=self.policy, counters=_SinkCounters(self.metrics))
 
     async def handle(self, events) -> Outcome:  # type: ignore[no-untyped-def]
         """Process one batch of Faust events end to end; returns only when outputs are durable."""
@@ -292,8 +291,8 @@ class Application:
         def retried(exc: BaseException) -> None:  # not expected: bad input becomes dead letters
             log.error("batch processing failed", exc_info=exc)
 
-        outcome = await self.policy.run("batch processing", lambda: self.processor.process(records, on_labels=on_labels),
-                                        on_retry=retried)  # fmt: skip
+        outcome = await until_done(self.policy, "batch processing",
+                                   lambda: self.processor.process(records, on_labels=on_labels), on_retry=retried)  # fmt: skip
         t0 = time.perf_counter()
         await self._deliver(outcome)
         t1 = time.perf_counter()
@@ -302,9 +301,9 @@ class Application:
         return outcome
 
     async def _deliver(self, outcome: Outcome) -> None:
-        """Results and dead letters to Kafka, results to Redis; returns when durable (or skipped)."""
-        assert self.kafka_sink is not None and self.redis_sink is not None
-        await asyncio.gather(self.kafka_sink.write(outcome.results, outcome.dead), self.redis_sink.write(outcome.results, outcome.dead))
+        """Results and dead letters to every sink; returns when durable (or skipped)."""
+        assert self.delivery is not None
+        await self.delivery.deliver(outcome.results, outcome.dead)
 
     def _account(self, outcome: Outcome, n: int, publish_s: float) -> None:
         m = self.metrics
@@ -313,9 +312,13 @@ class Application:
         m.batch_size.observe(n)
         if outcome.results:
             m.inference_seconds.observe(outcome.inference_s)
-        for r in outcome.results:
-            m.results.labels(r.result.label).inc()
-            m.e2e_seconds.observe(r.result.timings.end_to_end_ms / 1000.0)
+        labels: dict[str, int] = {}
+        observe = m.e2e_seconds.observe
+        for r in outcome.results:  # one labelled-counter update per label, not per post
+            labels[r.result.label] = labels.get(r.result.label, 0) + 1
+            observe(r.result.timings.end_to_end_ms / 1000.0)
+        for label, k in labels.items():
+            m.results.labels(label).inc(k)
         for d in outcome.dead:
             m.dead_letters.labels(d.dead.error.value).inc()
             log.warning(

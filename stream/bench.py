@@ -204,6 +204,35 @@ def _worker(ws, log_dir: Path, mode: str):  # type: ignore[no-untyped-def]
                          log_dir / "worker.log")  # fmt: skip
 
 
+def _measure_worker(ws, records, log_dir: Path, mode: str, say: Callable[[str], None], latency_seconds: float,
+                    image_kb: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]  # fmt: skip
+    """One worker (``image_decode=mode``) over ``records`` preloaded on its topics: its rate and
+    CPU ms per post; with ``latency_seconds``, then the latency phase at half that rate."""
+    from .kafka import ensure_topics
+    from .producer import produce_records
+
+    posts = len(records)
+    asyncio.run(ensure_topics(ws))
+    say(f"worker (noop student, image_decode={mode}) ...")
+    asyncio.run(produce_records(ws, records, ws.input_topic))
+    worker = _worker(ws, log_dir, mode)
+    try:
+        first: dict = {}
+        got = asyncio.run(_wait_redis(ws, posts, 300, worker.proc, first))
+        cpu_ms = (_proc_cpu_s(worker.pid) - first["cpu"]) * 1000 / max(1, posts - first["count"])
+        if got < posts:
+            raise RuntimeError(f"only {got}/{posts} results in Redis; see {worker.log}")
+        out: dict[str, Any] = {"rate": asyncio.run(_rate_from_timestamps(ws, ws.output_topic, posts)), "cpu_ms": cpu_ms}
+        if latency_seconds:
+            out["lat_rate"] = lat_rate = max(1.0, out["rate"] / 2)
+            n_lat = max(50, min(int(lat_rate * latency_seconds), 20_000))
+            say(f"latency at {lat_rate:.0f} posts/s ({n_lat} posts) ...")
+            out["lat"], out["worker_e2e"] = asyncio.run(_latency(ws, make_posts(n_lat, image_kb, prefix="L"), lat_rate))
+        return out
+    finally:
+        worker.stop()
+
+
 def measure_stream(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, latency_seconds: float = 8.0,
                    say: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:  # fmt: skip
     """Run the three measurements (see the module docstring) and return their figures;
@@ -237,30 +266,13 @@ def measure_stream(posts: int = 5000, image_kb: int = 20, max_batch: int = 256, 
         # the worker twice over the same posts: decoding every image's pixels (image_decode=full,
         # what a student that reads pixels costs) and the default (auto: the no-op student does
         # not read pixels, so image headers are checked only) - the latency phase runs on the latter
-        workers: dict[str, dict[str, float]] = {}
+        workers: dict[str, dict[str, Any]] = {}
         for mode in ("full", "auto"):
             ws = s if mode == "auto" else s.model_copy(update={
                 "input_topic": "bench.full.posts", "output_topic": "bench.full.results", "dlq_topic": "bench.full.dlq",
                 "group_id": "bench-full", "redis_prefix": "full:"})  # fmt: skip
-            asyncio.run(ensure_topics(ws))
-            say(f"worker (noop student, image_decode={mode}) ...")
-            asyncio.run(produce_records(ws, records, ws.input_topic))
-            worker = _worker(ws, log_dir, mode)
-            try:
-                first: dict = {}
-                got = asyncio.run(_wait_redis(ws, posts, 300, worker.proc, first))
-                cpu_ms = (_proc_cpu_s(worker.pid) - first["cpu"]) * 1000 / max(1, posts - first["count"])
-                if got < posts:
-                    raise RuntimeError(f"only {got}/{posts} results in Redis; see {worker.log}")
-                workers[mode] = {"rate": asyncio.run(_rate_from_timestamps(ws, ws.output_topic, posts)), "cpu_ms": cpu_ms}
-                if mode == "auto":
-                    rate = workers[mode]["rate"]
-                    lat_rate = max(1.0, rate / 2)
-                    n_lat = max(50, min(int(lat_rate * latency_seconds), 20_000))
-                    say(f"latency at {lat_rate:.0f} posts/s ({n_lat} posts) ...")
-                    lat, worker_e2e = asyncio.run(_latency(ws, make_posts(n_lat, image_kb, prefix="L"), lat_rate))
-            finally:
-                worker.stop()
+            workers[mode] = _measure_worker(ws, records, log_dir, mode, say, latency_seconds if mode == "auto" else 0.0, image_kb)
+    rate, lat_rate, lat, worker_e2e = (workers["auto"][k] for k in ("rate", "lat_rate", "lat", "worker_e2e"))
     worker_cpu_ms, full_rate = workers["auto"]["cpu_ms"], workers["full"]["rate"]
     return {
         "posts": posts,

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from .protocol import ErrorCode
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, settings_from
 
 PLUGIN_GROUP = "mulcot.commands"
 BENCH_GROUP = "mulcot.bench"
@@ -80,14 +80,6 @@ def _broken(name: str, target: str, exc: Exception) -> click.Command:
         raise click.ClickException(f"command {name!r} ({target}) could not be loaded: {type(exc).__name__}: {exc}")
 
     return _cmd
-
-
-def settings_from(**overrides: Any) -> Settings:
-    """Settings from env/.env plus non-None CLI overrides; bad settings -> one error line."""
-    try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _common(f: Any) -> Any:
@@ -383,20 +375,30 @@ def results_cmd(redis_url: str | None, post_id: str | None, recent: int | None, 
     elif results:
         console.print(results_table(results))
     if follow:
-        click.echo(f"following new results{_filters_text(aspect, label)} (Ctrl-C to stop)", err=True)
-        # Ctrl-C sets a flag that the loop reads between reads (at most a second apart) instead of
-        # raising KeyboardInterrupt wherever the interpreter is: raised inside the Redis client's
-        # connection pool it could leave a lock held, and closing the store then hung
-        stop = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-        try:
-            _follow(store, last_event or "0-0", aspect, label,
-                    lambda r: click.echo(r.model_dump_json()) if as_json else console.print(result_line(r)), stop)
-        except _redis.exceptions.RedisError as exc:
-            raise click.ClickException("lost " + redis_message(s, exc).removeprefix("cannot reach ")) from None
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            store.close()
+        show = (lambda r: click.echo(r.model_dump_json())) if as_json else (lambda r: console.print(result_line(r)))
+        _follow_until_ctrl_c(store, s, last_event, aspect, label, show)
+
+
+def _follow_until_ctrl_c(store: Any, s: Settings, last_event: str | None, aspect: str | None, label: str | None,
+                         show: Any) -> None:
+    """``results --follow``: each new matching result through ``show`` until Ctrl-C."""
+    import redis as _redis
+
+    from .checks import redis_message
+
+    click.echo(f"following new results{_filters_text(aspect, label)} (Ctrl-C to stop)", err=True)
+    # Ctrl-C sets a flag that the loop reads between reads (at most a second apart) instead of
+    # raising KeyboardInterrupt wherever the interpreter is: raised inside the Redis client's
+    # connection pool it could leave a lock held, and closing the store then hung
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        _follow(store, last_event or "0-0", aspect, label, show, stop)
+    except _redis.exceptions.RedisError as exc:
+        raise click.ClickException("lost " + redis_message(s, exc).removeprefix("cannot reach ")) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        store.close()
 
 
 def _query(store: Any, post_id: str | None, n: int, aspect: str | None, label: str | None, wait_s: float) -> list[Any]:
@@ -409,7 +411,7 @@ def _query(store: Any, post_id: str | None, n: int, aspect: str | None, label: s
             got = store.get(post_id)
             results = [got] if got else []
         else:
-            results = _matching(store, n, aspect, label)
+            results = store.matching(n, aspect, label)
         if len(results) >= (1 if post_id is not None else n) or time.monotonic() >= deadline:
             return results
         time.sleep(0.5)
@@ -421,59 +423,29 @@ def _filters_text(aspect: str | None, label: str | None) -> str:
     return f" ({shown})" if shown else ""
 
 
-def _matching(store: Any, n: int, aspect: str | None, label: str | None) -> list[Any]:
-    """The newest ``n`` results about ``aspect`` with ``label`` (either may be None); with a
-    label, among the newest 2,000 indexed."""
-    if label is None:
-        return store.by_aspect(aspect, n) if aspect is not None else store.recent(n)
-    pool = store.by_aspect(aspect, 2000) if aspect is not None else store.recent(2000)
-    return [r for r in pool if r.label == label][:n]
-
-
 def _nothing_matched(store: Any, n: int, aspect: str | None, label: str | None, where: str) -> str:
     filters = [f"newest {n}"] + ([f"aspect {aspect!r} (case-insensitive)"] if aspect is not None else []) + (
         [f"label {label!r}"] if label else [])  # fmt: skip
     msg = f"no results matched; filters: {', '.join(filters)}; looked in {where}."
-    total = store.client.zcard(store.layout.recent)
+    total = store.indexed()
     if not total:
         return msg + " The cache holds no results yet: is a worker running, and were posts produced to its input topic?"
     msg += f" The cache holds {total} results."
     if aspect is not None:
-        names = _some_aspects(store)
+        names = store.aspects()
         if names:
             msg += " Aspects with results include: " + ", ".join(repr(a) for a in names) + "."
     return msg
 
 
-def _some_aspects(store: Any, limit: int = 12) -> list[str]:
-    """Up to ``limit`` aspect names that have results (a bounded SCAN of the aspect indexes)."""
-    prefix = store.layout.aspect("")
-    names: list[str] = []
-    for i, key in enumerate(store.client.scan_iter(match=prefix + "*", count=500)):
-        if i >= 5000 or len(names) >= limit:
-            break
-        names.append(key.decode()[len(prefix):])
-    return sorted(names)
-
-
 def _follow(store: Any, last: str, aspect: str | None, label: str | None, emit: Any, stop: threading.Event) -> None:
     """Print each new result (after events entry ``last``) that matches the filters, until ``stop``."""
-    from .store import aspect_key_part
-
-    want = aspect_key_part(aspect) if aspect is not None else None
     while not stop.is_set():
         entries = store.events_after(last, block_ms=1000, count=200)
         if not entries:
             continue
         last = entries[-1][0]
-        newest: dict[str, None] = {}
-        for _, pid in entries:  # a post written twice in one read: once, in its newest place
-            newest.pop(pid, None)
-            newest[pid] = None
-        for pid in newest:
-            r = store.get(pid)
-            if r is None or (label and r.label != label) or (want is not None and aspect_key_part(r.aspect or "") != want):
-                continue
+        for r in store.new_results(entries, aspect, label):
             emit(r)
 
 
@@ -706,6 +678,12 @@ def bench_serve(results: int, requests: int, rate: float, browser: bool, as_json
     out = run_bench(results=results, requests=requests, rate=rate, browser=browser, quiet=as_json)
     if as_json:
         click.echo(json.dumps(out, indent=2))
+
+
+# --- alerts ---------------------------------------------------------------------------
+from .alerts.cli import alerts as _alerts  # noqa: E402 - registered after main exists
+
+main.add_command(_alerts)
 
 
 if __name__ == "__main__":  # python -m stream.cli

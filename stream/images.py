@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .protocol import ErrorCode
 
@@ -153,20 +153,59 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, i
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, draft: int = 448) -> Image.Image:
-    """Decode ``data`` into an RGB image, oriented by EXIF; raises :class:`ImageError`."""
+    """Decode ``data`` into an RGB image, oriented by EXIF; raises :class:`ImageError`.
+    A big JPEG is decoded at a reduced scale whose both sides stay >= ``draft`` px."""
     _check_bytes(data, max_bytes)
     with _pillow_errors():
-        # no warnings.catch_warnings() here: it is not thread-safe and decoding runs in a pool;
-        # the pixel check below runs before any pixel is decoded, far under Pillow's own limit
-        img = _open(data)
-        _check_pixels(*img.size, max_pixels)
+        img = _open_checked(data, max_pixels)
         if img.format == "JPEG" and draft:
             img.draft("RGB", (draft, draft))  # decode big JPEGs at a reduced scale (>= draft px)
-        img.load()
-        ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        return img
+        return _rgb(img)
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    # no warnings.catch_warnings() here: it is not thread-safe and decoding runs in a pool;
+    # the pixel check below runs before any pixel is decoded, far under Pillow's own limit
+    img = _open(data)
+    _check_pixels(*img.size, max_pixels)
+    return img
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """Decode the opened image, apply its EXIF orientation, convert to RGB."""
+    img.load()
+    ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _thumbnail_source(data: bytes, side: int, max_pixels: int) -> Image.Image:
+    """Decode ``data`` for a thumbnail of longest side ``side``: a JPEG at the smallest DCT
+    scale (1/2, 1/4, 1/8) whose longest side is still >= ``side`` (libjpeg's draft decode:
+    a fraction of the work of a full decode), other formats fully."""
+    _check_bytes(data, max(len(data), 1))
+    with _pillow_errors():
+        img = _open_checked(data, max_pixels)
+        if img.format == "JPEG":
+            w, h = img.size
+            k = side / max(w, h, 1)
+            if k < 1:  # draft keeps both sides >= the size asked, so ask for the thumbnail's own shape
+                img.draft("RGB", (max(1, int(w * k)), max(1, int(h * k))))
+        return _rgb(img)
+
+
+def _shrink(image: Image.Image, side: int) -> Image.Image:
+    """``image`` with its longest side at most ``side``: first by an integer box reduction
+    (``Image.reduce``: a fraction of a resampling's cost), then, if still too big, bilinear."""
+    w, h = image.size
+    k = max(w, h) // side if max(w, h) > side else 1
+    # a plain Image either way: saving an ImageFile (a draft decode already at size) compares
+    # file paths first (two os.getcwd calls per thumbnail)
+    small = image.reduce(k) if k > 1 else image.copy() if isinstance(image, ImageFile.ImageFile) else image
+    w, h = small.size
+    if max(w, h) > side:
+        scale = side / max(w, h)
+        small = small.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    return small
 
 
 def thumbnail(
@@ -177,16 +216,13 @@ def thumbnail(
     max_pixels: int = 40_000_000,
 ) -> bytes | None:
     """A small JPEG of ``image`` (a decoded RGB image, or encoded bytes, which are decoded under
-    the same checks as :func:`decode_image`): longest side at most ``side`` px, at most
-    ``max_bytes`` bytes (the quality is lowered until it fits). None when the bytes cannot be
-    decoded or no quality fits; never raises for bad input."""
+    the same checks as :func:`decode_image`, a JPEG at a reduced scale): longest side at most
+    ``side`` px, at most ``max_bytes`` bytes (the quality is lowered until it fits). None when
+    the bytes cannot be decoded or no quality fits; never raises for bad input."""
     try:
         if isinstance(image, (bytes, bytearray)):
-            image = decode_image(bytes(image), max_bytes=max(len(image), 1), max_pixels=max_pixels, draft=side)
-        w, h = image.size
-        scale = min(1.0, side / max(w, h, 1))
-        small = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR,
-                             reducing_gap=2.0)  # fmt: skip
+            image = _thumbnail_source(bytes(image), side, max_pixels)
+        small = _shrink(image, side)
         if small.mode != "RGB":
             small = small.convert("RGB")
         for quality in (75, 55, 35):

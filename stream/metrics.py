@@ -1,5 +1,6 @@
 """Prometheus metrics of a worker (served on ``metrics_port`` with ``/health`` and ``/ready``
-beside ``/metrics``, see :mod:`stream.health`; 0 turns the endpoint off)."""
+beside ``/metrics``, see :mod:`stream.health`; 0 turns the endpoint off), and of the alert
+detector ``mulcot alerts run`` (:class:`AlertMetrics`, on ``alerts_metrics_port``)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,45 @@ class WorkerMetrics:
         from .health import HealthServer
 
         return HealthServer(self.registry).start(port, addr)
+
+
+class AlertMetrics:
+    """The alert detector's metrics (``mulcot alerts run``; docs/alerts.md). Every alert kind's
+    series exists from the start at 0, so ``increase()`` sees the first alert."""
+
+    def __init__(self) -> None:
+        from .protocol import ALERT_KINDS
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.alerts = Counter("mulcot_alerts_total", "sentiment-shift alerts raised (each alert id once, across restarts)",
+                              ["kind"], registry=r)  # fmt: skip
+        self.merged = Counter("mulcot_alerts_merged_total", "detections merged into an earlier alert of the same scope and kind",
+                              ["kind"], registry=r)  # fmt: skip
+        for kind in ALERT_KINDS:
+            self.alerts.labels(kind)
+            self.merged.labels(kind)
+        self.results = Counter(
+            "mulcot_alert_results_total", "results read by the alert detector, by outcome: counted, duplicate, relabelled, "
+            "late (its slot was already evaluated), rejected_invalid, rejected_timestamp (missing or absurd event time)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.windows = Counter("mulcot_alert_windows_total", "windows evaluated by the alert detector", registry=r)
+        self.watermark_seconds = Gauge("mulcot_alert_watermark_seconds", "the alert detector's event-time watermark (epoch s)",
+                                       registry=r)  # fmt: skip
+
+    # the detector's counters protocol (stream.alerts.detector.Counters)
+    def count_alert(self, kind: str) -> None:
+        self.alerts.labels(kind).inc()
+
+    def count_merged(self, kind: str) -> None:
+        self.merged.labels(kind).inc()
+
+    def count_results(self, outcome: str, n: int) -> None:
+        self.results.labels(outcome).inc(n)
+
+    def count_window(self) -> None:
+        self.windows.inc()
+
+    def set_watermark(self, ms: int) -> None:
+        self.watermark_seconds.set(ms / 1000)

@@ -33,6 +33,7 @@ from .protocol import (
     SentimentResult,
     SourceRef,
     Timings,
+    schema_message,
 )
 from .settings import Settings, load_settings
 
@@ -46,14 +47,6 @@ class _Work:
     image_bytes: bytes | None = None
     error: ImageError | None = None
     thumbnail: bytes | None = None  # small JPEG for the Redis sink (the dashboard)
-
-
-def _schema_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "post"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _is_surrogate(text: str) -> bool:
@@ -178,7 +171,7 @@ class BatchProcessor:
                 post_id = _clean_id(json.loads(rec.value))
             except ValueError:
                 pass
-            return self.dead_letter(rec, ErrorCode.SCHEMA, _schema_message(exc), post_id)
+            return self.dead_letter(rec, ErrorCode.SCHEMA, schema_message(exc), post_id)
         if post.schema_version != SCHEMA_VERSION:
             return self.dead_letter(
                 rec,

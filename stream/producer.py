@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from .checks import describe
 from .kafka import BrokerUnavailable, producer
-from .protocol import Post
+from .protocol import Post, schema_message
 from .settings import Settings
 
 _POST_FIELDS = {"schema_version", "id", "text", "aspect", "image_b64", "image_url", "author", "created_at", "lang", "metadata"}
@@ -43,14 +43,6 @@ class Line:
     kind: str | None = None
     problem: str | None = None
     gold_label: str | None = None
-
-
-def _schema_problem(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "post"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def convert(line: str, base: Path, number: int = 0, *, check: bool = True) -> Line:
@@ -96,7 +88,7 @@ def convert(line: str, base: Path, number: int = 0, *, check: bool = True) -> Li
                 out.kind, out.problem = INVALID_JSON, f"{INVALID_JSON}: not valid UTF-8 JSON ({exc.errors()[0]['msg']})"
             else:
                 out.kind = SCHEMA
-                out.problem = f"{SCHEMA}: {_schema_problem(exc)}" + (f" ({out.problem})" if out.problem else "")
+                out.problem = f"{SCHEMA}: {schema_message(exc, 3)}" + (f" ({out.problem})" if out.problem else "")
     return out
 
 

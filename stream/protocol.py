@@ -2,10 +2,12 @@
 
 * :class:`Post` - a record of the input topic (key: post id, value: JSON);
 * :class:`SentimentResult` - a record of the output topic and the value of ``result:{id}``;
-* :class:`DeadLetter` - a record of the dead-letter topic.
+* :class:`DeadLetter` - a record of the dead-letter topic;
+* :class:`Alert` - a sentiment-shift alert of the alerts topic (key: the alert id) and the value
+  of Redis ``alert:{id}`` (``stream/alerts``, docs/alerts.md).
 
 Serving logic lives elsewhere; this module only describes the data. JSON Schemas of the
-three are published in ``docs/schemas/`` (``python -m stream.protocol --write docs/schemas``;
+four are published in ``docs/schemas/`` (``python -m stream.protocol --write docs/schemas``;
 a test checks they are current).
 """
 
@@ -27,6 +29,15 @@ MAX_METADATA_BYTES = 4096
 _BASE64 = TypeAdapter(bytes, config=ConfigDict(val_json_bytes="base64"))
 
 LabelName = Literal["positive", "neutral", "negative"]
+
+
+def schema_message(exc: ValidationError, most: int = 5) -> str:
+    """The first ``most`` errors of a validation failure in one line (``loc: msg; ...``)."""
+    parts = []
+    for err in exc.errors()[:most]:
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "post"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
 
 
 def utcnow() -> datetime:
@@ -226,10 +237,57 @@ class DeadLetter(BaseModel):
     worker: str = ""
 
 
+AlertKind = Literal["negative_shift", "positive_shift", "volume_spike"]
+ALERT_KINDS: tuple[str, ...] = ("negative_shift", "positive_shift", "volume_spike")
+
+
+class AlertFigures(BaseModel):
+    """Posts of one scope over a stretch of event time (the tested window, or its baseline)."""
+
+    start_ms: int = Field(..., description="start of the stretch, event time (epoch ms, inclusive)")
+    end_ms: int = Field(..., description="end of the stretch, event time (epoch ms, exclusive)")
+    count: int = Field(..., ge=0, description="posts of the scope in the stretch")
+    positive: int = Field(..., ge=0)
+    neutral: int = Field(..., ge=0)
+    negative: int = Field(..., ge=0)
+    share: float | None = Field(
+        None, ge=0, le=1, description="share of the tested label (negative_shift: negative, positive_shift: positive); null for volume_spike"
+    )
+    per_hour: float = Field(..., ge=0, description="posts per hour over the stretch")
+
+
+class Alert(BaseModel):
+    """A sentiment-shift alert: one scope (all posts, or one aspect) whose share of negative or
+    positive posts, or whose volume, in one event-time window departs from its trailing
+    baseline beyond chance (docs/alerts.md). Key on the alerts topic and in Redis: ``id``, a
+    function of (kind, window, scope) only, so a restart or a second detector publishes the same
+    key with the same value."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = Field(..., description="`{kind}:{window_s}s:{window_start_ms}:all` or `...:aspect:{aspect}`")
+    kind: AlertKind = Field(..., description="negative_shift / positive_shift: that label's share rose; volume_spike: more posts")
+    scope: str = Field(..., description='"all" (every post) or the aspect, spelt as in the Redis layout (lower-cased, whitespace collapsed)')
+    aspect: str | None = Field(None, description="the aspect, or null for the scope of all posts")
+    window_s: int = Field(..., gt=0, description="length of the tested window in seconds")
+    window_start_ms: int = Field(..., description="window start, event time (epoch ms, inclusive)")
+    window_end_ms: int = Field(..., description="window end, event time (epoch ms, exclusive)")
+    observed: AlertFigures = Field(..., description="the scope's posts in the window")
+    baseline: AlertFigures = Field(..., description="the scope's posts in the trailing baseline (before the window)")
+    expected: float = Field(
+        ..., ge=0, description="what the baseline predicts for the window: posts of the tested label (share kinds) or posts (volume)"
+    )
+    effect: float = Field(..., description="share kinds: observed share minus baseline share; volume: observed / expected posts")
+    p_value: float = Field(..., ge=0, le=1, description="one-sided p-value of the test")
+    q_value: float = Field(..., ge=0, le=1, description="Benjamini-Hochberg adjusted p-value over every test of this window")
+    test: str = Field(..., description="the statistical test")
+    examples: list[str] = Field(default_factory=list, max_length=5, description="ids of up to 5 posts of the window (of the tested label for share kinds)")
+
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     "post": Post,
     "sentiment_result": SentimentResult,
     "dead_letter": DeadLetter,
+    "alert": Alert,
 }
 
 

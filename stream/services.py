@@ -97,9 +97,9 @@ class _Process:
 
     name = "service"
 
-    def __init__(self, host: str, port: int, log_dir: Path | None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_dir: Path | None = None) -> None:
         self.host = host
-        self.port = port
+        self.port = port = port or free_port(host)
         self._own_dir = log_dir is None
         # absolute: the child runs with the log folder as its working directory, and Valkey
         # resolves its --dir against that (a relative path would point below itself)
@@ -173,9 +173,6 @@ class EmbeddedKafka(_Process):
 
     name = "tansu"
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_dir: Path | None = None) -> None:
-        super().__init__(host, port or free_port(host), log_dir)
-
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
@@ -200,9 +197,6 @@ class EmbeddedRedis(_Process):
     """Valkey (or redis-server) on ``host:port``, no persistence."""
 
     name = "valkey"
-
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_dir: Path | None = None) -> None:
-        super().__init__(host, port or free_port(host), log_dir)
 
     @property
     def url(self) -> str:
@@ -232,14 +226,15 @@ class EmbeddedRedis(_Process):
 
 
 class WorkerProcess:
-    """A worker as a child process, run as a user runs it (``python -m stream.cli worker``),
-    with exactly ``settings`` (passed as ``MULCOT_*`` variables; the parent's own ``MULCOT_*``
+    """A worker as a child process, run as a user runs it (``python -m stream.cli worker``; or
+    another long-running verb, ``verb=("alerts", "run")``), with exactly ``settings`` (passed as ``MULCOT_*`` variables; the parent's own ``MULCOT_*``
     and ``REDIS_URL`` are not inherited) plus ``env``; output to ``log_path``.
 
     The one way the demo, the benchmark and the tests start and stop workers.
     """
 
-    def __init__(self, settings: Settings, log_path: Path, *, cwd: Path | None = None, **env: str) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *, cwd: Path | None = None,
+                 verb: tuple[str, ...] = ("worker",), **env: str) -> None:  # fmt: skip
         self.settings = settings
         self.log = Path(log_path)
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +243,7 @@ class WorkerProcess:
         full.update(env)
         self._fh = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
+            [sys.executable, "-m", "stream.cli", *verb],
             cwd=str(cwd) if cwd else None,
             env=full,
             stdout=self._fh,

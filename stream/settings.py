@@ -89,6 +89,7 @@ class Settings(BaseSettings):
         None, description="API key of an openai: student's endpoint (masked in `mulcot config`; else OPENAI_API_KEY)"
     )
     chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
+    ocr: bool = Field(True, description="read the text in pictures for the chain's Image line (default / compact: students; False: faster chains)")
     label_first: bool = Field(
         False, description="publish a labels-only result as soon as the label is known, then the full one"
     )
@@ -124,6 +125,37 @@ class Settings(BaseSettings):
     serve_port: int = Field(8765, ge=0, le=65535, description="port of `mulcot serve`")
     serve_token: SecretStr | None = Field(None, description="if set, /api/* needs `Authorization: Bearer <token>` (masked in `mulcot config`)")
     serve_cors_origins: list[str] = Field([], description="origins allowed by CORS (JSON list in env; empty: CORS off)")
+
+    # --- sentiment-shift alerts (`mulcot alerts run` / `replay`; stream/alerts, docs/alerts.md) --
+    alerts_topic: str = Field("sentiment.alerts", description="compacted topic of Alert records (key: alert id) that `mulcot alerts run` publishes")
+    alerts_group_id: str = Field("mulcot-alerts", description="consumer group of `mulcot alerts run` on the output topic")
+    alerts_windows_s: list[int] = Field(
+        [600, 3600], description="tested window lengths in seconds (JSON list in env; multiples of 60)"
+    )
+    alerts_hops: int = Field(
+        10, ge=1, le=60, description="evaluate each window length this many times per window length (hopping windows; 1: tumbling)"
+    )
+    alerts_baseline_s: int = Field(14400, ge=60, le=7 * 86400, description="trailing baseline: the scope's posts in this many seconds before the window")
+    alerts_lateness_s: int = Field(
+        300, ge=0, le=86400, description="a window is evaluated once the newest event time seen (at most the wall clock) passes its end by this much"
+    )
+    alerts_fdr: float = Field(
+        3e-4, gt=0, lt=1, description="Benjamini-Hochberg false-discovery rate over the tests of one window (every scope and kind)"
+    )
+    alerts_min_count: int = Field(20, ge=1, description="fewest posts of a scope in a window for it to be tested")
+    alerts_min_baseline: int = Field(60, ge=1, description="fewest posts of a scope in its baseline for it to be tested")
+    alerts_min_share_delta: float = Field(
+        0.15, gt=0, le=1, description="smallest rise of a label's share over the baseline that can alert (0.15: 20% -> 35%)"
+    )
+    alerts_min_volume_ratio: float = Field(
+        3.0, gt=1, description="smallest ratio of a window's posts to the baseline's expectation that can alert"
+    )
+    alerts_cooldown_s: int = Field(
+        3600, ge=0, description="a detection of the same scope and kind within this many seconds after an alert's window is merged into it"
+    )
+    alerts_recent_max: int = Field(1000, ge=1, description="length bound of the Redis sorted set of recent alerts")
+    alerts_ttl_s: int = Field(30 * 86400, ge=1, description="TTL of alert:{id} values in Redis")
+    alerts_metrics_port: int = Field(9401, ge=0, le=65535, description="Prometheus metrics port of `mulcot alerts run` (0: off)")
 
     # --- dead letters / misc ------------------------------------------------------------
     dlq_inline_max_bytes: int = Field(
@@ -164,7 +196,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
 
-    @field_validator("input_topic", "output_topic", "dlq_topic", "group_id")
+    @field_validator("input_topic", "output_topic", "dlq_topic", "group_id", "alerts_topic", "alerts_group_id")
     @classmethod
     def _topic(cls, v: str) -> str:
         import re
@@ -180,10 +212,27 @@ class Settings(BaseSettings):
             raise ValueError("windows must be positive seconds")
         return sorted(set(v))
 
+    @field_validator("alerts_windows_s")
+    @classmethod
+    def _alert_windows(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one window")
+        if any(w <= 0 or w % 60 for w in v):
+            raise ValueError("alert windows must be positive multiples of 60 seconds")
+        return sorted(set(v))
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
             raise ValueError("input_topic, output_topic and dlq_topic must differ")
+        if self.alerts_topic in (self.input_topic, self.output_topic, self.dlq_topic):
+            raise ValueError("alerts_topic must differ from the input, output and dead-letter topics")
+        if self.alerts_group_id == self.group_id:
+            raise ValueError("alerts_group_id must differ from group_id (the detector is not a worker)")
+        if any(w % self.alerts_hops for w in self.alerts_windows_s):
+            raise ValueError("every alert window must be a whole number of seconds times alerts_hops")
+        if self.alerts_baseline_s % self.alerts_slot_s:
+            raise ValueError(f"alerts_baseline_s must be a multiple of {self.alerts_slot_s} s (the alert windows' hop)")
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ValueError(f"security_protocol={self.security_protocol} needs sasl_mechanism")
         if self.heartbeat_s >= self.session_timeout_s:
@@ -194,6 +243,14 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         return self.broker.split(",")
+
+    @property
+    def alerts_slot_s(self) -> int:
+        """The alert detector's counting slot: the greatest common divisor of the windows' hops
+        (a window divided by ``alerts_hops``), so every window and hop is a whole number of slots."""
+        import math
+
+        return math.gcd(*(w // self.alerts_hops for w in self.alerts_windows_s))
 
     @property
     def redis_url_value(self) -> str:
@@ -384,3 +441,15 @@ if __name__ == "__main__":  # python -m stream.settings --markdown
 
 __all__ = ["Settings", "SettingsError", "load_settings", "env_name", "unknown_variables", "NON_SETTING_VARIABLES",
            "DEFAULT_BROKER", "DEFAULT_REDIS_URL"]
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """Settings from env/.env plus non-None CLI overrides; bad settings -> one error line (a CLI
+    verb's ``click.ClickException``). Every verb of ``mulcot`` (``stream.cli``, ``stream.alerts.cli``)
+    reads its settings here."""
+    import click
+
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,40 +1,39 @@
-"""Where a batch's outputs go: a Kafka sink and a Redis sink behind one small interface,
-and the one retry policy both use.
+"""Where a batch's outputs go: sinks that only write, and report what they could not.
 
-Every sink failure is classified by :meth:`RetryPolicy.is_permanent`:
+A sink's ``write(results, dead)`` writes every item once and returns a :class:`Failed` for
+each item it could not write, with the error; it never retries, sleeps, falls back or skips.
+All of that is :mod:`stream.delivery`'s, the one component that drives every sink (retry with
+backoff, the retriable / permanent classification of :class:`RetryPolicy`, fallback, skip).
 
-* *retriable* - broker or server unavailable, timeouts, not-leader, Redis loading/OOM/
-  read-only, connection errors, and anything not known to be permanent: retried with
-  backoff (0.2 s doubling to 5 s) until it succeeds, so a batch is acknowledged only once
-  its outputs are durable;
-* *permanent for this record* - Kafka: record too large, invalid topic, corrupt record,
-  serialization; Redis: an error reply that is not one of the transient ones (wrong type,
-  value over the server's limit, script error): retrying cannot help.
+A sink may also offer ``fallback(item, error)``: what to write instead of an item refused for
+good (:class:`KafkaSink`: the bounded dead letter of the refused record, whose original value
+and oversized key are kept by reference; see :mod:`stream.messages`), and ``skip_message``:
+the log line of an item given up. :class:`BaseSink` has both defaults (no fallback; a generic
+line).
 
-:class:`KafkaSink` sends each record once and, on a retry, re-sends only the records that
-Kafka has not acknowledged. A record refused for good is replaced by its bounded dead
-letter (original value and an oversized key by reference; see :mod:`stream.messages`),
-which always fits; if even that is refused, the record is logged, counted in
-``mulcot_sink_skipped_total{sink="kafka"}`` and skipped, so one record never stalls its
-partition. :class:`RedisSink` writes the batch in one round trip; when Redis refuses part
-of it for good, it writes post by post, skips (logs and counts) only the refused posts
-and keeps retrying the rest.
+* :class:`KafkaSink` - results to the output topic and dead letters to the dead-letter topic,
+  keyed by post id; each record is sent once per call, so a retry re-sends only the records
+  Kafka did not acknowledge.
+* :class:`RedisSink` - results through :class:`~stream.store.AsyncResultWriter` in one
+  pipelined round trip, with an error per result (a refused result does not fail the others),
+  then the batch's dead-letter counts.
+
+Adding a sink: a class on :class:`BaseSink` with ``name``, ``write`` and a
+``from_context(ctx)`` factory (in its own module), plus one line in
+:data:`stream.delivery.SINKS`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from .messages import OutDead, OutResult, dead_letter
 from .protocol import ErrorCode
 
-log = logging.getLogger("mulcot.sinks")
-
-T = TypeVar("T")
+Item = OutResult | OutDead
 
 # Kafka errors that are about the record itself (aiokafka class names; Faust wraps them in
 # ProducerSendError, so the cause chain is searched)
@@ -69,7 +68,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff and the retriable / permanent classification of sink errors."""
+    """Backoff (``base_s`` doubling to ``cap_s``) and the retriable / permanent classification
+    of sink errors; :mod:`stream.delivery` applies it."""
 
     base_s: float = 0.2
     cap_s: float = 5.0
@@ -78,7 +78,13 @@ class RetryPolicy:
         return min(self.base_s * (2**attempt), self.cap_s)
 
     def is_permanent(self, exc: BaseException) -> bool:
-        """True when retrying the same record cannot succeed."""
+        """True when retrying the same record cannot succeed.
+
+        Retriable: broker or server unavailable, timeouts, not-leader, Redis loading/OOM/
+        read-only, connection errors, and anything not known to be permanent. Permanent for
+        the record: Kafka record too large, invalid topic, corrupt record, serialization; a
+        Redis error reply that is not one of the transient ones (wrong type, value over the
+        server's limit, script error)."""
         for e in _chain(exc):
             names = {c.__name__ for c in type(e).__mro__}
             if names & _KAFKA_PERMANENT:
@@ -91,53 +97,58 @@ class RetryPolicy:
                 return not any(t in str(e).upper() for t in _REDIS_TRANSIENT_TEXT)
         return False
 
-    async def run(self, what: str, fn: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], None] | None = None) -> T:
-        """Await ``fn()`` until it succeeds, with backoff (for steps that must not be skipped)."""
-        attempt = 0
-        while True:
-            try:
-                return await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - logged, retried
-                if on_retry is not None:
-                    on_retry(exc)
-                log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
-                await asyncio.sleep(self.backoff(attempt))
-                attempt += 1
+
+@dataclass(frozen=True)
+class Failed:
+    """One item a sink could not write, and the error it got."""
+
+    item: Item
+    error: BaseException
 
 
 class Sink(Protocol):
-    """A destination of a batch's outputs; ``write`` returns once they are durable (or skipped)."""
+    """A destination of a batch's outputs (see the module docstring)."""
 
-    async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> None: ...
+    name: str
 
+    async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> list[Failed]: ...
 
-class _Counters(Protocol):
-    def retry(self, sink: str) -> None: ...
+    def fallback(self, item: Item, error: BaseException) -> Item | None: ...
 
-    def skip(self, sink: str) -> None: ...
-
-
-class _NoCounters:
-    def retry(self, sink: str) -> None:
-        pass
-
-    def skip(self, sink: str) -> None:
-        pass
+    def skip_message(self, item: Item, error: BaseException) -> str: ...
 
 
-@dataclass
-class _Msg:
-    topic: str
-    key: bytes
-    value: bytes
-    item: OutResult | OutDead
-    fallback: bool = False  # already the bounded dead letter of a refused record
+def item_name(item: Item) -> str:
+    """How an item is named in log lines: its post id, else its key."""
+    post_id = item.result.id if isinstance(item, OutResult) else item.dead.post_id
+    return post_id or _short(item.key)
 
 
-class KafkaSink:
-    """Results to ``output_topic``, dead letters to ``dlq_topic``; see the module docstring.
+class BaseSink:
+    """Defaults of the :class:`Sink` protocol: no fallback, a generic skip line."""
+
+    name = "sink"
+
+    def fallback(self, item: Item, error: BaseException) -> Item | None:
+        return None
+
+    def skip_message(self, item: Item, error: BaseException) -> str:
+        return f"the {self.name} sink refused {item_name(item)} for good ({type(error).__name__}: {error})"
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink factory (``from_context``) may use: the settings, the worker's name, its
+    Kafka producer's ``send(topic, key, value)`` and Redis writer."""
+
+    settings: Any
+    worker: str = ""
+    send: Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]] | None = None
+    writer: Any = None
+
+
+class KafkaSink(BaseSink):
+    """Results to ``output_topic``, dead letters to ``dlq_topic``, keyed by post id.
 
     ``send(topic, key, value)`` is a coroutine returning an awaitable of the broker's
     acknowledgement (Faust's and aiokafka's producers both fit).
@@ -151,164 +162,107 @@ class KafkaSink:
         output_topic: str,
         dlq_topic: str,
         *,
-        policy: RetryPolicy | None = None,
-        counters: _Counters | None = None,
         worker: str = "",
     ) -> None:
         self.send = send
         self.output_topic = output_topic
         self.dlq_topic = dlq_topic
-        self.policy = policy or RetryPolicy()
-        self.counters = counters or _NoCounters()
         self.worker = worker
 
-    async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> None:
-        pending = [_Msg(self.output_topic, r.key, r.value, r) for r in results]
-        pending += [_Msg(self.dlq_topic, d.key, d.value, d) for d in dead]
-        attempt = 0
-        while pending:
-            failed = await self._send_all(pending)
-            pending = []
-            retriable: list[BaseException] = []
-            for msg, exc in failed:
-                if not self.policy.is_permanent(exc):
-                    pending.append(msg)
-                    retriable.append(exc)
-                    continue
-                fb = self._fallback(msg, exc)
-                if fb is not None:
-                    log.error("%s refused record %s (%s: %s); sending its bounded dead letter instead",
-                              msg.topic, _short(msg.key), type(exc).__name__, exc)  # fmt: skip
-                    pending.append(fb)
-                else:
-                    self.counters.skip(self.name)
-                    log.error("SKIPPED: %s refused the bounded dead letter %s for good (%s: %s); the input record "
-                              "is not retried", msg.topic, _short(msg.key), type(exc).__name__, exc)  # fmt: skip
-            if retriable:
-                self.counters.retry(self.name)
-                log.warning("publishing %d of %d records failed (%s); retrying those",
-                            len(retriable), len(failed), retriable[0])  # fmt: skip
-                await asyncio.sleep(self.policy.backoff(attempt))
-                attempt += 1
+    @classmethod
+    def from_context(cls, ctx: SinkContext) -> KafkaSink:
+        assert ctx.send is not None, "the Kafka sink needs the worker's producer"
+        return cls(ctx.send, ctx.settings.output_topic, ctx.settings.dlq_topic, worker=ctx.worker)
 
-    async def _send_all(self, msgs: list[_Msg]) -> list[tuple[_Msg, BaseException]]:
-        """Send every message once; returns the ones not acknowledged, with their error."""
-        failed: list[tuple[_Msg, BaseException]] = []
-        sent: list[tuple[_Msg, Awaitable[Any]]] = []
-        for m in msgs:
+    async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> list[Failed]:
+        """Send every record once, then await the acknowledgements; the ones not acknowledged
+        come back with their error."""
+        msgs: list[tuple[str, Item]] = [(self.output_topic, r) for r in results]
+        msgs += [(self.dlq_topic, d) for d in dead]
+        failed: list[Failed] = []
+        sent: list[tuple[Item, Awaitable[Any]]] = []
+        for topic, item in msgs:
             try:
-                sent.append((m, await self.send(m.topic, m.key, m.value)))
+                sent.append((item, await self.send(topic, item.key, item.value)))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified by the caller
-                failed.append((m, exc))
+            except Exception as exc:  # noqa: BLE001 - reported, classified by the delivery
+                failed.append(Failed(item, exc))
         acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
-        for (m, _), ack in zip(sent, acks):
+        for (item, _), ack in zip(sent, acks):
             if isinstance(ack, asyncio.CancelledError):
                 raise ack
             if isinstance(ack, BaseException):
-                failed.append((m, ack))
+                failed.append(Failed(item, ack))
         return failed
 
-    def _fallback(self, msg: _Msg, exc: BaseException) -> _Msg | None:
-        """The bounded dead letter that replaces a refused record (None if it was one already)."""
-        rec = msg.item.record
-        if msg.fallback or rec is None:
+    def fallback(self, item: Item, error: BaseException) -> Item | None:
+        """The bounded dead letter that replaces a refused record (None without its input record)."""
+        rec = item.record
+        if rec is None:
             return None
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(msg.item, OutResult):
-            r = msg.item.result
-            out = dead_letter(rec, ErrorCode.PUBLISH_FAILED, f"the result could not be published: {reason}",
-                              r.id, inline_max=0, worker=self.worker)  # fmt: skip
-        else:
-            d = msg.item.dead
-            out = dead_letter(rec, d.error, f"{d.message} [the full dead letter could not be published: {reason}]",
-                              d.post_id, inline_max=0, worker=self.worker)  # fmt: skip
-        return _Msg(self.dlq_topic, out.key, out.value, out, fallback=True)
+        reason = f"{type(error).__name__}: {error}"
+        if isinstance(item, OutResult):
+            return dead_letter(rec, ErrorCode.PUBLISH_FAILED, f"the result could not be published: {reason}",
+                               item.result.id, inline_max=0, worker=self.worker)  # fmt: skip
+        d = item.dead
+        return dead_letter(rec, d.error, f"{d.message} [the full dead letter could not be published: {reason}]",
+                           d.post_id, inline_max=0, worker=self.worker)  # fmt: skip
+
+    def skip_message(self, item: Item, error: BaseException) -> str:
+        return (f"{self.dlq_topic} refused the bounded dead letter {_short(item.key)} for good "
+                f"({type(error).__name__}: {error}); the input record is not retried")  # fmt: skip
 
 
-class RedisSink:
-    """Results to Redis through ``writer.write(items)`` (:class:`~stream.store.AsyncResultWriter`)."""
+class RedisSink(BaseSink):
+    """Results to Redis through ``writer`` (:class:`~stream.store.AsyncResultWriter`), then the
+    batch's dead-letter counts (the dashboard's; a counter, so a retry after a lost reply may
+    count a batch twice)."""
 
     name = "redis"
 
-    def __init__(self, writer: Any, *, policy: RetryPolicy | None = None, counters: _Counters | None = None) -> None:
+    def __init__(self, writer: Any) -> None:
         self.writer = writer
-        self.policy = policy or RetryPolicy()
-        self.counters = counters or _NoCounters()
 
-    @staticmethod
-    def _item(r: OutResult) -> tuple[Any, ...]:
-        return (r.result, r.value, r.event_ms, r.thumbnail, r.text)
+    @classmethod
+    def from_context(cls, ctx: SinkContext) -> RedisSink:
+        assert ctx.writer is not None, "the Redis sink needs the worker's Redis writer"
+        return cls(ctx.writer)
 
-    async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> None:
+    async def write(self, results: Sequence[OutResult], dead: Sequence[OutDead] = ()) -> list[Failed]:
         """The results (idempotent writes), then the batch's dead-letter counts and the dead letters
-        themselves in the bounded ``dead_recent`` list (the dashboard's; a retry after a lost reply
-        may count or list a batch's dead letters twice)."""
-        await self._write(list(results))
+        themselves in the bounded ``dead_recent`` list."""
+        failed: list[Failed] = []
+        if results:
+            try:
+                errors = await self.writer.write_each([(r.result, r.value, r.event_ms, r.thumbnail, r.text) for r in results])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the round trip failed: every result with it
+                errors = [exc] * len(results)
+            failed += [Failed(r, e) for r, e in zip(results, errors) if isinstance(e, BaseException)]
         codes: dict[str, int] = {}
         for d in dead:
             codes[d.dead.error.value] = codes.get(d.dead.error.value, 0) + 1
         count_dead = getattr(self.writer, "count_dead", None)
-        if codes and count_dead is not None:
-            await self._retry("counting dead letters in Redis", lambda: count_dead(codes))
         push_dead = getattr(self.writer, "push_dead", None)  # the bounded list the dashboard shows
-        if dead and push_dead is not None:
-            await self._retry("keeping recent dead letters in Redis", lambda: push_dead([d.dead for d in dead]))
-
-    async def _retry(self, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
-        attempt = 0
-        while True:
+        if dead and (count_dead is not None or push_dead is not None):
+            # a retry after a lost reply may count or list a batch's dead letters twice
             try:
-                await fn()
-                return
+                if count_dead is not None:
+                    await count_dead(codes)
+                if push_dead is not None:
+                    await push_dead([d.dead for d in dead])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001
-                if self.policy.is_permanent(exc):
-                    self.counters.skip(self.name)
-                    log.error("SKIPPED: %s refused for good (%s: %s)", what, type(exc).__name__, exc)
-                    return
-                self.counters.retry(self.name)
-                log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
-                await asyncio.sleep(self.policy.backoff(attempt))
-                attempt += 1
+            except Exception as exc:  # noqa: BLE001 - reported for each dead letter of the batch
+                failed += [Failed(d, exc) for d in dead]
+        return failed
 
-    async def _write(self, pending: list[OutResult]) -> None:
-        attempt = 0
-        while pending:
-            try:
-                await self.writer.write([self._item(r) for r in pending])
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - classified below
-                error: BaseException = exc
-            if self.policy.is_permanent(error):
-                pending = await self._one_by_one(pending)
-                if not pending:
-                    return
-            self.counters.retry(self.name)
-            log.warning("writing %d results to Redis failed (%s: %s); retrying", len(pending), type(error).__name__, error)
-            await asyncio.sleep(self.policy.backoff(attempt))
-            attempt += 1
-
-    async def _one_by_one(self, items: list[OutResult]) -> list[OutResult]:
-        """Write post by post; skip the ones Redis refuses for good; return those to retry."""
-        retry: list[OutResult] = []
-        for r in items:
-            try:
-                await self.writer.write([self._item(r)])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                if self.policy.is_permanent(exc):
-                    self.counters.skip(self.name)
-                    log.error("SKIPPED: Redis refused the result of %s for good (%s: %s); it is on the output topic",
-                              r.result.id, type(exc).__name__, exc)  # fmt: skip
-                else:
-                    retry.append(r)
-        return retry
+    def skip_message(self, item: Item, error: BaseException) -> str:
+        what = "the result of" if isinstance(item, OutResult) else "counting the dead letter of"
+        where = "it is on the output topic" if isinstance(item, OutResult) else "it is on the dead-letter topic"
+        return f"Redis refused {what} {item_name(item)} for good ({type(error).__name__}: {error}); {where}"
 
 
 def _short(key: bytes, n: int = 80) -> str:
@@ -316,4 +270,4 @@ def _short(key: bytes, n: int = 80) -> str:
     return text + (f"... ({len(key)} bytes)" if len(key) > n else "")
 
 
-__all__ = ["RetryPolicy", "Sink", "KafkaSink", "RedisSink"]
+__all__ = ["RetryPolicy", "Failed", "Sink", "BaseSink", "SinkContext", "KafkaSink", "RedisSink", "item_name"]

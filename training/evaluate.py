@@ -139,7 +139,7 @@ def evaluate(
         out_dir: if set, write ``report.json``, ``predictions.jsonl`` and PNG plots there.
         image_max_side: downscale images to this longer side before the student sees them.
         embeddings: compute the MiniLM embedding cosine (needs the installed MiniLM package).
-        train_log: a training log JSONL (``training.trainer`` format) to plot loss curves from.
+        train_log: a training log JSONL (``training.mulcot.trainer`` format) to plot loss curves from.
         progress: show a progress bar.
         grounding: also run the grounding metrics (``training.grounding``: each post with an
             image again with another post's image and with none; about three times the work),
@@ -186,16 +186,12 @@ def evaluate(
         (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     if console is not None:
         print_report(report, console)
-        if report.get("grounding"):
-            from .grounding import print_grounding
-
-            print_grounding(report["grounding"], console)
     return report
 
 
 def selection_cv(student: Any) -> dict | None:
     """The cross-validated figures the student's routes were chosen by (``model_card.json`` key
-    ``cv``, written by ``training/cv.py export``), for students that have a model card."""
+    ``cv``, written by ``training/compact/select.py export``), for students that have a model card."""
     path = getattr(student, "path", None)
     card = Path(path) / "model_card.json" if path is not None else None
     if card is None or not card.exists():
@@ -300,13 +296,12 @@ def evaluate_file(student: Student | str, data: str | Path, **kwargs: Any) -> di
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from .report import rich_table
 
     console = console or Console()
-    t = Table(title=f"evaluation of {report.get('student')} on {report['n']} posts")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("95% CI (bootstrap)", justify="right")
+    t = rich_table(f"evaluation of {report.get('student')} on {report['n']} posts", "metric", "value",
+                   "95% CI (bootstrap)")
     ci = report.get("ci95") or {}
 
     def fmt(v: Any) -> str:
@@ -327,13 +322,14 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
             f"{c['average']} F1 {c['f1_mean']:.4f} +- {c['f1_std']:.4f}; baseline {100 * b['acc_mean']:.2f} +- "
             f"{100 * b['acc_std']:.2f} / {b['f1_mean']:.4f} +- {b['f1_std']:.4f}[/dim]")
     if report.get("confusion"):
-        c = Table(title="confusion (rows gold, columns predicted)")
-        c.add_column("gold \\ pred")
-        for name in LABEL_NAMES:
-            c.add_column(name, justify="right")
+        c = rich_table("confusion (rows gold, columns predicted)", "gold \\ pred", *LABEL_NAMES)
         for name, row in zip(LABEL_NAMES, report["confusion"]):
             c.add_row(name, *[str(v) for v in row])
         console.print(c)
+    if report.get("grounding"):
+        from .grounding import print_grounding
+
+        print_grounding(report["grounding"], console)
 
 
 def _plt():

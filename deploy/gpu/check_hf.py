@@ -3,7 +3,7 @@
 
 Builds a random-initialised ``Qwen2_5_VLForConditionalGeneration`` with the architecture of
 Qwen2.5-VL-3B-Instruct (written out below; no hub access needed) directly on the device in
-bf16, wraps it in ``model.hf.student.HFStudent`` (the code the worker runs) and runs on a
+bf16, wraps it in ``model.backends.hf.student.HFStudent`` (the code the worker runs) and runs on a
 batch of real posts with images from ``../shared/data`` (or synthetic ones):
 
 * labels-only (one scoring forward pass per batch),
@@ -17,7 +17,7 @@ batch of real posts with images from ``../shared/data`` (or synthetic ones):
 then prints card, date, batch size, image size, tokens, posts/s and peak memory, and writes
 JSON with ``--json-out``. The weights are random, so the chains are gibberish: this checks
 that the path runs on a GPU and what it costs, not quality. The tokenizer is the small one of
-``model.tiny`` (the real one is not reachable offline); the model's token ids are set to
+``model.backends.tiny.build`` (the real one is not reachable offline); the model's token ids are set to
 it, so the vocabulary/embedding shape stays the real 151,936 rows.
 
     python deploy/gpu/check_hf.py                      # 3B shape, cuda, bf16
@@ -38,8 +38,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 def build(tiny: bool, device: str, dtype, image_size: int):
-    """The tiny test Qwen2.5-VL or the real 3B shape, random weights (``model.engine.shapes``)."""
-    from model.engine.shapes import build_shape
+    """The tiny test Qwen2.5-VL or the real 3B shape, random weights (``model.engine.checks.shapes``)."""
+    from model.engine.checks.shapes import build_shape
 
     return build_shape("tiny" if tiny else "3b", device=device, dtype=dtype, image_size=image_size)
 
@@ -49,7 +49,7 @@ def baseline_generate(student, posts, batch_size: int, max_new_tokens: int) -> d
     stop strings, no parsing, the model's own attention (what a hand-written loop would do)."""
     import torch
 
-    from model.hf.inputs import encode_batch
+    from model.backends.hf.inputs import encode_batch
     from model.prompts import reasoning_prompt
 
     cuda = torch.cuda.is_available() and student.device.type == "cuda"
@@ -88,7 +88,7 @@ def compare_vision_attention(model, processor, posts, batch_size: int, image_siz
 
     import torch
 
-    from model.hf.student import HFStudent
+    from model.backends.hf.student import HFStudent
 
     def student(kind: str) -> HFStudent:
         model.set_attn_implementation({"vision_config": stock})
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from model.bench import data_posts, print_bench_table, run_model_bench, synthetic_posts
-    from model.hf.student import HFStudent
+    from model.backends.hf.student import HFStudent
     from model.loading import parse_options
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

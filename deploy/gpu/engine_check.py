@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from model.engine.bench import defaults, print_table, run_engine_bench, run_engine_checks
-    from model.engine.shapes import build_shape
+    from model.engine.checks.bench import defaults, print_table, run_engine_bench, run_engine_checks
+    from model.engine.checks.shapes import build_shape
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The student recipe's training step at the real Qwen2.5-VL-3B shape, timed (issue 15, part 3).
 
-Builds two random-weight models of the Qwen2.5-VL-3B architecture (``model.engine.shapes``;
+Builds two random-weight models of the Qwen2.5-VL-3B architecture (``model.engine.checks.shapes``;
 no hub): the student and a frozen assistant. The student gets LoRA on the language model
 **and** the vision tower (attention and MLP projections of both), gradient checkpointing, bf16
 weights (LoRA weights as peft makes them) under bf16 autocast, and is trained with the student
@@ -37,13 +37,10 @@ LORA_ALL = (r".*(?:language_model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|m
 
 
 def _training():
-    """The student stage's pieces, wherever the training package keeps them."""
-    try:
-        from training.mulcot.student import make_student_loss
-        from training.mulcot.vlm import Item, add_lora, collate_items, model_inputs
-    except ImportError:
-        from training.student import make_student_loss  # type: ignore[no-redef]
-        from training.vlm import Item, add_lora, collate_items, model_inputs  # type: ignore[no-redef]
+    """The student stage's pieces (``training.mulcot``), imported when the check runs."""
+    from training.mulcot.student import make_student_loss
+    from training.mulcot.vlm import Item, add_lora, collate_items, model_inputs
+
     return make_student_loss, Item, add_lora, collate_items, model_inputs
 
 
@@ -60,8 +57,8 @@ def _chain_text(words: int = 150) -> str:
 def run(tiny: bool, micro_batches: list[int], steps: int, device: str, lam: float = 0.3, T: float = 2.0) -> dict:
     import torch
 
-    from model.engine.bench import bench_posts
-    from model.engine.shapes import build_shape
+    from model.engine.checks.bench import bench_posts
+    from model.engine.checks.shapes import build_shape
     from model.prompts import label_prompt, reasoning_prompt
 
     make_student_loss, Item, add_lora, collate_items, model_inputs = _training()

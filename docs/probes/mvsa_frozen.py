@@ -5,7 +5,7 @@ from scipy.special import log_softmax
 from pathlib import Path
 sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer, AutoModel
-from model.compact.text import minilm_path
+from model.backends.compact.text import minilm_path
 from training.compact.calibrate import calibrate_bias, bias_metrics
 from training.compact.features import load_sets, image_features, LABEL_INDEX
 torch.set_num_threads(2)

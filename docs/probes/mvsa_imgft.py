@@ -5,7 +5,7 @@ import numpy as np, torch
 from torch import nn
 from PIL import Image, ImageOps
 sys.path.insert(0, ".")  # run from the repository root
-from model.compact.vision import pretrained_net, ImageEncoder
+from model.backends.compact.vision import pretrained_net, ImageEncoder
 from training.data import load_examples, data_dir
 from training.compact.features import LABEL_INDEX
 torch.manual_seed(0); torch.set_num_threads(2)

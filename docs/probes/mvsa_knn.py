@@ -5,7 +5,7 @@ import numpy as np, torch
 from scipy.special import log_softmax
 sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer
-from model.compact.text import load_classifier, minilm_path
+from model.backends.compact.text import load_classifier, minilm_path
 from training.compact.features import Batches, load_sets, image_features, LABEL_INDEX, classifier_logits
 torch.set_num_threads(2)
 m = load_classifier("model/weights/default", "classifier_post"); m.label_bias.zero_()

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, ".")  # run from the repository root
 from transformers import AutoTokenizer
-from model.compact.text import load_classifier, minilm_path
+from model.backends.compact.text import load_classifier, minilm_path
 from training.compact.calibrate import evaluate_classifier
 from training.compact.features import Batches, load_sets, image_features, LABEL_INDEX
 torch.set_num_threads(2)

@@ -3,7 +3,7 @@ regression on MVSA-Single train; alone and mixed with the served post classifier
 import sys, time, numpy as np, torch
 from scipy.special import log_softmax
 sys.path.insert(0, ".")  # run from the repository root
-from model.compact.explainer import load_base
+from model.backends.compact.explainer import load_base
 from training.compact.calibrate import calibrate_bias, bias_metrics
 from training.compact.features import load_sets, LABEL_INDEX
 torch.set_num_threads(2)

@@ -55,7 +55,7 @@ class TextParts:
 
 def text_parts(model: Any) -> TextParts:
     """The language-model parts of a Qwen2/2.5-VL or Idefics3 (SmolVLM) model."""
-    from ..hf import IDEFICS3, QWEN_FAMILIES
+    from ..backends.hf import IDEFICS3, QWEN_FAMILIES
 
     family = model.config.model_type
     inner = model.model

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..hf import QWEN_FAMILIES
-from ..hf.inputs import images_kwargs, prepare_image, render_prompt
+from ..backends.hf import QWEN_FAMILIES
+from ..backends.hf.inputs import images_kwargs, prepare_image, render_prompt
 from ..prompts import label_prompt, reasoning_prompt
 from ..types import PostInput
 
@@ -24,7 +24,7 @@ QWEN = QWEN_FAMILIES
 
 
 def hf_helpers():
-    """``(render_prompt, prepare_image)`` of the HF backend (``model.hf.inputs``)."""
+    """``(render_prompt, prepare_image)`` of the HF backend (``model.backends.hf.inputs``)."""
     return render_prompt, prepare_image
 
 

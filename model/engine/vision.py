@@ -5,7 +5,7 @@ block's attention (window or full) is one variable-length attention call over al
 all images: :data:`VARLEN` is registered with transformers' ``AttentionInterface`` for the
 vision sub-config only. On CUDA in bf16/fp16 it calls ``torch.nn.attention.varlen.varlen_attn``
 (torch >= 2.10); elsewhere it falls back to the packed SDPA of
-:func:`model.backends.attention.packed_sdpa_forward` (one padded SDPA call, the same result).
+:func:`model.kernels.attention.packed_sdpa_forward` (one padded SDPA call, the same result).
 
 Idefics3 (SmolVLM): its SigLIP tower has fixed-size images; the group's images are one batch
 through ``get_image_features``.
@@ -31,10 +31,8 @@ VARLEN = "flash_engine_varlen"
 
 
 def _packed():
-    try:
-        from ..backends.attention import packed_sdpa_forward
-    except ImportError:  # after the model/hf split
-        from ..hf.attention import packed_sdpa_forward  # type: ignore[no-redef]
+    from ..kernels.attention import packed_sdpa_forward
+
     return packed_sdpa_forward
 
 

@@ -222,7 +222,7 @@ def test_every_hostile_input_class(make_settings, start_worker, figures) -> None
 
 
 def test_oversized_key_record_then_valid_posts_on_every_partition(make_settings, start_worker, figures) -> None:
-    from test_stream_poison import send_poison_then_posts
+    from tests.stream.test_stream_poison import send_poison_then_posts
 
     s = make_settings(partitions=4)
     create_topics(s)

@@ -64,7 +64,7 @@ def test_compact_stages_end_to_end(data_dir, tmp_path, monkeypatch):
     # in context, and its Conclusion started from the Conflict line
     import shutil
 
-    from model.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE_START
+    from model.backends.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE_START
 
     r3 = CompactRecipe(out=str(tmp_path / "run3"), limit=8, explainer_epochs=1, explainer_batch_size=4,
                        explainer={"grounded_targets": True}, grounding_student=f"compact:{dest}")

@@ -1,5 +1,5 @@
 """The CV figures a student's routes were chosen by: written into its model card by
-``training/cv.py export`` and reported by ``mulcot distill evaluate``."""
+``training/compact/select.py export`` and reported by ``mulcot distill evaluate``."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 import torch
 
-from model.compact.decode import GreedyDecoder
-from model.tiny import tiny_tokenizer
+from model.backends.compact.decode import GreedyDecoder
+from model.backends.tiny.build import tiny_tokenizer
 
 PREFIX = "<|im_start|>system\nYou explain the sentiment of posts.<|im_end|>\n<|im_start|>user\n"
 POSTS = [
@@ -88,9 +88,9 @@ def test_prompt_must_start_with_prefix(tiny_llama):
 
 
 def test_grouped_eager_attention_matches_eager(tiny_llama):
-    """The chain writer's attention (model/backends/attention.py: no per-head copy of the
+    """The chain writer's attention (model/kernels/attention.py: no per-head copy of the
     key/value cache) gives eager attention's logits, with padding, and the same greedy tokens."""
-    from model.backends.attention import GROUPED_EAGER, register
+    from model.kernels.attention import GROUPED_EAGER, register
 
     model, tok = tiny_llama
     prompts = [f"{PREFIX}{p}<|im_end|>\n<|im_start|>assistant\n" for p in POSTS]

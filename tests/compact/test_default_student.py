@@ -53,13 +53,24 @@ def chained(student):
     return student.predict(POSTS)
 
 
+def test_chain_text_lines_quote_the_post(chained):
+    """The Text line of every chain quotes words of its post (the aspect excluded) and records the
+    evidence it was written from."""
+    from training.grounding import cites_text
+
+    for post, p in zip(POSTS, chained):
+        assert cites_text(p.chain.text_analysis, post.text, post.aspect), p.chain.text_analysis
+        assert set(p.extra["text_evidence"]) >= {"quotes", "p_label", "p_without_cited"}
+
+
 def test_label_and_chain_agree_and_parse(chained):
     preds = chained
     for p in preds:
         assert p.chain is not None
         assert p.chain.parsed, p.chain.raw
         assert p.chain.prediction == p.label.value
-        assert p.generated_tokens > 10
+        # the chain writer writes the Conclusion (the Text line comes from the attribution)
+        assert p.generated_tokens >= 3 and len(p.chain.final_conclusion.split()) >= 3
         assert len(p.chain.text_analysis.split()) >= 3
 
 
@@ -80,7 +91,7 @@ def test_chain_image_fields_come_from_the_evidence(student, chained):
     """No image: the Image line says so. With one: it names the image classifier's guesses with
     their scores (the evidence recorded in ``extra``), and the Conflict line compares the
     text-only and multimodal labels."""
-    from model.compact.grounded import AGREE_MARK, CONFLICT_MARK, NO_IMAGE, NO_IMAGE_CONFLICT
+    from model.backends.compact.grounded import AGREE_MARK, CONFLICT_MARK, NO_IMAGE, NO_IMAGE_CONFLICT
 
     preds = chained
     for post, p in zip(POSTS, preds):
@@ -92,14 +103,18 @@ def test_chain_image_fields_come_from_the_evidence(student, chained):
         ev = p.extra["image_evidence"]
         assert [n for n, _ in ev["classes"]] == [n for n, _ in p.extra["image_classes"]]
         assert len(ev["classes"]) == 3
-        for name, score in p.extra["image_classes"]:
-            assert f"{name} ({score:.2f})" in p.chain.image_analysis
+        # ImageNet classes are not named by default (right for 12 of 80 tweet pictures); the line
+        # says the content was not recognised and gives the colours it measured
+        for name, _ in p.extra["image_classes"]:
+            assert name not in p.chain.image_analysis
+        assert "could not be recognised" in p.chain.image_analysis
+        assert all(f"{c} ({round(100 * s)}%)" in p.chain.image_analysis for c, s in ev["colours"])
         assert p.chain.conflict_resolution.startswith((AGREE_MARK, CONFLICT_MARK))
         assert p.chain.parsed and p.chain.prediction == p.label.value
     # the Conclusion starts from the Conflict line (a writer trained on grounded targets) or, with
     # no image, from the text alone; a post without an aspect is "the post", not the prompt's
     # stand-in target "the whole post"
-    from model.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE_START
+    from model.backends.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE_START
 
     for post, p in zip(POSTS, preds):
         start = NO_IMAGE_START if post.image is None else (
@@ -112,10 +127,18 @@ def test_chain_image_fields_come_from_the_evidence(student, chained):
     assert swapped.extra["image_classes"] != preds[0].extra["image_classes"]
 
 
-def test_post_without_image_uses_the_text_only_head(student):
-    """The post route's full head was fitted on posts that all had an image; a post without one
-    gets the text-only twin's probabilities (the ones the Conflict line calls 'the text alone')."""
+def test_post_without_image_uses_the_text_route(student):
+    """The post route's heads were fitted on posts that all had an image; a post-level post without
+    one is served by the round-4 text route (docs/results.md), and the Conflict line's text-only
+    reading of posts with an image is still the frozen route's text-only twin."""
+    import numpy as np
+
+    assert student.text_route is not None and student.text_route.parts == ("text", "vader")
     post = PostInput(id="t", text="Can't stop listening to this album, every track is a gem.")
     [pred] = student.classify([post])
+    [route] = student.text_route.probs([post.text]).tolist()
+    assert [pred.probabilities[label] for label in LABELS] == pytest.approx(route, abs=1e-5)
     [twin] = student.text_only_probs([post]).tolist()
-    assert [pred.probabilities[label] for label in LABELS] == pytest.approx(twin, abs=1e-6)
+    assert not np.allclose(twin, route, atol=1e-3)  # the twin still reads the text for the Conflict line
+    aspect = PostInput(id="a", text=post.text, aspect="album")  # aspect posts keep their own route
+    assert student.classify([aspect])[0].probabilities != pred.probabilities

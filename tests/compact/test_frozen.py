@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from model.compact.frozen import FrozenClassifier, design, save_frozen
+from model.backends.compact.frozen import FrozenClassifier, design, save_frozen
 
 
 def test_saved_head_matches_sklearn(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE, NO_IMAGE_START, conclusion_start
+from model.backends.compact.grounded import AGREE_START, CONFLICT_START, NO_IMAGE, NO_IMAGE_START, conclusion_start
 from training.compact.explainer import conclusion_rest, encode_segments
 
 
@@ -27,7 +27,7 @@ def test_conclusion_start_follows_the_conflict_line():
 def test_encode_segments_learns_only_the_marked_text():
     from transformers import AutoTokenizer
 
-    from model.compact.text import minilm_path
+    from model.backends.compact.text import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     ids, labels = encode_segments(tok, [("prompt words Text:", False), (" good day\n", True),
@@ -41,7 +41,7 @@ def test_encode_segments_learns_only_the_marked_text():
 def test_grounded_rows_on_real_posts(data_dir, monkeypatch):
     monkeypatch.setenv("MULCOT_DATA_DIR", str(data_dir))
     from model import load_student
-    from model.compact.explainer import ExplainerConfig, load_base
+    from model.backends.compact.explainer import ExplainerConfig, load_base
     from training.compact.explainer import chain_examples, grounded_rows
     from training.grounding import claims_pixels
 
@@ -57,7 +57,7 @@ def test_grounded_rows_on_real_posts(data_dir, monkeypatch):
         text = tok.decode(ids)
         learned = tok.decode([i for i, l in zip(ids, labels) if l != -100])
         image_line = text.split("\nImage: ", 1)[1].split("\n", 1)[0]
-        assert image_line == NO_IMAGE or "classifier's best guesses are" in image_line
+        assert image_line == NO_IMAGE or "the main colours are" in image_line or "could not be recognised" in image_line
         assert image_line not in learned and "Conflict:" not in learned  # evidence lines are context only
         assert any(f"Conclusion: {s}" in text for s in starts)
         assert not claims_pixels(learned, mentions=True)

@@ -56,7 +56,7 @@ def test_metrics_from_three_runs():
 def test_evidence_sentences_say_only_what_the_evidence_says():
     from PIL import Image
 
-    from model.compact.grounded import (
+    from model.backends.compact.grounded import (
         CONFLICT_MARK,
         NO_IMAGE,
         ImageEvidence,
@@ -68,10 +68,15 @@ def test_evidence_sentences_say_only_what_the_evidence_says():
     red = Image.new("RGB", (40, 30), (220, 20, 20))
     assert dominant_colours(red) == (("red", 1.0),)
     ev = ImageEvidence((("cake", 0.41), ("plate", 0.12), ("bakery", 0.05)), dominant_colours(red))
-    line = image_sentence(ev)
-    assert "cake (0.41)" in line and "plate (0.12)" in line and "bakery (0.05)" in line and "red (100%)" in line
-    assert content_words(line) == {"cake", "plate", "bakery", "red"}
-    assert "low confidence" in image_sentence(ImageEvidence((("web site", 0.15),)))
+    line = image_sentence(ev)  # by default no class is named (docs/model.md, "What the Image line says")
+    assert "cake" not in line and "could not be recognised" in line and "red (100%)" in line
+    assert content_words(line) == {"content", "recognised", "red"}
+    named = image_sentence(ev, class_min=0.4)
+    assert "cake (0.41)" in named and "plate" not in named
+    read = image_sentence(ImageEvidence((("website", 0.9),), (), "worst day ever :(", 0.97, "read"))
+    assert read.startswith('The picture\'s text reads "worst day ever :("') and "website" not in read
+    failed = image_sentence(ImageEvidence((), (), None, None, "failed"))
+    assert "could not be read (OCR failed)" in failed
     assert image_sentence(None) == NO_IMAGE and states_no_image(NO_IMAGE)
     probs = {"positive": 0.6, "neutral": 0.3, "negative": 0.1}
     text = {"positive": 0.2, "neutral": 0.7, "negative": 0.1}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from model.compact.text import ClassifierConfig, mark_target, minilm_path, pair_inputs
+from model.backends.compact.text import ClassifierConfig, mark_target, minilm_path, pair_inputs
 from training.compact.features import Batches
 from training.data import Example
 
@@ -87,7 +87,7 @@ def _tok():
 
 
 def test_target_mask_covers_the_mentions_in_the_text_only():
-    from model.compact.text import encode_pairs
+    from model.backends.compact.text import encode_pairs
 
     cfg = ClassifierConfig(target_pool=True)
     text = "Emma Watson , Jennifer Lawrence and EMMA WATSON again"
@@ -105,7 +105,7 @@ def test_target_mask_covers_the_mentions_in_the_text_only():
 def test_posts_without_a_mention_pool_the_mean_instead():
     import torch
 
-    from model.compact.text import CompactClassifier, encode_pairs
+    from model.backends.compact.text import CompactClassifier, encode_pairs
 
     torch.manual_seed(0)
     cfg = ClassifierConfig(target_pool=True, dropout=0.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.compact.vision import EfficientNetLite0, ImageEncoder, pretrained_net
+from model.backends.compact.vision import EfficientNetLite0, ImageEncoder, pretrained_net
 
 
 def test_folded_batchnorm_gives_the_same_features_and_logits():

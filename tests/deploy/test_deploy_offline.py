@@ -23,17 +23,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.metrics import WorkerMetrics
+from stream.metrics import AlertMetrics, WorkerMetrics
 from stream.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 FIELDS = {f"MULCOT_{name.upper()}" for name in Settings.model_fields}
 PROFILES = {
-    (): {"kafka", "redis", "worker"},
-    ("gpu",): {"kafka", "redis", "worker", "worker-gpu"},
-    ("vllm",): {"kafka", "redis", "worker", "vllm", "worker-vllm"},
-    ("monitoring",): {"kafka", "redis", "worker", "prometheus", "grafana"},
+    (): {"kafka", "redis", "worker", "alerts"},
+    ("gpu",): {"kafka", "redis", "worker", "alerts", "worker-gpu"},
+    ("vllm",): {"kafka", "redis", "worker", "alerts", "vllm", "worker-vllm"},
+    ("monitoring",): {"kafka", "redis", "worker", "alerts", "prometheus", "grafana"},
 }
 OVERLAYS = ("cpu", "gpu")
 
@@ -52,9 +52,11 @@ def _run(*cmd: str, cwd: Path = ROOT) -> str:
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name a worker's registry can expose (histogram/counter suffixes included)."""
+    """Every sample name a worker's or the alert detector's registry can expose (histogram/counter
+    suffixes included)."""
     names = set()
-    for family in WorkerMetrics().registry.collect():
+    families = list(WorkerMetrics().registry.collect()) + list(AlertMetrics().registry.collect())
+    for family in families:
         if family.type == "histogram":
             names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
         elif family.type == "counter":
@@ -87,7 +89,7 @@ def test_compose_config_per_profile(profiles: tuple[str, ...]) -> None:
         for vol in svc.get("volumes", []):
             if vol["type"] == "bind" and "models" not in vol["source"]:
                 assert Path(vol["source"]).exists(), f"{name} mounts missing {vol['source']}"
-        if name.startswith("worker"):
+        if name.startswith("worker") or name == "alerts":
             env = svc["environment"]
             assert set(env) <= FIELDS, set(env) - FIELDS
             assert "ports" not in svc, "workers publish no host port, so they scale"
@@ -114,8 +116,14 @@ def test_compose_profiles_wiring() -> None:
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "mulcot-worker")
     workers = {n for n in s if n.startswith("worker")}
     assert set(job["dns_sd_configs"][0]["names"]) == workers and job["dns_sd_configs"][0]["port"] == 9400
+    # the alert detector: `mulcot alerts run`, scraped on its metrics port
+    alerts_job = next(j for j in prom["scrape_configs"] if j["job_name"] == "mulcot-alerts")
+    assert s["alerts"]["command"] == ["alerts", "run"]
+    port = int(s["alerts"]["environment"]["MULCOT_ALERTS_METRICS_PORT"])
+    assert alerts_job["dns_sd_configs"][0] == {"names": ["alerts"], "type": "A", "port": port, "refresh_interval": "15s"}
+    assert s["alerts"]["expose"] == [str(port)] and f":{port}/health" in " ".join(s["alerts"]["healthcheck"]["test"])
     # settings values of every worker are valid
-    for name in workers:
+    for name in workers | {"alerts"}:
         env = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in s[name]["environment"].items()}
         env.pop("MULCOT_OPENAI_API_KEY", None)
         load_settings(**{k.removeprefix("MULCOT_").lower(): v for k, v in env.items()})
@@ -264,9 +272,9 @@ def test_promtool_config_rules_and_rule_tests() -> None:
     prom = DEPLOY / "prometheus"
     assert "SUCCESS" in _run(exe, "check", "config", "prometheus.yml", cwd=prom)
     out = _run(exe, "check", "rules", "alerts.yml", cwd=prom)
-    assert "SUCCESS: 4 rules found" in out
+    assert "SUCCESS: 7 rules found" in out
     assert "SUCCESS" in _run(exe, "test", "rules", "alerts_test.yml", cwd=prom)
-    rules = yaml.safe_load((prom / "alerts.yml").read_text())["groups"][0]["rules"]
+    rules = [r for g in yaml.safe_load((prom / "alerts.yml").read_text())["groups"] for r in g["rules"]]
     tests = yaml.safe_load((prom / "alerts_test.yml").read_text())["tests"]
     tested = {t["alertname"] for case in tests for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
     assert tested == {r["alert"] for r in rules}, "every alert has a unit test where it fires"
@@ -299,7 +307,8 @@ def test_grafana_dashboard_queries_name_exported_metrics() -> None:
     for needed in ("mulcot_results_total", "histogram_quantile(0.5, sum by (le) (rate(mulcot_end_to_end_seconds_bucket",
                    "histogram_quantile(0.99, sum by (le) (rate(mulcot_end_to_end_seconds_bucket",
                    "mulcot_inference_seconds_bucket", "mulcot_batch_size_sum", "sum by (code) (rate(mulcot_dead_letters_total",
-                   "mulcot_consumer_lag", "mulcot_sink_retries_total"):
+                   "mulcot_consumer_lag", "mulcot_sink_retries_total", "sum by (kind) (increase(mulcot_alerts_total",
+                   "mulcot_alert_results_total", "mulcot_alert_watermark_seconds"):
         assert needed in text, f"the dashboard lacks {needed}"
 
 

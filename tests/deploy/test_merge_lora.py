@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from model import load_student
-from model.tiny import build_tiny_qwen2_5_vl, load_tiny
+from model.backends.tiny.build import build_tiny_qwen2_5_vl, load_tiny
 from model.types import PostInput
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -73,9 +73,10 @@ def test_prometheus_scrapes_worker(make_settings, start_worker, tmp_path: Path) 
         by_label = {r["metric"]["label"]: float(r["value"][1]) for r in _query(base, "sum by (label) (mulcot_results_total)")}
         assert sum(by_label.values()) == N and set(by_label) <= {"positive", "neutral", "negative"}
         with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=5) as r:
-            rules = json.loads(r.read())["data"]["groups"][0]["rules"]
+            rules = [r for g in json.loads(r.read())["data"]["groups"] for r in g["rules"]]
         assert {r["name"] for r in rules} == {"MulcotConsumerLagGrowing", "MulcotDeadLetterRateHigh",
-                                             "MulcotNoResults", "MulcotWorkerDown"}
+                                             "MulcotNoResults", "MulcotWorkerDown", "MulcotSentimentShift",
+                                             "MulcotAlertResultsLate", "MulcotAlertDetectorDown"}
         assert all(r["health"] == "ok" for r in rules), rules
     finally:
         prom.terminate()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from model.tiny import build_tiny_qwen2_5_vl, build_tiny_smolvlm
+from model.backends.tiny.build import build_tiny_qwen2_5_vl, build_tiny_smolvlm
 
 
 @pytest.fixture(scope="session")

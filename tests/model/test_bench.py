@@ -90,7 +90,7 @@ def test_gpu_check_config_is_the_3b_shape():
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from model.engine.shapes import QWEN2_5_VL_3B  # the one 3B config, used by check_hf.py and the engine
+    from model.engine.checks.shapes import QWEN2_5_VL_3B  # the one 3B config, used by check_hf.py and the engine
 
     cfg = Qwen2_5_VLConfig(text_config=dict(QWEN2_5_VL_3B["text"]), vision_config=dict(QWEN2_5_VL_3B["vision"]),
                            tie_word_embeddings=True)

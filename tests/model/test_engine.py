@@ -16,8 +16,8 @@ import torch
 
 from model.bench import synthetic_posts
 from model.engine import Engine, EngineConfig
-from model.engine.reference import hf_student, reference_run
-from model.engine.shapes import build_shape
+from model.engine.checks.reference import hf_student, reference_run
+from model.engine.checks.shapes import build_shape
 from model.types import PostInput
 
 
@@ -104,7 +104,7 @@ def test_engine_smolvlm_family():
 
 def test_checks_at_tiny_shape():
     """The GPU checks' code (fp32 greedy, teacher-forced logits) runs and agrees on CPU."""
-    from model.engine.bench import run_engine_checks
+    from model.engine.checks.bench import run_engine_checks
 
     out = run_engine_checks("tiny", n_posts=2, new_tokens=5)
     assert out["fp32_greedy"]["token_agreement"] == 1.0
@@ -151,22 +151,22 @@ def test_train_check_tiny():
 
 
 def test_engine_behind_hf_student_gives_hf_predictions(qwen):
-    """model.engine.student (what HFStudent calls with engine=on) returns the predictions the HF
-    path returns: labels, probabilities, chains, token counts."""
-    from model.engine import student as es
-
+    """The HF student's engine path (model.engine.path.EnginePath, what HFStudent calls with
+    engine=on) returns the predictions the HF path returns: labels, probabilities, chains, token
+    counts."""
     model, processor = qwen
     posts = synthetic_posts(4, image_px=112, seed=7)
     st = hf_student(model, processor, image_size=56, max_new_tokens=10)
-    assert es.attach(st, "auto") is None  # CPU: auto leaves it off
-    st.engine = None
+    assert st.attach_engine("auto") is None  # CPU: auto leaves it off
+    assert st.engine is None and not st.thread_safe
     ref = st.predict(posts)  # HFStudent's own path
-    st.engine = es.attach(st, True, slots=2, max_len=512)
+    path = st.attach_engine(True, slots=2, max_len=512)
+    assert st.engine is path and st.thread_safe
     try:
-        mine = es.predict(st, posts)
-        labels_only = es.classify(st, posts)
+        mine = path.predict(posts)
+        labels_only = path.classify(posts)
     finally:
-        st.engine.close()
+        path.close()
     for a, b, c in zip(mine, ref, labels_only):
         assert a.label == b.label == c.label
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)

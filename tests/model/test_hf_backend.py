@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 from model import LABELS, Label, PostInput, load_student, parse_spec
-from model.hf.inputs import encode_batch, prepare_image, render_prompt
-from model.hf.processor import save_processor
-from model.hf.student import HFStudent, chain_with_label
+from model.backends.hf.inputs import encode_batch, prepare_image, render_prompt
+from model.backends.hf.processor import save_processor
+from model.backends.hf.student import HFStudent
+from model.backends.tiny.build import load_tiny
+from model.chain import chain_with_label
 from model.prompts import label_prompt, reasoning_prompt
-from model.tiny import load_tiny
 
 
 def _img(mode: str, size: tuple[int, int], color=128) -> Image.Image:
@@ -228,7 +229,7 @@ def test_backend_generates_a_parseable_chain_when_the_model_knows_one(family, ti
                                                                       tmp_path):
     """Real generation through the backend: a tiny model memorises one chain (and the label
     answer), then ``predict`` must return exactly that chain, parsed, agreeing with the label."""
-    from model.tiny import SAMPLE_CHAINS
+    from model.backends.tiny.build import SAMPLE_CHAINS
     from tests.support.tiny_helpers import overfit_tiny
 
     src = tiny_qwen_dir if family == "qwen2_5_vl" else tiny_smolvlm_dir
@@ -266,7 +267,7 @@ def test_sequence_scoring_equals_first_token_for_single_token_words(tiny_dir):
 @pytest.fixture(scope="module")
 def small_vocab_qwen_dir(tmp_path_factory):
     """A tiny Qwen whose tokenizer splits the label words, 'neutral' and 'negative' sharing 'ne'."""
-    from model.tiny import build_tiny_qwen2_5_vl
+    from model.backends.tiny.build import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen-small-vocab"), vocab_size=300)
 
@@ -310,7 +311,7 @@ def test_hub_layout_processor_files(tiny_qwen_dir, tmp_path):
     import json
     import shutil
 
-    from model.tiny import QWEN_CHAT_TEMPLATE
+    from model.backends.tiny.build import QWEN_CHAT_TEMPLATE
 
     d = tmp_path / "hub-like"
     shutil.copytree(tiny_qwen_dir, d)
@@ -348,7 +349,7 @@ def test_missing_models_fail_fast_with_a_clear_message(monkeypatch, tmp_path):
 
 
 def test_model_version_follows_the_weights(tiny_qwen_dir, tmp_path):
-    from model.tiny import build_tiny_qwen2_5_vl
+    from model.backends.tiny.build import build_tiny_qwen2_5_vl
 
     other = build_tiny_qwen2_5_vl(tmp_path / "seed1", seed=1)
     a = load_student(f"hf:{tiny_qwen_dir}", chain=False)

@@ -1,4 +1,4 @@
-"""Serving and training prepare a post identically (model.hf.inputs): the same pixels and the
+"""Serving and training prepare a post identically (model.backends.hf.inputs): the same pixels and the
 same prompt tokens, for both families, including a big photo that is shrunk first."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from model import Label, PostInput
-from model.hf.inputs import encode_batch, image_max_side, images_kwargs
+from model.backends.hf.inputs import encode_batch, image_max_side, images_kwargs
+from model.backends.tiny.build import load_tiny
 from model.prompts import label_prompt, reasoning_prompt
-from model.tiny import load_tiny
 from training.data import Example
 from training.mulcot.vlm import Item, collate_items, label_item
 

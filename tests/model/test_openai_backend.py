@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from model import load_student
-from model.backends.openai import label_of_token, label_probabilities, parse_target
+from model.backends.openai.student import label_of_token, label_probabilities, parse_target
 from model.http import EndpointError
 from model.loading import SpecError, parse_spec
 from model.types import Label, PostInput

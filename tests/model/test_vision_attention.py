@@ -1,4 +1,4 @@
-"""Packed vision attention (model/backends/attention.py) equals transformers' per-window loop."""
+"""Packed vision attention (model/kernels/attention.py) equals transformers' per-window loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model import PostInput, load_student
-from model.backends.attention import PACKED_SDPA, packed_sdpa_forward
+from model.kernels.attention import PACKED_SDPA, packed_sdpa_forward
 
 
 @pytest.mark.parametrize("lengths", [[5], [3, 7, 1, 7], [16, 16, 16], [1, 1, 30, 2]])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import threading
@@ -98,32 +97,12 @@ def test_stats_count_every_result_and_dead_letter(api, served, store) -> None:  
     assert +got == want
 
 
-def test_dead_letters_endpoint(api, served, store) -> None:  # type: ignore[no-untyped-def]
-    """The worker's Redis sink keeps the newest dead letters (bounded); /api/dead-letters serves
-    them as stored, newest first, with their code, message, post id, source and original."""
-    from stream.protocol import DeadLetter
-    from stream.serve.api import DeadLettersPage
-
-    page = DeadLettersPage.model_validate(api.get("/api/dead-letters").json())
-    assert page.kept == page.count == sum(served.dead_codes.values()) >= 3
-    assert Counter(d.error.value for d in page.items) == Counter(served.dead_codes)
-    assert [d.first_seen_at for d in page.items] == sorted((d.first_seen_at for d in page.items), reverse=True)
-    assert page.items == store.recent_dead_letters(50)
-    bad = next(d for d in page.items if d.error.value == "image_unreadable")
-    assert bad.post_id == "demo-bad-image" and bad.source.topic == served.settings.input_topic
-    assert json.loads(base64.b64decode(bad.original.data_b64 or ""))["id"] == "demo-bad-image"
-    one = api.get("/api/dead-letters", params={"recent": 1}).json()
-    assert one["count"] == 1 and one["kept"] == page.kept and DeadLetter.model_validate(one["items"][0]) == page.items[0]
-    schema = api.get("/api/dead-letters", params={"code": "schema"}).json()
-    assert [d["error"] for d in schema["items"]] == ["schema"] and schema["filters"] == {"recent": 20, "code": "schema"}
-
-
 @pytest.mark.parametrize(
     "path",
     [
         "/api/results?recent=0", "/api/results?recent=501", "/api/results?label=happy", "/api/results?aspect=" + "a" * 201,
         "/api/results?aspect=", "/api/stats?window=61", "/api/stats?last=0", "/api/stats?last=100000",
-        "/api/results/" + "x" * 257, "/api/stream?after=bogus", "/api/dead-letters?recent=0", "/api/dead-letters?code=nope",
+        "/api/results/" + "x" * 257, "/api/stream?after=bogus",
     ],
 )  # fmt: skip
 def test_inputs_are_bounded(api, path: str) -> None:  # type: ignore[no-untyped-def]
@@ -137,8 +116,9 @@ def test_read_only_and_safe_defaults(api, served) -> None:  # type: ignore[no-un
     assert "access-control-allow-origin" not in api.get("/api/health", headers={"Origin": "http://evil.example"}).headers
     assert api.get("/").headers["content-security-policy"].startswith("default-src 'self'")
     spec = api.get("/api/openapi.json").json()
-    assert set(spec["paths"]) == {"/api/health", "/api/results", "/api/results/{post_id}", "/api/results/{post_id}/thumbnail",
-                                  "/api/stats", "/api/stream", "/api/dead-letters"}  # fmt: skip
+    assert set(spec["paths"]) == {"/api/dead-letters", "/api/health", "/api/results", "/api/results/{post_id}", "/api/results/{post_id}/thumbnail",
+                                  "/api/stats", "/api/stream", "/api/alerts", "/api/alerts/stream",
+                                  "/api/alerts/{alert_id}"}  # fmt: skip
     assert all(set(ops) == {"get"} for ops in spec["paths"].values())
     assert api.get("/static/../api.py").status_code == 404
 
@@ -156,7 +136,6 @@ def test_bearer_token(served) -> None:  # type: ignore[no-untyped-def]
             assert c.get("/api/results").status_code == 401
             assert c.get("/api/results", headers={"Authorization": "Bearer wrong"}).status_code == 401
             assert c.get("/api/results/s-1/thumbnail").status_code == 401
-            assert c.get("/api/dead-letters").status_code == 401
             ok = c.get("/api/results", headers={"Authorization": "Bearer s3cret", "Origin": "http://dash.example"})
             assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://dash.example"
             assert c.get("/api/health").status_code == 200 and c.get("/").status_code == 200  # no data in either

@@ -219,6 +219,23 @@ def test_thumbnail_is_a_small_bounded_jpeg() -> None:
     assert thumbnail(_encode(Image.new("RGB", (8, 8)), "TIFF")) is None
 
 
+def test_thumbnail_of_jpeg_bytes_is_a_draft_decode_of_the_same_picture() -> None:
+    """From JPEG bytes the thumbnail comes from a reduced-scale (draft) decode, at full
+    thumbnail size; it shows the same picture as the one made from the full decode."""
+    from stream.images import _thumbnail_source, thumbnail
+
+    src = Image.linear_gradient("L").resize((320, 240)).convert("RGB")
+    data = _encode(src, "JPEG")
+    assert _thumbnail_source(data, 160, 10**8).size == (160, 120)  # decoded at 1/2 scale
+    for odd in ((333, 250), (1000, 90), (90, 1000)):
+        assert max(_thumbnail_source(_encode(src.resize(odd), "JPEG"), 160, 10**8).size) >= 160
+    from_bytes = Image.open(io.BytesIO(thumbnail(data)))
+    from_decoded = Image.open(io.BytesIO(thumbnail(decode_image(data, max_bytes=10**6, max_pixels=10**6))))
+    assert from_bytes.size == from_decoded.size == (160, 120)
+    diff = [abs(a - b) for a, b in zip(from_bytes.convert("L").getdata(), from_decoded.convert("L").getdata())]
+    assert sum(diff) / len(diff) < 4
+
+
 @pytest.fixture
 def counting_server():  # type: ignore[no-untyped-def]
     srv = ImageServer()

@@ -1,6 +1,7 @@
-"""The sinks against the real broker and cache: a record refused for good becomes a bounded
-dead letter or is skipped (logged, counted), acknowledged records are never re-sent, and a
-result Redis refuses for good does not block the others."""
+"""The sinks, driven by the one delivery component, against the real broker and cache: a
+record refused for good becomes a bounded dead letter or is skipped (logged, counted),
+acknowledged records are never re-sent, and a result Redis refuses for good does not block
+the others."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import json
 import time
 from collections import Counter
 
+from stream.delivery import SINKS, Delivery, build_sinks
 from stream.kafka import producer
 from stream.messages import InRecord, OutResult, dead_letter
 from stream.protocol import DeadLetter, ErrorCode, Probabilities, SentimentResult, Timings
-from stream.sinks import KafkaSink, RedisSink, RetryPolicy
+from stream.sinks import KafkaSink, RedisSink, RetryPolicy, SinkContext
 from stream.store import AsyncResultWriter, KeyLayout, ResultStore
 from tests.support.stream_helpers import create_topics, read_topic
 
@@ -49,8 +51,8 @@ def test_refused_records_become_bounded_dead_letters_or_are_skipped(make_setting
         prod = producer(s, max_request_size=max_request)
         await prod.start()
         try:
-            sink = KafkaSink(lambda t, k, v: prod.send(t, key=k, value=v), s.output_topic, s.dlq_topic, counters=counts)
-            await asyncio.wait_for(sink.write(results, dead), 30)
+            sink = KafkaSink(lambda t, k, v: prod.send(t, key=k, value=v), s.output_topic, s.dlq_topic)
+            await asyncio.wait_for(Delivery([sink], counters=counts).deliver(results, dead), 30)
         finally:
             await prod.stop()
 
@@ -112,7 +114,7 @@ def test_redis_refusal_skips_only_the_refused_results(make_settings) -> None:
     async def run() -> None:
         writer = AsyncResultWriter(s.redis_url_value, layout)
         try:
-            await asyncio.wait_for(RedisSink(writer, counters=counts).write(items), 20)
+            await asyncio.wait_for(Delivery([RedisSink(writer)], counters=counts).deliver(items), 20)
         finally:
             await writer.aclose()
 
@@ -146,8 +148,9 @@ def test_a_retry_resends_only_the_records_kafka_did_not_acknowledge(make_setting
             return await prod.send(topic, key=key, value=value)
 
         try:
-            sink = KafkaSink(flaky_send, s.output_topic, s.dlq_topic, counters=counts, policy=RetryPolicy(base_s=0.05))
-            await asyncio.wait_for(sink.write([_result(i, s.input_topic) for i in range(8)]), 30)
+            sink = KafkaSink(flaky_send, s.output_topic, s.dlq_topic)
+            delivery = Delivery([sink], counters=counts, policy=RetryPolicy(base_s=0.05))
+            await asyncio.wait_for(delivery.deliver([_result(i, s.input_topic) for i in range(8)]), 30)
         finally:
             await prod.stop()
 
@@ -155,3 +158,89 @@ def test_a_retry_resends_only_the_records_kafka_did_not_acknowledge(make_setting
     out = read_topic(s, s.output_topic, 9, timeout=3)  # one more than expected: waits the full 3 s for extras
     assert Counter(m.key.decode() for m in out) == {f"p{i}": 1 for i in range(8)}
     assert failed_once == {b"p2", b"p5"} and counts.retries == {"kafka": 1} and not counts.skips
+
+
+def test_sinks_only_write_and_report_failures(make_settings) -> None:
+    """A sink writes each item once and reports the refused one with its error; it neither
+    retries nor falls back (the delivery does). The registry builds both sinks from settings."""
+    s = make_settings()
+    layout = KeyLayout.from_settings(s)
+    store = ResultStore.from_settings(s)
+    store.client.hset(layout.result("p1"), "a", "hash where a string belongs")
+    items = [_result(i, s.input_topic) for i in range(3)]
+
+    async def run():  # type: ignore[no-untyped-def]
+        writer = AsyncResultWriter(s.redis_url_value, layout)
+        try:
+            sinks = build_sinks(SinkContext(s, send=lambda t, k, v: None, writer=writer))
+            assert [x.name for x in sinks] == ["kafka", "redis"] and len(SINKS) == 2
+            return await RedisSink(writer).write(items)
+        finally:
+            await writer.aclose()
+
+    try:
+        failed = asyncio.run(run())
+        assert [f.item.result.id for f in failed] == ["p1"] and "WRONGTYPE" in str(failed[0].error)
+        assert RetryPolicy().is_permanent(failed[0].error)
+        assert store.get("p0") is not None and store.get("p2") is not None
+    finally:
+        store.close()
+
+
+def test_a_failing_step_is_retried_until_it_succeeds() -> None:
+    from stream.delivery import until_done
+
+    calls: list[int] = []
+    seen: list[str] = []
+
+    async def step() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("model server down")
+        return "done"
+
+    got = asyncio.run(until_done(RetryPolicy(base_s=0.01), "step", step, on_retry=lambda e: seen.append(str(e))))
+    assert got == "done" and len(calls) == 3 and seen == ["model server down"] * 2
+
+
+def test_delivery_retries_falls_back_and_skips_for_any_sink() -> None:
+    """The one mechanism, for a sink that is neither Kafka nor Redis: a transient failure is
+    retried (only that item), a permanent one is replaced by the sink's fallback, and an item
+    whose fallback is refused too is skipped and counted - the sink itself only writes."""
+    from redis.exceptions import ResponseError
+
+    from stream.sinks import BaseSink, Failed
+
+    items = [_result(i, "t") for i in range(4)]
+    calls: list[list[str]] = []
+    flaky = {"p1"}
+
+    class ListSink(BaseSink):
+        name = "list"
+
+        def __init__(self) -> None:
+            self.written: list[str] = []
+
+        async def write(self, results, dead=()):  # type: ignore[no-untyped-def]
+            got = [r.result.id for r in results] + [f"dead:{d.dead.post_id}" for d in dead]
+            calls.append(got)
+            failed = []
+            for item, name in zip([*results, *dead], got):
+                if name in flaky:
+                    flaky.discard(name)
+                    failed.append(Failed(item, ConnectionError("down for a moment")))
+                elif name in ("p2", "p3", "dead:p3"):
+                    failed.append(Failed(item, ResponseError("WRONGTYPE refused for good")))
+                else:
+                    self.written.append(name)
+            return failed
+
+        def fallback(self, item, error):  # type: ignore[no-untyped-def]
+            rec = item.record
+            return dead_letter(rec, ErrorCode.PUBLISH_FAILED, str(error), item.result.id, inline_max=0) if rec else None
+
+    sink, counts = ListSink(), Counts()
+    asyncio.run(Delivery([sink], counters=counts, policy=RetryPolicy(base_s=0.01)).deliver(items))
+    assert sorted(sink.written) == ["dead:p2", "p0", "p1"]  # p3's fallback was refused too: skipped
+    assert calls[0] == ["p0", "p1", "p2", "p3"] and calls[1] == ["dead:p2", "dead:p3"] and calls[2] == ["p1"]
+    assert counts.retries == {"list": 1} and counts.skips == {"list": 1}

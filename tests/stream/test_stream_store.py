@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -151,3 +152,85 @@ def test_dashboard_keys(store: ResultStore) -> None:
 def store_url(store: ResultStore) -> str:
     kw = store.client.connection_pool.connection_kwargs
     return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
+
+
+def test_both_faces_read_the_same_and_clamp_counts(store: ResultStore) -> None:
+    """The sync face (the CLI) and the async face (mulcot serve) run the one read model: the
+    same results, filters and counts; a negative count reads as 0 and unknown keys are ignored
+    by both."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from stream.store import AsyncResultStore
+
+    now = 1_700_000_000
+    for i, label in enumerate(["positive", "negative", "positive", "neutral"]):
+        store.put(_r(f"f{i}", label=label, aspect="Tea" if i % 2 else None), event_ms=(now - 10 + i) * 1000, text=f"t{i}")
+    bucket = store.layout.counts(60, now - now % 60)
+    store.client.hset(bucket, mapping={"neutral": -3, "bogus": 7})
+
+    async def read_async():  # type: ignore[no-untyped-def]
+        client = aioredis.from_url(store_url(store))
+        try:
+            a = AsyncResultStore(client, store.layout)
+            return (await a.run(a.reads.counts(60, 1, now_s=now)), [it.post_id for it in await a.run(a.reads.newest(10, label="positive"))],
+                    [it.post_id for it in await a.run(a.reads.newest(10, aspect="TEA"))])  # fmt: skip
+        finally:
+            await client.aclose()
+
+    counts, positive, tea = asyncio.run(read_async())
+    assert counts == store.counts(60, 1, now_s=now) == [(now - now % 60, {"positive": 2, "neutral": 0, "negative": 1})]
+    assert positive == [r.id for r in store.matching(10, label="positive")] == ["f2", "f0"]
+    assert tea == [r.id for r in store.by_aspect("tea")] == ["f3", "f1"]
+    entries = store.events_after("0")
+    assert [r.id for r in store.new_results(entries + entries[:1], label="positive")] == ["f2", "f0"]
+    assert store.indexed() == 4 and store.aspects() == ["tea"]
+
+
+def _alert(n: int):  # type: ignore[no-untyped-def]
+    from stream.protocol import Alert, AlertFigures
+
+    fig = AlertFigures(start_ms=n * 600_000, end_ms=(n + 1) * 600_000, count=30, positive=5, neutral=4, negative=21, share=0.7, per_hour=180)
+    return Alert(id=f"negative_shift:600s:{n * 600_000}:aspect:tea", kind="negative_shift", scope="tea", aspect="tea", window_s=600,
+                 window_start_ms=n * 600_000, window_end_ms=(n + 1) * 600_000, observed=fig, baseline=fig, expected=6.0,
+                 effect=0.5, p_value=1e-9, q_value=1e-8, test="t", examples=["f0"])  # fmt: skip
+
+
+def test_both_faces_read_the_same_alerts(store: ResultStore) -> None:
+    """The alert reads are the read model's too: the newest alerts, one alert, the counts
+    apart and the alerts:events follow agree on both faces; an announced alert that expired is
+    left out of the follow, and its entry still moves the reader on."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from stream.alerts import AlertConfig, RedisState
+    from stream.store import AsyncResultStore
+
+    state = RedisState(store_url(store), store.layout, AlertConfig())
+    try:
+        alerts = [_alert(n) for n in (1, 2, 3)]
+        for a in alerts:
+            assert state.put_alert(a)[0]
+        state.count_rejected({"invalid": 2})
+    finally:
+        state.close()
+    store.client.delete(store.layout.alert(alerts[2].id))  # announced, then expired
+
+    async def read_async():  # type: ignore[no-untyped-def]
+        client = aioredis.from_url(store_url(store))
+        try:
+            a = AsyncResultStore(client, store.layout)
+            return (await a.run(a.reads.alerts_page(10)), await a.run(a.reads.alert_events_after("0-0", None)),
+                    await a.run(a.reads.last_alert_event_id()))  # fmt: skip
+        finally:
+            await client.aclose()
+
+    (last, raws, apart), follow, newest = asyncio.run(read_async())
+    assert [r.id for r in store.alerts(10)] == [a.id for a in alerts[1::-1]] == [json.loads(r)["id"] for r in raws]
+    assert store.alert(alerts[0].id) == alerts[0] and store.alert(alerts[2].id) is None
+    assert apart == store.alert_counts() == {"rejected_invalid": 2}
+    assert last == newest == follow[-1][0] and follow[-1][1] == b""  # the expired one: its entry id, no alert
+    assert [json.loads(r)["id"] for _, r in follow[:-1]] == [a.id for a in alerts[:2]]
+    assert store.run(store.reads.alert_events_after(newest, None)) == []

@@ -292,7 +292,7 @@ def test_label_first_mode(make_settings, start_worker) -> None:
 def test_worker_with_a_real_torch_student(make_settings, start_worker, tmp_path) -> None:
     """The worker with a real (tiny, random) HF student: torch runs in the model thread while
     the Faust loop keeps the group alive; every post gets a label with a chain."""
-    from model.tiny import build_tiny_qwen2_5_vl
+    from model.backends.tiny.build import build_tiny_qwen2_5_vl
 
     path = build_tiny_qwen2_5_vl(tmp_path / "tiny-qwen")
     s = make_settings(model_spec=f"hf:{path}", max_batch=4, max_latency_ms=100)
@@ -320,7 +320,7 @@ def test_worker_overlaps_batches_on_a_thread_safe_engine_student(make_settings, 
     """An HF student with the batched engine takes calls from several threads (thread_safe), so
     the worker gives it one model thread per batch in flight: with concurrency 2, two Kafka
     batches share the engine's slots; every post still gets its label and chain."""
-    from model.tiny import build_tiny_qwen2_5_vl
+    from model.backends.tiny.build import build_tiny_qwen2_5_vl
 
     path = build_tiny_qwen2_5_vl(tmp_path / "tiny-qwen")
     s = make_settings(model_spec=f"hf:{path}", max_batch=3, max_latency_ms=100, concurrency=2)

@@ -1,11 +1,11 @@
-"""Test-only helper: teach a tiny random model (``model.tiny``) a few known answers."""
+"""Test-only helper: teach a tiny random model (``model.backends.tiny.build``) a few known answers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from model import PostInput
-from model.tiny import load_tiny
+from model.backends.tiny.build import load_tiny
 
 
 def overfit_tiny(
@@ -24,8 +24,8 @@ def overfit_tiny(
     so real generation through the backend reproduces a known chain."""
     import torch
 
-    from model.hf.inputs import encode_batch, render_prompt
-    from model.hf.processor import save_processor
+    from model.backends.hf.inputs import encode_batch, render_prompt
+    from model.backends.hf.processor import save_processor
 
     torch.manual_seed(seed)
     model, processor = load_tiny(src)

@@ -16,14 +16,14 @@ def synthetic_jsonl(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen(tmp_path_factory) -> Path:
-    """A tiny random Qwen2.5-VL built by model.tiny (shared by the session's tests)."""
-    from model.tiny import build_tiny
+    """A tiny random Qwen2.5-VL built by model.backends.tiny.build (shared by the session's tests)."""
+    from model.backends.tiny.build import build_tiny
 
     return build_tiny("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "qwen", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_smolvlm(tmp_path_factory) -> Path:
-    from model.tiny import build_tiny
+    from model.backends.tiny.build import build_tiny
 
     return build_tiny("smolvlm", tmp_path_factory.mktemp("tiny") / "smolvlm", seed=0)

@@ -1,4 +1,4 @@
-"""Assistant, augment and student stages end to end on tiny random VLMs (model.tiny) and
+"""Assistant, augment and student stages end to end on tiny random VLMs (model.backends.tiny.build) and
 synthetic posts with Pillow-made images."""
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Modules, in the order a run uses them (each imports only those before it):
 * :mod:`.classifier` - the joint training and the per-route specialise stage;
 * :mod:`.explainer` - the chain writer;
 * :mod:`.run` - the driver: stages, training log, model card.
+* :mod:`.select` - model selection: k-fold CV of registered candidates, export of the adopted one.
 
-``mulcot distill compact RECIPE`` (or ``python -m training.compact RECIPE``) runs it.
+``mulcot distill compact RECIPE`` (or ``python -m training.compact RECIPE``) runs it;
+``mulcot distill cv`` (or ``python -m training.compact.select``) selects.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.compact.text import CompactClassifier, load_classifier
+from model.backends.compact.text import CompactClassifier, load_classifier
 
 from ..data import Example
 from .export import save_classifier

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.compact.text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path
+from model.backends.compact.text import ClassifierConfig, CompactClassifier, load_classifier, minilm_path
 
 from ..data import Example
 from ..losses import kl_on_label_space
@@ -32,7 +32,7 @@ def _assistant(r: CompactRecipe) -> CompactClassifier | None:
     return load_classifier(Path(r.assistant)).eval()
 
 
-def _train_epoch(model, teacher, batches: Batches, train: list[Example], opt, sched, r: CompactRecipe, log,
+def train_epoch(model, teacher, batches: Batches, train: list[Example], opt, sched, r: CompactRecipe, log,
                  epoch: int, stage: str = "classifier") -> float:
     """One shuffled pass over ``train``: CE (label smoothing 0.05), plus the method's
     (1 - lambda) CE + lambda T^2 KL(assistant || student) when ``teacher`` is given.
@@ -105,7 +105,7 @@ def train_classifier(r: CompactRecipe, out: Path, log) -> dict:
         raise ValueError(f"routes name dev sets that are not in dev_sets: {sorted(missing)}")
     best, history, route_best, states = None, [], {}, []
     for epoch in range(r.epochs):
-        t0 = _train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch)
+        t0 = train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch)
         states = keep_last(states, model, r.average_last)
         scores = {}
         for p, exs in devs.items():
@@ -170,7 +170,7 @@ def specialise_routes(r: CompactRecipe, out: Path, log) -> dict:
         model.label_bias.zero_()
         states = []
         for epoch in range(r.specialise_epochs):
-            t0 = _train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch, stage=f"specialise_{route}")
+            t0 = train_epoch(model, teacher, batches, train, opt, sched, r, log, epoch, stage=f"specialise_{route}")
             states = keep_last(states, model, r.average_last)
             cal = calibrated(model, batches, dev, average)
             log({"stage": f"specialise_{route}", "epoch": epoch, "epoch_s": time.time() - t0, **cal})

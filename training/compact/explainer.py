@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from model.chain import chain_label, parse_chain
-from model.compact.explainer import (
+from model.backends.compact.explainer import (
     ExplainerConfig,
     chat_prompt,
     first_sentence,
@@ -24,6 +23,7 @@ from model.compact.explainer import (
     target_from_fields,
     user_prompt,
 )
+from model.chain import chain_label, parse_chain
 
 from ..data import Example, data_dir, load_examples
 from ..grounding import claims_pixels
@@ -84,7 +84,7 @@ _OPENER = re.compile(
 def conclusion_rest(conclusion: str) -> str:
     """A teacher conclusion without its "Integrating insights from both the text and the image,"
     opener (a claim about pixels the student never sees), first letter lower-cased, to follow a
-    forced start from ``model.compact.grounded.conclusion_start``."""
+    forced start from ``model.backends.compact.grounded.conclusion_start``."""
     rest = _OPENER.sub("", conclusion.strip()).strip()
     return rest[:1].lower() + rest[1:] if rest else rest
 
@@ -103,7 +103,7 @@ def grounded_rows(pairs, cfg: ExplainerConfig, tok, student, no_image_every: int
     to write those with the grounded lines in context, as it does when serving. Every
     ``no_image_every``-th kept post is repeated without its image (no image words, the no-image
     lines, "From the text alone,"). Returns (rows, counts)."""
-    from model.compact.grounded import NO_IMAGE, NO_IMAGE_CONFLICT, conclusion_start
+    from model.backends.compact.grounded import NO_IMAGE, NO_IMAGE_CONFLICT, conclusion_start
 
     rows, counts = [], {"posts": len(pairs), "wrong_label": 0, "pixel_claims": 0, "kept": 0, "no_image_rows": 0}
     for s in range(0, len(pairs), batch):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from model.compact.text import ClassifierConfig, CompactClassifier
+from model.backends.compact.text import ClassifierConfig, CompactClassifier
 
 STUDENT_FILES = ("classifier.safetensors", "classifier.json", "explainer.safetensors", "explainer.json")
 ROUTES = ("aspect", "post")

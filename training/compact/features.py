@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from model import LABELS
-from model.compact.text import ClassifierConfig, encode_pairs
-from model.compact.vision import ImageEncoder
+from model.backends.compact.text import ClassifierConfig, encode_pairs
+from model.backends.compact.vision import ImageEncoder
 
 from ..data import Example, data_dir, load_examples
 

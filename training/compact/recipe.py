@@ -47,7 +47,7 @@ class CompactRecipe(StrictModel):
                        "the last N epochs of the joint training, and of the specialise stage: a one-run model soup, "
                        "at no cost when serving. The average replaces the route's classifier only when its dev "
                        "(accuracy, F1), offsets tuned, beats the classifier chosen without it. 0 or 1: off.")
-    classifier: dict = Field(default_factory=dict, description="Overrides of model.compact.text.ClassifierConfig.")
+    classifier: dict = Field(default_factory=dict, description="Overrides of model.backends.compact.text.ClassifierConfig.")
     epochs: int = Field(4, description="Epochs of the joint classifier training.")
     batch_size: int = Field(32, description="Posts per classifier training step.")
     lr: float = Field(1e-3, description="AdamW learning rate of the LoRA factors.")
@@ -64,7 +64,7 @@ class CompactRecipe(StrictModel):
                                                     "for distillation.")
     threads: int = Field(2, description="torch CPU threads.")
     limit: int | None = Field(None, description="Read at most this many posts per file (smoke tests and dry runs).")
-    explainer: dict = Field(default_factory=dict, description="Overrides of model.compact.explainer.ExplainerConfig "
+    explainer: dict = Field(default_factory=dict, description="Overrides of model.backends.compact.explainer.ExplainerConfig "
                                                               "(LoRA shape, words per field, max new tokens).")
     explainer_from: str | None = Field(None, description="Reuse the chain writer of this earlier run (its "
                                                          "explainer.* files) instead of training one.")

@@ -2,7 +2,7 @@
 
 Two tasks over the same post and image: the reasoning prompt -> the teacher chain, and the label
 prompt -> the label word. ``loss = CE(chain) + CE(label)`` (equal weights), each on answer
-tokens only (see :mod:`training.vlm`). The best epoch (dev accuracy, ties by macro F1) is saved
+tokens only (see :mod:`training.mulcot.vlm`). The best epoch (dev accuracy, ties by macro F1) is saved
 as a LoRA adapter under ``out_dir/best`` (``load_student("hf:<out_dir>/best")`` loads it).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from ..data import Example
 from ..losses import distill_loss_terms
 from .trainer import TrainSettings, fit
-from .vlm import LoraSettings, add_lora, load_model, model_inputs
+from .vlm import LoraSettings, load_model, model_inputs
 
 
 def ce_on_answers(model: Any, batch: dict):
@@ -61,8 +61,7 @@ def train_assistant(
     if chains == 0:
         raise ValueError("assistant stage: no training example has a teacher chain (run the teacher stage first)")
     base, processor, info = load_model(model, device="cpu", dtype=dtype)
-    peft_model = add_lora(base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.targets,
-                          modules_to_save=lora.modules_to_save)
+    peft_model = lora.apply(base)
     card = {
         "recipe_stage": "assistant",
         "base_model": str(model),

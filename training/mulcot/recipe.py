@@ -4,7 +4,7 @@ Every field has a description; ``mulcot distill run --schema`` prints them all (
 CLI help). Unknown keys are errors (typos do not pass silently). Relative paths are taken from
 the current directory; dataset fields also accept split names under the data folder
 (``t15/dev`` = ``../shared/data/t15/dev.jsonl``). A model field may be a local directory, a hub
-id, or ``tiny:<family>`` (a tiny random model built by ``model.tiny`` into the run folder;
+id, or ``tiny:<family>`` (a tiny random model built by ``model.backends.tiny.build`` into the run folder;
 for tests and smoke runs only).
 
 :func:`training.mulcot.run.run_recipe` runs the stages in order - teacher, assistant, augment,
@@ -38,7 +38,7 @@ class DataConfig(_Strict):
     dev_limit: int | None = Field(None, description="Use only the first N dev/test rows (defaults to `limit`).")
     image_max_side: int | None = Field(320, description="Teacher stage: downscale images to this longer side when "
                                                        "loading. The assistant and student (training, augmentation, "
-                                                       "evaluation) see images exactly as served: model.hf.inputs.")
+                                                       "evaluation) see images exactly as served: model.backends.hf.inputs.")
 
 
 class TeacherConfig(_Strict):

@@ -19,11 +19,11 @@ from typing import Any
 from ..data import Example
 from ..losses import distill_loss_terms
 from .trainer import TrainSettings, fit
-from .vlm import LoraSettings, add_lora, check_same_vision_tokens, check_shared_tokenizer, load_model, model_inputs
+from .vlm import LoraSettings, check_same_vision_tokens, check_shared_tokenizer, load_model, model_inputs
 
 
 def make_student_loss(assistant: Any, lam: float = 0.3, T: float = 2.0):
-    """``loss_fn(model, batches)`` for :func:`training.trainer.fit`."""
+    """``loss_fn(model, batches)`` for :func:`training.mulcot.trainer.fit`."""
     import torch
 
     def loss_fn(model: Any, batches: dict) -> dict:
@@ -88,8 +88,7 @@ def train_student(
     teacher, t_processor, t_info = load_assistant(assistant, device=str(acc.device), dtype=dtype)
     check_shared_tokenizer(processor, t_processor)
     check_same_vision_tokens(base, teacher)
-    peft_model = add_lora(base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.targets,
-                          modules_to_save=lora.modules_to_save)
+    peft_model = lora.apply(base)
     card = {
         "recipe_stage": "student",
         "base_model": str(model),

@@ -62,7 +62,7 @@ class TrainSettings(TrainConfig):
     """:class:`TrainConfig` plus what the run adds."""
 
     image_max_side: int | None = Field(None, description="Downscale images to this longer side when loading "
-                                                         "(None: as served, see model.hf.inputs).")
+                                                         "(None: as served, see model.backends.hf.inputs).")
     seed: int = Field(0, description="Seed for Python, NumPy, torch and data order.")
     progress: bool = Field(True, description="Show a progress bar.")
 
@@ -90,7 +90,7 @@ def make_batches(processor: Any, examples: Sequence[Example], *, family: str, cf
 
 
 def _save_adapter(model: Any, processor: Any, path: Path) -> None:
-    from model.hf.processor import save_processor
+    from model.backends.hf.processor import save_processor
 
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)
@@ -190,6 +190,66 @@ class _LossLog:
         return row
 
 
+def _prepare(model: Any, processor: Any, family: str, train_examples: list[Example], cfg: TrainSettings, acc: Any,
+             chain_task: bool, label_task: bool) -> tuple[Any, Any, Any, Any]:
+    """The model, AdamW optimizer and shuffled loader prepared by ``acc``, and the
+    reduce-on-plateau scheduler on dev accuracy."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    def collate(exs: list[Example]) -> dict:
+        return make_batches(processor, exs, family=family, cfg=cfg, chain_task=chain_task, label_task=label_task)
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=g,
+                        num_workers=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                                           patience=cfg.plateau_patience)
+    model.train()
+    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    return model, optimizer, loader, scheduler
+
+
+def _train_steps(acc: Any, model: Any, optimizer: Any, loader: Any, loss_fn: Callable[[Any, dict], dict],
+                 state: dict, losses: _LossLog, bar: Any, cfg: TrainSettings, epoch: int, total: int) -> None:
+    """One epoch's optimizer steps (until ``cfg.max_steps``), the loss logged every ``cfg.log_every``."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    for batches in loader:
+        with acc.accumulate(model):
+            terms = loss_fn(model, batches)
+            acc.backward(terms["loss"])
+            optimizer.step()
+            optimizer.zero_grad()
+        losses.add(terms)
+        if acc.sync_gradients:
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % cfg.log_every == 0 or state["step"] == total:
+                row = losses.flush(epoch, state["step"], optimizer.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if cfg.max_steps and state["step"] >= cfg.max_steps:
+                break
+
+
+def _end_epoch(acc: Any, model: Any, processor: Any, family: str, dev_examples: Sequence[Example],
+               cfg: TrainSettings, optimizer: Any, scheduler: Any, state: dict, epoch: int, stage: str,
+               out: Path) -> None:
+    """Dev selection, the scheduler step and the checkpoints after ``epoch``."""
+    unwrapped = acc.unwrap_model(model)
+    metrics = dev_metrics(unwrapped, processor, list(dev_examples), family=family, image_size=cfg.image_size,
+                          batch_size=cfg.eval_batch_size, image_max_side=cfg.image_max_side) if dev_examples else {}
+    if metrics.get("dev_accuracy") is not None:
+        scheduler.step(metrics["dev_accuracy"])
+    improved = _select(state, epoch, metrics, stage)
+    if acc.is_main_process:
+        _save_epoch(out, state, improved, unwrapped, processor, optimizer, scheduler)
+        print(f"[{stage}] epoch {epoch}: {json.dumps(metrics)}{' (best)' if improved else ''}")
+    acc.wait_for_everyone()
+
+
 def fit(
     *,
     stage: str,
@@ -208,9 +268,7 @@ def fit(
     accelerator: Any = None,
 ) -> dict:
     """Train ``model`` (a peft model) and return the summary (also in ``model_card.json``)."""
-    import torch
     from accelerate import Accelerator
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -221,21 +279,9 @@ def fit(
     train_examples = list(train_examples)
     if not train_examples:
         raise ValueError(f"{stage}: no training examples")
-
-    def collate(exs: list[Example]) -> dict:
-        return make_batches(processor, exs, family=family, cfg=cfg, chain_task=chain_task, label_task=label_task)
-
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=g,
-                        num_workers=0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
-                                                           patience=cfg.plateau_patience)
-    model.train()
-    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    model, optimizer, loader, scheduler = _prepare(model, processor, family, train_examples, cfg, acc, chain_task,
+                                                   label_task)
     state = _resume(out / "last", acc, model, optimizer, scheduler, stage)
-
     total = cfg.epochs * math.ceil(len(loader) / cfg.grad_accum)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
@@ -248,34 +294,8 @@ def fit(
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for batches in loader:
-            with acc.accumulate(model):
-                terms = loss_fn(model, batches)
-                acc.backward(terms["loss"])
-                optimizer.step()
-                optimizer.zero_grad()
-            losses.add(terms)
-            if acc.sync_gradients:
-                state["step"] += 1
-                bar.update(1)
-                if state["step"] % cfg.log_every == 0 or state["step"] == total:
-                    row = losses.flush(epoch, state["step"], optimizer.param_groups[0]["lr"])
-                    bar.set_postfix(loss=f"{row['loss']:.3f}")
-                if cfg.max_steps and state["step"] >= cfg.max_steps:
-                    break
-        # ---- end of epoch: dev selection, scheduler, checkpoints
-        unwrapped = acc.unwrap_model(model)
-        metrics = dev_metrics(unwrapped, processor, list(dev_examples), family=family, image_size=cfg.image_size,
-                              batch_size=cfg.eval_batch_size, image_max_side=cfg.image_max_side) if dev_examples else {}
-        if metrics.get("dev_accuracy") is not None:
-            scheduler.step(metrics["dev_accuracy"])
-        improved = _select(state, epoch, metrics, stage)
-        if acc.is_main_process:
-            _save_epoch(out, state, improved, unwrapped, processor, optimizer, scheduler)
-            print(f"[{stage}] epoch {epoch}: {json.dumps(metrics)}{' (best)' if improved else ''}")
-        acc.wait_for_everyone()
+        _train_steps(acc, model, optimizer, loader, loss_fn, state, losses, bar, cfg, epoch, total)
+        _end_epoch(acc, model, processor, family, dev_examples, cfg, optimizer, scheduler, state, epoch, stage, out)
     bar.close()
     summary = {
         "stage": stage,

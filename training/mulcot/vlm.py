@@ -3,8 +3,8 @@ loading, LoRA, batches with answer-only labels, label scoring, tokenizer compati
 
 Batches: each item is (post, prompt, answer). The text is the model's chat template for the
 prompt (ending at the assistant-turn start, exactly what inference sees, via
-``model.hf.inputs.render_prompt``) + the answer + the EOS token; images go through the same
-``model.hf.inputs.encode_rendered`` as at inference (same shrink, same resize, same pixels). Sequences are left-padded
+``model.backends.hf.inputs.render_prompt``) + the answer + the EOS token; images go through the same
+``model.backends.hf.inputs.encode_rendered`` as at inference (same shrink, same resize, same pixels). Sequences are left-padded
 (as at inference), so the answer occupies the last ``n_answer`` positions of each row; ``labels``
 hold the token ids there and ``-100`` everywhere else (prompt, image tokens, padding), and
 ``answer_mask`` is True there. Losses are therefore computed on answer tokens only.
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import Field
 
 from model import LABELS, PostInput
-from model.hf.inputs import answer_lead, encode_batch, encode_rendered, render_prompt
+from model.backends.hf.inputs import answer_lead, encode_batch, encode_rendered, render_prompt
 from model.prompts import LABEL_WORDS, label_prompt, reasoning_prompt
 
 from ..data import Example
@@ -41,6 +41,11 @@ class LoraSettings(StrictModel):
     modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved with the adapter "
                                                                 "(e.g. [lm_head] for tiny random test models).")
 
+    def apply(self, model: Any) -> Any:
+        """``model`` wrapped with a trainable adapter of these settings (:func:`add_lora`)."""
+        return add_lora(model, r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=self.targets,
+                        modules_to_save=self.modules_to_save)
+
     def card(self) -> dict:
         """The adapter's settings as a model card records them."""
         return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout,
@@ -50,7 +55,7 @@ class LoraSettings(StrictModel):
 
 def load_model(target: str | Path, *, device: str = "cpu", dtype: Any = None, adapter: str | None = None):
     """``(model, processor, info)`` with the HF backend's loader (processor without torchvision)."""
-    from model.hf.loading import load_model_and_processor
+    from model.backends.hf.loading import load_model_and_processor
 
     model, processor, info = load_model_and_processor(str(target), adapter, device=device, dtype=dtype)
     processor.tokenizer.padding_side = "left"

@@ -1,6 +1,7 @@
 // The mulcot-stream dashboard: plain script, no build step, no dependencies.
 // Reads /api/results (first page), /api/stream (server-sent events, read with fetch so a
-// bearer token can be sent), /api/stats (chart and counters, polled). Text from results is
+// bearer token can be sent), /api/stats (chart and counters, polled), /api/alerts (the alerts
+// panel, polled; an alert's example posts come from /api/alerts/{id} as cards). Text from results is
 // only ever set with textContent. At most MAX_CARDS cards are kept in the DOM; new results
 // are queued and rendered in one DOM update at most every FLUSH_EVERY_MS, so 50 results/s cost
 // four small updates a second; cards out of view are not laid out (content-visibility).
@@ -32,6 +33,7 @@ const state = {
   generation: 0,
   flushPending: false,
   lastFlush: 0,
+  alertsKey: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -265,6 +267,7 @@ async function restart() {
   }
   follow(generation);
   refreshStats();
+  refreshAlerts();
 }
 
 // --- chart and counters -----------------------------------------------------------------
@@ -340,6 +343,85 @@ async function refreshStats() {
   }
 }
 
+// --- alerts -----------------------------------------------------------------------------
+const ALERT_KINDS = { negative_shift: "negative share up", positive_shift: "positive share up", volume_spike: "volume spike" };
+
+function pct(x) {
+  return Math.round(100 * x) + "%";
+}
+
+function utc(ms, withDate) {
+  const iso = new Date(ms).toISOString();
+  return withDate ? iso.slice(0, 10) + " " + iso.slice(11, 16) : iso.slice(11, 16);
+}
+
+function alertFigures(a) {
+  const o = a.observed, b = a.baseline;
+  if (o.share !== null && o.share !== undefined) {
+    const label = a.kind === "negative_shift" ? "negative" : "positive";
+    return pct(o.share) + " " + label + " (" + o[label] + " of " + o.count + ") vs " + pct(b.share) + " (" + b[label] + " of " + b.count + ") before";
+  }
+  return o.count + " posts vs " + a.expected.toFixed(1) + " expected (" + a.effect.toFixed(1) + "x)";
+}
+
+function alertItem(a) {
+  const li = el("li", "alert " + a.kind);
+  li.dataset.id = a.id;
+  li.dataset.kind = a.kind;
+  li.dataset.scope = a.scope;
+  const head = el("div", "alert-head");
+  head.appendChild(el("span", "kind", ALERT_KINDS[a.kind] || a.kind));
+  head.appendChild(el("span", "scope", a.scope === "all" && a.aspect === null ? "all posts" : a.scope));
+  head.appendChild(el("span", "when", utc(a.window_start_ms, true) + "-" + utc(a.window_end_ms, false) + " UTC (" + Math.round(a.window_s / 60) + " min)"));
+  li.appendChild(head);
+  li.appendChild(el("div", "figures", alertFigures(a) + "; p " + a.p_value.toPrecision(2) + ", q " + a.q_value.toPrecision(2)));
+  const ex = el("div", "examples");
+  ex.appendChild(document.createTextNode("examples: "));
+  for (const pid of a.examples) {
+    const link = el("a", "example", pid);
+    link.href = "#post=" + encodeURIComponent(pid);
+    link.dataset.post = pid;
+    link.addEventListener("click", (e) => { e.preventDefault(); showExamples(a, pid); });
+    ex.appendChild(link);
+    ex.appendChild(document.createTextNode(" "));
+  }
+  li.appendChild(ex);
+  return li;
+}
+
+async function showExamples(a, pid) {
+  try {
+    const detail = await api("/api/alerts/" + encodeURIComponent(a.id));
+    const box = $("alert-examples");
+    while (box.firstChild) box.removeChild(box.firstChild);
+    $("alert-examples-title").textContent = "Example posts of " + (ALERT_KINDS[a.kind] || a.kind) + " in " + a.scope + " (" + detail.examples.length + " still cached)";
+    for (const item of detail.examples) box.appendChild(card(item, false));
+    $("alert-examples-box").hidden = false;
+    const picked = box.querySelector(".card[data-id='" + CSS.escape(pid) + "']");
+    if (picked) {
+      picked.classList.add("picked");
+      picked.scrollIntoView({ block: "nearest" });
+    }
+  } catch (err) {
+    $("alerts-note").textContent = "could not load the alert: " + String(err.message || err);
+  }
+}
+
+async function refreshAlerts() {
+  try {
+    const page = await api("/api/alerts?recent=20");
+    const key = page.items.map((a) => a.id).join("|");
+    if (key === state.alertsKey) return;
+    state.alertsKey = key;
+    const list = $("alerts");
+    while (list.firstChild) list.removeChild(list.firstChild);
+    for (const a of page.items) list.appendChild(alertItem(a));
+    $("alerts-empty").hidden = page.items.length > 0;
+  } catch (err) {
+    /* shown by the connection badge */
+  }
+}
+
 function tickRate() {
   const now = Date.now();
   while (state.arrivals.length && state.arrivals[0] < now - 10000) state.arrivals.shift();
@@ -363,6 +445,7 @@ function init() {
     restart();
   });
   setInterval(refreshStats, STATS_EVERY_MS);
+  setInterval(refreshAlerts, STATS_EVERY_MS);
   setInterval(tickRate, 1000);
   restart();
 }

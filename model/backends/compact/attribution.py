@@ -1,0 +1,261 @@
+"""Which words of a post moved the served classifier toward its label: occlusion (leave-one-word-out
+feature ablation, Captum's ``FeatureAblation``) through the route that served the post.
+
+A post's text is cut into words (runs of non-space characters); the words that can be evidence are
+all but retweet markers, @handles, links and the aspect's own words. Each such word is one feature of
+a 0/1 keep-mask; the forward function rebuilds each post's text with the dropped words cut out and
+returns the classifier's probability of the served label. A word's score is
+``p(label | post) - p(label | post without the word)``: positive when the word pulls toward the label,
+negative when it pulls away from it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+MAX_WORDS = 40
+"""Most words of a post that are weighed (the first ones; a tweet has fewer)."""
+WORD = re.compile(r"\S+")
+NOT_EVIDENCE = re.compile(r"^(?:RT|rt|via|@\w+:?|https?://\S+|www\.\S+|&amp;|\W*)$")
+EDGE = re.compile(r"^[\"'“”‘’(\[{<]+|[\"'“”‘’)\]}>.,;:!?…]+$")
+
+
+@dataclass(frozen=True)
+class Word:
+    start: int
+    end: int
+    text: str
+
+
+@dataclass
+class TextEvidence:
+    """The attribution of one post: its candidate words and their scores (same order)."""
+
+    text: str
+    words: list[Word]
+    scores: list[float]
+    label: int
+    """The index of the served label (``model.types.LABELS``)."""
+    base: float
+    """p(label | post)."""
+    phrases: list[tuple[int, int]] = field(default_factory=list)
+    """The cited phrases as (first word, last word) indexes, strongest first (:func:`select_quotes`)."""
+    against: int | None = None
+    """The strongest word that pulls away from the label, if one pulls by ``MIN_WEIGHT``."""
+    without_cited: float | None = None
+    """p(label | post without the cited words): ERASER's comprehensiveness is ``base`` minus this."""
+
+    @property
+    def quotes(self) -> list[str]:
+        return [quote(self.text, self.words, s) for s in self.phrases]
+
+    def cited_mask(self) -> list[bool]:
+        on = {k for lo, hi in self.phrases for k in range(lo, hi + 1)}
+        return [k in on for k in range(len(self.words))]
+
+    def to_dict(self) -> dict:
+        return {"quotes": self.quotes, "weights": [round(max(self.scores[lo:hi + 1]), 4) for lo, hi in self.phrases],
+                "against": None if self.against is None else self.words[self.against].text,
+                "p_label": round(self.base, 4),
+                "p_without_cited": None if self.without_cited is None else round(self.without_cited, 4)}
+
+
+def evidence_words(text: str, aspect: str | None) -> list[Word]:
+    """The words of ``text`` that may be evidence, with their character spans."""
+    spans = []
+    asp = {w.lower() for w in WORD.findall(aspect or "")}
+    for m in WORD.finditer(text):
+        tok = m.group(0)
+        if NOT_EVIDENCE.match(tok):
+            continue
+        core = EDGE.sub("", tok) or tok
+        if core.lower() in asp or core.lower().lstrip("#") in asp:
+            continue
+        s = m.start() + tok.find(core) if core in tok else m.start()
+        spans.append(Word(s, s + len(core), core))
+    return spans
+
+
+def without(text: str, words: Sequence[Word], drop: Sequence[bool]) -> str:
+    """``text`` with the words whose ``drop`` flag is set cut out (spaces closed up)."""
+    out, last = [], 0
+    for w, d in zip(words, drop):
+        if d:
+            out.append(text[last:w.start])
+            last = w.end
+    out.append(text[last:])
+    return re.sub(r"\s{2,}", " ", "".join(out)).strip()
+
+
+def only(text: str, words: Sequence[Word], keep: Sequence[bool]) -> str:
+    return " ".join(w.text for w, k in zip(words, keep) if k)
+
+
+def attribute(texts: Sequence[str], aspects: Sequence[str | None], labels: Sequence[int],
+              probs_fn: Callable[[list[int], list[str]], torch.Tensor], max_words: int = MAX_WORDS,
+              per_eval: int = 64) -> list[TextEvidence]:
+    """Leave-one-word-out scores for every post, with Captum's ``FeatureAblation``.
+
+    ``probs_fn(rows, texts)`` gives the classifier's class probabilities ``[len(rows), 3]`` of post
+    ``rows[i]`` with its text replaced by ``texts[i]`` (the route that served it, its image evidence
+    unchanged). The batch's words are laid side by side as one 0/1 keep-mask (one feature a word);
+    the forward function returns the sum over posts of p(served label), recomputing only the posts
+    a perturbation touches, so ablating a word of post i changes term i alone and its attribution is
+    ``p(label | post) - p(label | post without the word)``. ``per_eval`` ablations share a forward.
+    """
+    from captum.attr import FeatureAblation
+
+    words = [evidence_words(t, a)[:max_words] for t, a in zip(texts, aspects)]
+    B = len(texts)
+    base = probs_fn(list(range(B)), list(texts)).double()
+    base_p = base[torch.arange(B), torch.as_tensor(list(labels))]
+    owner = [i for i, w in enumerate(words) for _ in w]
+    first = [sum(len(w) for w in words[:i]) for i in range(B)]
+    if not owner:
+        return [TextEvidence(texts[i], [], [], int(labels[i]), float(base_p[i])) for i in range(B)]
+    total = float(base_p.sum())
+
+    def forward(mask: torch.Tensor) -> torch.Tensor:
+        jobs = []  # (perturbation row, post, its text with the dropped words cut out)
+        for r, row in enumerate(mask.tolist()):
+            for i in sorted({owner[j] for j, k in enumerate(row) if k == 0}):
+                keep = row[first[i]:first[i] + len(words[i])]
+                jobs.append((r, i, without(texts[i], words[i], [k == 0 for k in keep])))
+        out = torch.full((mask.shape[0],), total, dtype=torch.float64)
+        if jobs:
+            p = probs_fn([i for _, i, _ in jobs], [t for _, _, t in jobs]).double()
+            for (r, i, _), q in zip(jobs, p):
+                out[r] += q[labels[i]] - base_p[i]
+        return out
+
+    attr = FeatureAblation(forward).attribute(
+        torch.ones(1, len(owner), dtype=torch.float64), baselines=0.0,
+        feature_mask=torch.arange(len(owner)).unsqueeze(0), perturbations_per_eval=per_eval)[0]
+    return [TextEvidence(texts[i], words[i], attr[first[i]:first[i] + len(words[i])].tolist(), int(labels[i]),
+                         float(base_p[i])) for i in range(B)]
+
+
+# --------------------------------------------------------------------------- the Text line
+MIN_WEIGHT = 0.05
+"""A word whose removal moves the label's probability by less than this is not cited as evidence."""
+MAX_QUOTES = 3
+PHRASE_WORDS = 3
+KEEP_NEGATIONS = {"not", "no", "never", "nor", "nothing", "none", "cannot", "without", "least", "against",
+                  "less", "very", "too", "most", "much"}
+
+
+def _stop(word: str) -> bool:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    w = word.lower().strip("'’")
+    return (w in ENGLISH_STOP_WORDS and w not in KEEP_NEGATIONS) or not any(c.isalnum() for c in w) and len(w) < 2
+
+
+def select_quotes(text: str, words: list[Word], scores: list[float], min_weight: float = MIN_WEIGHT
+                  ) -> tuple[list[tuple[int, int]], int | None]:
+    """The cited phrases as (first word, last word) index ranges, strongest first, and the index of
+    the strongest word that pulls against the label (None if none pulls by ``min_weight``)."""
+    order = sorted(range(len(words)), key=lambda i: -scores[i])
+    used: set[int] = set()
+    phrases: list[tuple[int, int]] = []
+    for i in order:
+        if len(phrases) == MAX_QUOTES or scores[i] < min_weight:
+            break
+        if i in used or _stop(words[i].text):
+            continue
+        lo = hi = i
+        while hi - lo + 1 < PHRASE_WORDS:  # grow into neighbours that pull the same way
+            left = lo - 1 if lo > 0 and lo - 1 not in used else None
+            right = hi + 1 if hi + 1 < len(words) and hi + 1 not in used else None
+            cand = [j for j in (left, right) if j is not None and scores[j] >= max(min_weight / 2, scores[i] / 3)
+                    and _adjacent(text, words, min(j, lo), max(j, hi))]
+            if not cand:
+                break
+            j = max(cand, key=lambda j: scores[j])
+            lo, hi = min(lo, j), max(hi, j)
+        used.update(range(lo, hi + 1))
+        phrases.append((lo, hi))
+    against = [i for i in order[::-1] if scores[i] <= -min_weight and not _stop(words[i].text)]
+    return _merge(text, words, scores, phrases), (against[0] if against else None)
+
+
+def cite(evidence: list[TextEvidence], probs_fn: Callable[[list[int], list[str]], torch.Tensor],
+         min_weight: float = MIN_WEIGHT) -> list[TextEvidence]:
+    """Choose each post's cited phrases (:func:`select_quotes`) and measure p(label) without them
+    (one batched call of ``probs_fn``, as in :func:`attribute`)."""
+    rows, texts = [], []
+    for i, ev in enumerate(evidence):
+        ev.phrases, ev.against = select_quotes(ev.text, ev.words, ev.scores, min_weight)
+        if ev.phrases:
+            rows.append(i)
+            texts.append(without(ev.text, ev.words, ev.cited_mask()))
+    _measure(evidence, rows, texts, probs_fn)
+    # phrases that pull one way alone but not together (removing all of them does not lower the
+    # label's probability): cite the strongest alone, so the sentence's claim holds as measured
+    redo = [i for i in rows if evidence[i].without_cited >= evidence[i].base and len(evidence[i].phrases) > 1]
+    for i in redo:
+        evidence[i].phrases = evidence[i].phrases[:1]
+    _measure(evidence, redo, [without(evidence[i].text, evidence[i].words, evidence[i].cited_mask()) for i in redo],
+             probs_fn)
+    return evidence
+
+
+def _measure(evidence: list[TextEvidence], rows: list[int], texts: list[str], probs_fn) -> None:
+    if rows:
+        for i, q in zip(rows, probs_fn(rows, texts).tolist()):
+            evidence[i].without_cited = float(q[evidence[i].label])
+
+
+def _merge(text: str, words: list[Word], scores: list[float], phrases: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Cited phrases that touch in the text joined into one, strongest first."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(phrases):
+        if out and out[-1][1] + 1 == lo and _adjacent(text, words, out[-1][1], lo):
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return sorted(out, key=lambda s: -max(scores[s[0]:s[1] + 1]))
+
+
+def _adjacent(text: str, words: list[Word], lo: int, hi: int) -> bool:
+    """Whether words lo..hi stand next to each other in the text (only spaces between them)."""
+    return all(not text[words[k].end:words[k + 1].start].strip(" ") for k in range(lo, hi))
+
+
+def quote(text: str, words: list[Word], span: tuple[int, int]) -> str:
+    return text[words[span[0]].start:words[span[1]].end]
+
+
+def _listing(items: list[str]) -> str:
+    q = [f"'{x}'" for x in items]
+    return q[0] if len(q) == 1 else ", ".join(q[:-1]) + f" and {q[-1]}"
+
+
+def text_sentence(ev: TextEvidence, label: str) -> str:
+    """The Text line from the evidence: the cited words and which way they pull, with the label's
+    probability with and without them; or that the text carries little sentiment."""
+    if not ev.text.strip():
+        return "There is no text with this post."
+    if not ev.words:
+        return "The text has no words to weigh (only handles, links or symbols)."
+    if not ev.phrases:
+        top = max(range(len(ev.words)), key=lambda i: abs(ev.scores[i]))
+        return (f"The text itself carries little sentiment: no word moves the {label} probability by "
+                f"{MIN_WEIGHT:.2f} or more (the strongest, '{ev.words[top].text}', by {abs(ev.scores[top]):.2f}).")
+    quotes = ev.quotes
+    many = len(quotes) > 1
+    verb = {"positive": "read" if many else "reads", "negative": "read" if many else "reads",
+            "neutral": "keep" if many else "keeps"}[label]
+    tail = {"positive": "positive", "negative": "negative", "neutral": "it neutral"}[label]
+    out = f"In the text, {_listing(quotes)} {verb} {tail}"
+    if ev.without_cited is not None:
+        move = "falls" if ev.without_cited < ev.base else "goes"
+        out += (f": without {'them' if many else 'it'} the {label} probability {move} from {ev.base:.2f} "
+                f"to {ev.without_cited:.2f}")
+    if ev.against is not None:
+        out += f"; '{ev.words[ev.against].text}' pulls the other way"
+    return out + "."

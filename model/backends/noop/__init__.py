@@ -1,0 +1,1 @@
+"""The ``noop`` kind: a model-free student for measuring the pipeline alone (:mod:`.student`)."""
