@@ -289,8 +289,8 @@ def test_every_mulcot_variable_in_the_code_is_a_setting_or_allowed() -> None:
     paths = [p for folder in ("stream", "model", "training", "deploy", "tests", "docs") for p in (ROOT / folder).rglob("*")
              if p.suffix in {".py", ".md", ".yml", ".yaml", ".toml", ".sh", ".json"} and p.is_file()]  # fmt: skip
     for path in paths + [ROOT / "docker-compose.yml", ROOT / "README.md", ROOT / "Makefile"]:
-        for name, star in re.findall(r"(MULCOT_[A-Z0-9_]*[A-Z0-9])(_\*)?", path.read_text(errors="replace")):
-            if star:  # prose such as "the MULCOT_SASL_* settings": some setting must start so
+        for name, star in re.findall(r"(MULCOT_[A-Z0-9_]*[A-Z0-9])(_\*|_(?![A-Z0-9_]))?", path.read_text(errors="replace")):
+            if star:  # a prefix ("the MULCOT_SASL_* settings", startswith("MULCOT_ALERTS_")): some setting starts so
                 ok = any(k.startswith(name + "_") for k in known)
             else:
                 ok = name in known or name in typos
