@@ -94,6 +94,27 @@ def features(rows: list[Row], tag: str, cache: Path = CACHE) -> dict[str, np.nda
     return out
 
 
+def mpnet_features(rows: list[Row], tag: str, cache: Path = CACHE) -> np.ndarray:
+    """Round 5: the all-mpnet-base-v2 sentence embedding of each row's text (cached apart)."""
+    f = cache / f"text_route_{tag}_mpnet.npy"
+    if f.exists():
+        return np.load(f)
+    from model.backends.compact.frozen import SentenceEncoder
+    from model.backends.compact.text import mpnet_path
+
+    cache.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    out = SentenceEncoder(path=mpnet_path()).encode([r.text for r in rows], batch=32)
+    print(f"{tag}: {len(rows)} texts embedded by all-mpnet-base-v2 in {time.time() - t0:.0f}s", file=sys.stderr)
+    np.save(f, out)
+    return out
+
+
+def all_features(rows: list[Row], tag: str, cache: Path, mpnet: bool) -> dict[str, np.ndarray]:
+    F = features(rows, tag, cache)
+    return {**F, "mpnet": mpnet_features(rows, tag, cache)} if mpnet else F
+
+
 @dataclass(frozen=True)
 class Candidate:
     name: str
@@ -121,6 +142,15 @@ CANDIDATES = {
     "pool_vader": Candidate("pool_vader", "MiniLM text + VADER, whole pool, balanced class weights",
                             ("text", "vader"), False, True),
 }
+#: Round 5 (docs/results.md): a larger sentence encoder, beside the served ``pool_vader``.
+ROUND5 = {
+    "pool_vader": CANDIDATES["pool_vader"],
+    "mpnet_vader": Candidate("mpnet_vader", "all-mpnet-base-v2 text + VADER, whole pool, balanced class weights",
+                             ("mpnet", "vader"), False, True),
+    "both_vader": Candidate("both_vader", "MiniLM + all-mpnet-base-v2 text + VADER, whole pool, balanced class weights",
+                            ("text", "mpnet", "vader"), False, True),
+}
+ROUNDS = {4: CANDIDATES, 5: ROUND5}
 
 
 def _scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -129,14 +159,17 @@ def _scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return float((pred == y).mean()), float(f1_score(y, pred, average="macro"))
 
 
-def run(k: int = 5, seed: int = 0, cache: Path = CACHE) -> list[dict]:
-    """Every candidate's CV figures over the pool, per-source accuracy, and its out-of-domain check."""
+def run(k: int = 5, seed: int = 0, cache: Path = CACHE, round_: int = 4) -> list[dict]:
+    """Every candidate's CV figures over the pool, per-source accuracy, and its out-of-domain check
+    (the candidates of round ``round_``, its baseline first)."""
     from sklearn.model_selection import StratifiedKFold
 
-    F, O = features(pool(), "pool", cache), features(ood_check(), "ood", cache)
+    cands = ROUNDS[round_]
+    mpnet = any("mpnet" in c.parts for c in cands.values())
+    F, O = all_features(pool(), "pool", cache, mpnet), all_features(ood_check(), "ood", cache, mpnet)
     folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(F["y"])), F["y"]))
     rows = []
-    for cand in CANDIDATES.values():
+    for cand in cands.values():
         accs, f1s, per = [], [], {s: [] for s in np.unique(F["source"])}
         for tr, te in folds:
             pred = cand.fit(F, tr).predict(design(F, cand.parts)[te])
@@ -207,17 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--candidate")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cache", type=Path, default=CACHE)
+    ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=4, help="the candidates of this round")
     a = ap.parse_args(argv)
     if a.verb == "export":
         print(export(a.candidate, a.out, a.cache))
         return
-    rows = run(cache=a.cache)
+    rows = run(cache=a.cache, round_=a.round)
     for r in rows:
         print(f"{r['name']:<11} acc {100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f}  macro F1 {r['f1_mean']:.4f} +- "
               f"{r['f1_std']:.4f}  OOD acc {100 * r['ood_acc']:.1f} F1 {r['ood_f1']:.4f}  per source "
               f"{ {s: round(100 * v, 1) for s, v in r['per_source_acc'].items()} }  passes: {r.get('passes')}")
     print("adopted:", adopted(rows))
-    f = a.cache / "text_route_k5_s0.json"
+    f = a.cache / ("text_route_k5_s0.json" if a.round == 4 else f"text_route_r{a.round}_k5_s0.json")
     f.write_text(json.dumps(rows, indent=2))
     print(f"written {f}")
 

@@ -51,15 +51,17 @@ def design(F: dict[str, np.ndarray], parts: tuple[str, ...] | list[str]) -> np.n
 
 
 class SentenceEncoder:
-    """all-MiniLM-L6-v2 as a sentence encoder (mean-pooled, L2-normalised), frozen."""
+    """all-MiniLM-L6-v2 (or the sentence-transformers model at ``path``, e.g.
+    :func:`~.text.mpnet_path`) as a sentence encoder (mean-pooled, L2-normalised), frozen."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", path: str | Path | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         from .text import minilm_path
 
-        self.tok = AutoTokenizer.from_pretrained(minilm_path())
-        self.model = AutoModel.from_pretrained(minilm_path()).eval().to(device)
+        path = path or minilm_path()
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval().to(device)
         self.device = torch.device(device)
 
     @torch.inference_mode()
@@ -71,7 +73,8 @@ class SentenceEncoder:
             h = self.model(**b).last_hidden_state.float()
             m = b["attention_mask"].unsqueeze(-1).float()
             out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).cpu())
-        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 384), np.float32)
+        return (torch.cat(out).numpy().astype(np.float32) if out
+                else np.zeros((0, self.model.config.hidden_size), np.float32))
 
 
 class FrozenClassifier:

