@@ -337,6 +337,7 @@ NON_SETTING_VARIABLES = frozenset({
     "MULCOT_DATA_DIR",  # the research data (training.data, tests)
     "MULCOT_THREADS",  # torch threads of training.compact.select / training.grounding
     "MULCOT_TINY_DIR",  # where tiny test models are built (model.loading)
+    "MULCOT_MPNET_DIR", "MULCOT_CACHE_DIR",  # all-mpnet-base-v2's folder, or where it is unpacked (model.backends.compact.text)
     "MULCOT_ENGINE", "MULCOT_ENGINE_SLOTS", "MULCOT_ENGINE_MAX_LEN",  # the batched GPU engine (model.engine)
     "MULCOT_GPU_MODEL_SPEC", "MULCOT_MODELS_DIR",  # docker-compose.yml's gpu / vllm profiles
     "MULCOT_CHROMIUM", "MULCOT_TEST_ARTIFACTS", "MULCOT_TEST_TIMING", "MULCOT_README_MODEL",  # the tests
