@@ -146,6 +146,19 @@ class _Writer:
 
 # --- the run ---------------------------------------------------------------------------------
 @dataclass
+class Done:
+    """What a previous run already wrote (``--resume``): result and dead-letter post ids, and
+    the input lines that were dead-lettered."""
+
+    ids: set[str] = field(default_factory=set)
+    lines: set[int] = field(default_factory=set)
+
+    def has(self, number: int, pid: str | None) -> bool:
+        """Whether input line ``number`` (whose post id is ``pid``) is done."""
+        return number in self.lines or (pid is not None and pid in self.ids)
+
+
+@dataclass
 class LabelJob:
     """One ``mulcot label`` run (see the module docstring)."""
 
@@ -180,9 +193,10 @@ class LabelJob:
         if self.out != "-" and self.dead_path is not None and Path(self.out).resolve() == self.dead_path.resolve():
             raise LabelError("--dead-letters must be another file than --out")
 
-    def lines(self, done_ids: set[str], done_lines: set[int], report: LabelReport) -> Iterator[Line]:
-        """The input lines still to label, converted as ``mulcot produce`` converts them."""
-        seen: set[str] = set()
+    def numbered(self) -> Iterator[tuple[int, str, str | None]]:
+        """The input's non-blank lines, the first ``limit`` of them: each one's line number, its
+        text and the post id read from it (None: it names none). Labelling and the progress
+        total both walk the input through this."""
         n = 0
         with open(self.path, encoding="utf-8", errors="surrogateescape") as fh:
             for number, text in enumerate(fh, 1):
@@ -191,21 +205,26 @@ class LabelJob:
                 n += 1
                 if self.limit and n > self.limit:
                     return
-                pid = _peek_id(text)
-                if number in done_lines or (pid is not None and pid in done_ids):
-                    report.resumed += 1
-                    continue
-                if pid is not None and pid in seen:
-                    report.duplicates.append((number, pid))
-                    self.note(f"line {number}: duplicate id {pid!r} (first seen earlier in the file): skipped")
-                    continue
-                if pid is not None:
-                    seen.add(pid)
-                got = convert(text, self.path.parent, number)
-                if got.kind == MISSING_IMAGE:
-                    report.without_image.append(number)
-                    self.note(f"line {number}: {got.problem}")
-                yield got
+                yield number, text, _peek_id(text)
+
+    def lines(self, done: Done, report: LabelReport) -> Iterator[Line]:
+        """The input lines still to label, converted as ``mulcot produce`` converts them."""
+        seen: set[str] = set()
+        for number, text, pid in self.numbered():
+            if done.has(number, pid):
+                report.resumed += 1
+                continue
+            if pid is not None and pid in seen:
+                report.duplicates.append((number, pid))
+                self.note(f"line {number}: duplicate id {pid!r} (first seen earlier in the file): skipped")
+                continue
+            if pid is not None:
+                seen.add(pid)
+            got = convert(text, self.path.parent, number)
+            if got.kind == MISSING_IMAGE:
+                report.without_image.append(number)
+                self.note(f"line {number}: {got.problem}")
+            yield got
 
 
 def _peek_id(text: str) -> str | None:
@@ -271,15 +290,6 @@ async def _label(job: LabelJob, student: Any, writer: _Writer, lines: Iterator[L
         executor.shutdown(wait=False)
 
 
-@dataclass
-class Done:
-    """What a previous run already wrote (``--resume``): result and dead-letter post ids, and
-    the input lines that were dead-lettered."""
-
-    ids: set[str] = field(default_factory=set)
-    lines: set[int] = field(default_factory=set)
-
-
 def already_done(job: LabelJob) -> Done:
     """With ``resume``: read (and cut the torn last line of) the output and dead-letter files."""
     if not job.resume:
@@ -291,17 +301,7 @@ def already_done(job: LabelJob) -> Done:
 
 def to_label(job: LabelJob, done: Done) -> int:
     """How many lines of the input (the first ``limit``) are not done yet (the progress total)."""
-    n = todo = 0
-    with open(job.path, encoding="utf-8", errors="surrogateescape") as fh:
-        for number, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            n += 1
-            if job.limit and n > job.limit:
-                break
-            pid = _peek_id(text)
-            todo += not (number in done.lines or (pid is not None and pid in done.ids))
-    return todo
+    return sum(not done.has(number, pid) for number, _, pid in job.numbered())
 
 
 def run_label(job: LabelJob, student: Any, progress: Any = None, done: Done | None = None) -> LabelReport:
@@ -317,7 +317,7 @@ def run_label(job: LabelJob, student: Any, progress: Any = None, done: Done | No
     dead_fh = open(dead_path, mode, encoding="utf-8") if dead_path is not None else None
     try:
         writer = _Writer(out_fh, job.fmt, dead_fh, header=not (job.resume and out_exists))
-        lines = job.lines(done.ids, done.lines, report)
+        lines = job.lines(done, report)
 
         def advance(n: int) -> None:
             if progress is not None:

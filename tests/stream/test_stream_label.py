@@ -161,6 +161,26 @@ def test_label_resume_after_sigkill(tmp_path: Path) -> None:
     assert len(out.read_text().splitlines()) == n and len((tmp_path / "r.dead.jsonl").read_text().splitlines()) == 1
 
 
+def test_label_walk_and_progress_total_agree(tmp_path: Path) -> None:
+    """The lines labelled and the progress total come from one walk of the input (blank lines
+    passed over, the first ``limit`` non-blank lines, done ids and dead-lettered lines skipped);
+    a duplicate id counts in the total but is skipped, as ``run_label`` advances it."""
+    from stream.label import Done, LabelJob, LabelReport, to_label
+    from stream.settings import Settings
+
+    rows = ["a", "", "b", "c", "a", "", "d", "e", "f"]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"id": r, "text": f"post {r}"}) if r else "" for r in rows) + "\n")
+    job = LabelJob(Settings(), path, limit=6, note=lambda text: None)
+    assert [(number, pid) for number, _, pid in job.numbered()] == [(1, "a"), (3, "b"), (4, "c"), (5, "a"), (7, "d"), (8, "e")]
+    done = Done(ids={"b"}, lines={7})
+    report = LabelReport()
+    assert [line.number for line in job.lines(done, report)] == [1, 4, 8]
+    assert report.resumed == 2 and report.duplicates == [(5, "a")]
+    assert to_label(job, done) == 4 == 3 + len(report.duplicates)
+    assert to_label(LabelJob(Settings(), path), Done()) == 7
+
+
 def test_label_usage_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "p.jsonl").write_text('{"id": "a", "text": "x"}\n')
     for args, want in [
