@@ -67,6 +67,11 @@ def test_a_text_without_weight_says_so_and_still_names_its_strongest_word():
     line = text_sentence(ev, "neutral")
     assert line.startswith("The text itself carries little sentiment") and "'river', by 0.02" in line
     assert cites_text(line, text, "museum")
+    # a function word that moves the label more is never quoted, and the claim stays true as measured
+    fn = _toy({"river": 0.02, "the": 0.17})
+    [ev] = cite(attribute([text], ["museum"], [0], fn), fn)
+    line = text_sentence(ev, "neutral")
+    assert "'river', by 0.02" in line and "'the'" not in line
     assert text_sentence(TextEvidence("@bob https://t.co/x", [], [], 0, 0.5), "neutral").startswith("The text has no words")
     assert text_sentence(TextEvidence("", [], [], 0, 0.5), "neutral") == "There is no text with this post."
 

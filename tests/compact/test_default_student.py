@@ -69,9 +69,25 @@ def test_label_and_chain_agree_and_parse(chained):
         assert p.chain is not None
         assert p.chain.parsed, p.chain.raw
         assert p.chain.prediction == p.label.value
-        # the chain writer writes the Conclusion (the Text line comes from the attribution)
-        assert p.generated_tokens >= 3 and len(p.chain.final_conclusion.split()) >= 3
+        # by default the Conclusion is written from the evidence: the label with its probability
+        # and the words the Text line cites, nothing generated
+        assert p.generated_tokens == 0
+        assert f"is {p.label.value} ({p.probabilities[p.label.value]:.2f})" in p.chain.final_conclusion
+        for q in p.extra["text_evidence"]["quotes"]:
+            assert f"'{q}'" in p.chain.text_analysis
         assert len(p.chain.text_analysis.split()) >= 3
+
+
+def test_the_chain_writer_still_writes_the_conclusion_on_request(student):
+    """``conclusion="writer"``: the distilled chain writer writes the Conclusion after the forced start."""
+    student.conclusion = "writer"
+    try:
+        preds = student.predict(POSTS[:2])
+    finally:
+        student.conclusion = "evidence"
+    for p in preds:
+        assert p.chain.parsed and p.chain.prediction == p.label.value
+        assert p.generated_tokens >= 3 and len(p.chain.final_conclusion.split()) >= 3
 
 
 def test_classify_is_deterministic_and_batch_independent(student):

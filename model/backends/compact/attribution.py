@@ -243,9 +243,15 @@ def text_sentence(ev: TextEvidence, label: str) -> str:
     if not ev.words:
         return "The text has no words to weigh (only handles, links or symbols)."
     if not ev.phrases:
-        top = max(range(len(ev.words)), key=lambda i: abs(ev.scores[i]))
-        return (f"The text itself carries little sentiment: no word moves the {label} probability by "
-                f"{MIN_WEIGHT:.2f} or more (the strongest, '{ev.words[top].text}', by {abs(ev.scores[top]):.2f}).")
+        # the claim must hold as measured: a function word (never quoted) or a word pulling the other
+        # way may move the probability more, so name the content word that raises it most
+        content = [i for i in range(len(ev.words)) if not _stop(ev.words[i].text)] or list(range(len(ev.words)))
+        top = max(content, key=lambda i: ev.scores[i])
+        out = (f"The text itself carries little sentiment: no word of it raises the {label} probability by "
+               f"{MIN_WEIGHT:.2f} or more (the most, '{ev.words[top].text}', by {max(ev.scores[top], 0.0):.2f})")
+        if ev.against is not None:
+            out += f"; '{ev.words[ev.against].text}' pulls the other way"
+        return out + "."
     quotes = ev.quotes
     many = len(quotes) > 1
     verb = {"positive": "read" if many else "reads", "negative": "read" if many else "reads",

@@ -140,6 +140,32 @@ def conflict_sentence(label: str, probs: dict[str, float] | None, text_label: st
             f"decision from {text_label} to {label}.")
 
 
+EVIDENCE_CONCLUSION_VERSION = "evidence-conclusion-1"
+"""The prompt-version tag of chains whose Conclusion :func:`evidence_conclusion` wrote."""
+
+
+def evidence_conclusion(has_image: bool, label: str, probs: dict[str, float] | None, aspect: str | None,
+                        quotes: list[str] | None, text_label: str | None = None,
+                        text_probs: dict[str, float] | None = None) -> str:
+    """The Conclusion line written from the evidence (``conclusion="evidence"``, the default): the
+    forced start (:func:`conclusion_start` of a grounded writer), the label with its probability, and
+    what carried it: the cited words, or the text-only reading the image evidence overrode. Says
+    nothing that the Text, Image and Conflict lines do not already show."""
+    conflict = text_label is not None and text_label != label
+    start = conclusion_start(has_image, conflict, True)
+    target = f"towards '{aspect}'" if aspect else "of the post"
+    p = f" ({probs[label]:.2f})" if probs and label in probs else ""
+    out = f"{start} the sentiment {target} is {label}{p}"
+    if conflict and text_probs:
+        out += f", where the text alone reads {text_label} ({text_probs[text_label]:.2f})"
+    elif quotes:
+        q = [f"'{x}'" for x in quotes]
+        out += ", carried most by " + (q[0] if len(q) == 1 else ", ".join(q[:-1]) + f" and {q[-1]}")
+    elif quotes is not None:
+        out += ", with no word of the text weighing much"
+    return out + "."
+
+
 def conclusion_start(has_image: bool, conflict: bool, grounded: bool) -> str:
     """The forced start of the Conclusion line: :data:`NO_IMAGE_START` without an image; with one,
     :data:`CONFLICT_START` or :data:`AGREE_START` from the Conflict line when the chain writer was

@@ -21,7 +21,9 @@ class CompactOptions(BackendOptions):
     reference); ``ocr`` (read text in the picture for the Image line); ``attribution`` (the Text
     line from the words that moved the classifier; off: the chain writer writes it);
     ``image_class_min`` (the Image line names ImageNet classes only at or above this probability;
-    None: it names none). The flags may arrive as strings (a spec, the environment)."""
+    None: it names none); ``conclusion`` (``evidence``: the Conclusion line written from the
+    evidence, ``grounded.evidence_conclusion``; ``writer``: by the chain writer, whose prompt pass
+    is 3/4 of a chain's CPU time). The flags may arrive as strings (a spec, the environment)."""
 
     device: str = "cpu"
     chain_batch_size: int = 32
@@ -34,7 +36,10 @@ class CompactOptions(BackendOptions):
     ocr: bool | str = True
     attribution: bool | str = True
     image_class_min: float | str | None = None
+    conclusion: str = "evidence"
 
     def __post_init__(self) -> None:
         if self.chain_decoder not in ("greedy", "generate"):
             raise ValueError(f"chain_decoder must be 'greedy' or 'generate', not {self.chain_decoder!r}")
+        if self.conclusion not in ("evidence", "writer"):
+            raise ValueError(f"conclusion must be 'evidence' or 'writer', not {self.conclusion!r}")

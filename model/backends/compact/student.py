@@ -93,6 +93,9 @@ class CompactStudent(BaseStudent):
         self._max_new_tokens = o.max_new_tokens
         self._chain_dtype = o.chain_dtype
         self._chain_decoder = o.chain_decoder
+        # the Conclusion line: written from the evidence (grounded.evidence_conclusion), or by the
+        # chain writer (its prompt pass is 3/4 of a chain's CPU time: docs/benchmarks.md)
+        self.conclusion = o.conclusion
         # the Text line from the words that moved the classifier (model.backends.compact.attribution); off:
         # the chain writer writes it, as before 2026.12.01
         self.attribution = _flag(o.attribution)
@@ -292,7 +295,7 @@ class CompactStudent(BaseStudent):
             text_label = max(tp, key=tp.get)
             out.append(GroundedLines(image_sentence(ev, self.image_class_min),
                                      conflict_sentence(pr.label.value, pr.probabilities, text_label, tp),
-                                     text_label != pr.label.value, ev.to_dict()))
+                                     text_label != pr.label.value, ev.to_dict(), text_label, tp))
         return out
 
     def _read_text(self, posts: list[PostInput]) -> list[tuple[object | None, str]]:
@@ -370,53 +373,77 @@ class CompactStudent(BaseStudent):
         the served classifier (:meth:`text_evidence`; with ``attribution=False`` the chain writer writes
         it); the Image and Conflict lines are written from the evidence (:meth:`grounded_lines`: text
         read in the picture, recognisable classes, colours; the text-only against the full label);
-        then the chain writer, with those lines in its context, writes the Conclusion line, whose
-        first words are forced (``grounded.conclusion_start``: always without an image, and from
-        the Conflict line for a chain writer trained on grounded targets)."""
-        from .explainer import EXPLAINER_PROMPT_VERSION, chat_prompt, user_prompt
-        from .grounded import conclusion_start
-
+        then the Conclusion line: from the same evidence (``conclusion="evidence"``, the default:
+        ``grounded.evidence_conclusion``), or by the chain writer with those lines in its context,
+        its first words forced (``conclusion="writer"``; ``grounded.conclusion_start``)."""
         batch, predictions = list(batch), list(predictions)
         if len(batch) != len(predictions):
             raise ValueError("explain() needs one prediction per post")
-        decoder, tok, cfg = self._load_explainer()
-        cap = min(TEXT_TOKENS, self._max_new_tokens or cfg.max_new_tokens)
-        stops = self._newline_ids(tok)
         out: list[Prediction] = []
         for s in range(0, len(batch), self.chain_batch_size):
             posts, preds = batch[s : s + self.chain_batch_size], predictions[s : s + self.chain_batch_size]
             t0 = time.perf_counter()
             lines = self.grounded_lines(posts, preds)
-            prompts = [
-                chat_prompt(tok, user_prompt(p.text, p.aspect, pr.extra.get("image_words"), pr.label.value, cfg)) + "Text:"
-                for p, pr in zip(posts, preds)
-            ]
             text_lines, text_ev = self._text_lines(posts, preds)
+            writer = text_lines is None or self.conclusion == "writer"
+            prompts = self._writer_prompts(posts, preds) if writer else []
+            first: list[list[int]] = [[] for _ in posts]
             if text_lines is None:  # attribution off: the chain writer writes the Text line
-                first = decoder.generate(prompts, cap, stops)
-                text_lines = [_wording(_line(tok.decode(r, skip_special_tokens=True)), p)
-                              or f"The text reads as {pr.label.value}." for r, p, pr in zip(first, posts, preds)]
-            else:
-                first = [[] for _ in posts]
-            starts = [conclusion_start(p.image is not None, g.conflict, cfg.grounded_targets) for p, g in zip(posts, lines)]
-            heads = [f"Text: {t}\nImage: {g.image}\nConflict: {g.conflict_line}\nConclusion:" + (f" {st}" if st else "")
-                     for t, g, st in zip(text_lines, lines, starts)]
-            second = decoder.generate([p + h[len("Text:"):] for p, h in zip(prompts, heads)], cap, stops)
+                text_lines, first = self._written_text_lines(posts, preds, prompts)
+            heads, concls, second, version = self._conclusions(posts, preds, lines, text_lines, text_ev, prompts)
             ms = (time.perf_counter() - t0) * 1000
             for i, pr in enumerate(preds):
-                concl = _wording(_line(tok.decode(second[i], skip_special_tokens=True)), posts[i]) \
-                    or f"the post is {pr.label.value}."
-                text = f"{heads[i]}{_glue(concl)}"
-                chain = parse_chain(f"{text}\nPrediction: {pr.label.value}")
+                chain = parse_chain(f"{heads[i]}{_glue(concls[i])}\nPrediction: {pr.label.value}")
                 out.append(
                     Prediction(
                         **{**pr.__dict__, "chain": chain, "generated_tokens": len(first[i]) + len(second[i]),
-                           "chain_ms": ms, "prompt_version": f"{pr.prompt_version}+{EXPLAINER_PROMPT_VERSION}",
+                           "chain_ms": ms, "prompt_version": f"{pr.prompt_version}+{version}",
                            "extra": {**pr.extra, "image_evidence": lines[i].evidence,
                                      "text_evidence": text_ev[i].to_dict() if text_ev[i] is not None else None}}
                     )
                 )
         return out
+
+    def _writer_prompts(self, posts: list[PostInput], preds: list[Prediction]) -> list[str]:
+        """The chain writer's prompt of each post, up to the start of its Text line."""
+        from .explainer import chat_prompt, user_prompt
+
+        _, tok, cfg = self._load_explainer()
+        return [chat_prompt(tok, user_prompt(p.text, p.aspect, pr.extra.get("image_words"), pr.label.value, cfg)) + "Text:"
+                for p, pr in zip(posts, preds)]
+
+    def _writer_budget(self):
+        decoder, tok, cfg = self._load_explainer()
+        return decoder, tok, cfg, min(TEXT_TOKENS, self._max_new_tokens or cfg.max_new_tokens), self._newline_ids(tok)
+
+    def _written_text_lines(self, posts: list[PostInput], preds: list[Prediction], prompts: list[str]):
+        """Text lines written by the chain writer (attribution off), and their generated tokens."""
+        decoder, tok, _, cap, stops = self._writer_budget()
+        first = decoder.generate(prompts, cap, stops)
+        return [_wording(_line(tok.decode(r, skip_special_tokens=True)), p) or f"The text reads as {pr.label.value}."
+                for r, p, pr in zip(first, posts, preds)], first
+
+    def _conclusions(self, posts, preds, lines, text_lines, text_ev, prompts):
+        """Each chain's lines up to ``Conclusion:``, its Conclusion, the generated tokens and the prompt
+        version: from the evidence, or from the chain writer (``self.conclusion``)."""
+        heads = [f"Text: {t}\nImage: {g.image}\nConflict: {g.conflict_line}\nConclusion:" for t, g in zip(text_lines, lines)]
+        if self.conclusion == "evidence":
+            from .grounded import EVIDENCE_CONCLUSION_VERSION, evidence_conclusion
+
+            concls = [evidence_conclusion(p.image is not None, pr.label.value, pr.probabilities, p.aspect,
+                                          ev.quotes if ev is not None else None, g.text_label, g.text_probs)
+                      for p, pr, g, ev in zip(posts, preds, lines, text_ev)]
+            return heads, concls, [[] for _ in posts], EVIDENCE_CONCLUSION_VERSION
+        from .explainer import EXPLAINER_PROMPT_VERSION
+        from .grounded import conclusion_start
+
+        decoder, tok, cfg, cap, stops = self._writer_budget()
+        starts = [conclusion_start(p.image is not None, g.conflict, cfg.grounded_targets) for p, g in zip(posts, lines)]
+        heads = [h + (f" {st}" if st else "") for h, st in zip(heads, starts)]
+        second = decoder.generate([p + h[len("Text:"):] for p, h in zip(prompts, heads)], cap, stops)
+        concls = [_wording(_line(tok.decode(r, skip_special_tokens=True)), p) or f"the post is {pr.label.value}."
+                  for r, p, pr in zip(second, posts, preds)]
+        return heads, concls, second, EXPLAINER_PROMPT_VERSION
 
     def _evidence(self, posts: list[PostInput], preds: list[Prediction]) -> list[list | None]:
         """The image classes of each post with an image: from its prediction when ``classify``
@@ -462,6 +489,9 @@ class GroundedLines:
     """Whether the Conflict line names a conflict (the text-only label differs)."""
     evidence: dict | None
     """``ImageEvidence.to_dict()``, or None without an image."""
+    text_label: str | None = None
+    """The classifier's text-only label (None without an image)."""
+    text_probs: dict[str, float] | None = None
 
 
 ATTRIBUTION_FAILED = "The words that moved the label could not be computed (attribution failed)."
