@@ -201,7 +201,7 @@ def adopts(cand: dict, base: dict) -> bool:
 
 def adopted(rows: list[dict]) -> str:
     passing = [r for r in rows[1:] if r.get("passes")]
-    return max(passing, key=lambda r: r["f1_mean"])["name"] if passing else "base"
+    return max(passing, key=lambda r: r["f1_mean"])["name"] if passing else rows[0]["name"]
 
 
 def export(name: str, out: Path, cache: Path = CACHE) -> dict:
