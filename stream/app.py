@@ -103,6 +103,7 @@ def load_configured_student(settings: Settings) -> Any:
     opts = {"device": settings.model_device} if settings.model_device else {}
     if settings.model_spec == "default" or settings.model_spec.startswith("compact:"):
         opts["ocr"] = settings.ocr  # the compact student reads text in pictures for its chains
+        opts["conclusion"] = settings.conclusion
     key = getattr(settings, "openai_api_key", None)
     if key is not None and settings.model_spec.startswith("openai:"):
         opts["api_key"] = key.get_secret_value()

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     )
     chain: bool = Field(True, description="generate the reasoning chain (False: labels only)")
     ocr: bool = Field(True, description="read the text in pictures for the chain's Image line (default / compact: students; False: faster chains)")
+    conclusion: Literal["evidence", "writer"] = Field(
+        "evidence", description="who writes the chain's Conclusion line (default / compact: students): evidence, "
+        "or writer (the distilled chain writer; about 3x slower on CPU)"
+    )
     label_first: bool = Field(
         False, description="publish a labels-only result as soon as the label is known, then the full one"
     )
