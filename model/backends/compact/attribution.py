@@ -2,7 +2,8 @@
 feature ablation, Captum's ``FeatureAblation``) through the route that served the post.
 
 A post's text is cut into words (runs of non-space characters); the words that can be evidence are
-all but retweet markers, @handles, links and the aspect's own words. Each such word is one feature of
+all but retweet markers, @handles, links, the aspect's own words and function words (scikit-learn's
+English stop list less negations, intensifiers and :data:`SENTIMENT_BEARING`). Each such word is one feature of
 a 0/1 keep-mask; the forward function rebuilds each post's text with the dropped words cut out and
 returns the classifier's probability of the served label. A word's score is
 ``p(label | post) - p(label | post without the word)``: positive when the word pulls toward the label,
@@ -11,6 +12,7 @@ negative when it pulls away from it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +75,7 @@ def evidence_words(text: str, aspect: str | None) -> list[Word]:
         if NOT_EVIDENCE.match(tok):
             continue
         core = EDGE.sub("", tok) or tok
-        if core.lower() in asp or core.lower().lstrip("#") in asp:
+        if core.lower() in asp or core.lower().lstrip("#") in asp or _stop(core):
             continue
         s = m.start() + tok.find(core) if core in tok else m.start()
         spans.append(Word(s, s + len(core), core))
@@ -148,11 +150,24 @@ KEEP_NEGATIONS = {"not", "no", "never", "nor", "nothing", "none", "cannot", "wit
                   "less", "very", "too", "most", "much"}
 
 
-def _stop(word: str) -> bool:
+SENTIMENT_BEARING = {"again", "amount", "back", "bill", "cry", "detail", "down", "empty", "enough", "fill", "find",
+                     "fire", "first", "found", "full", "get", "give", "interest", "keep", "last", "made", "move",
+                     "off", "serious", "show", "side", "sincere", "system", "thick", "thin", "top", "well", "whole"}
+"""Words of scikit-learn's English stop list that are not function words and can carry a post's
+sentiment ("cry", "empty", "sincere", "again"): weighed and quotable like any other word."""
+
+
+@functools.cache
+def _function_words() -> frozenset[str]:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+    return frozenset(ENGLISH_STOP_WORDS) - KEEP_NEGATIONS - SENTIMENT_BEARING
+
+
+def _stop(word: str) -> bool:
+    """A function word (never weighed, never quoted) or a lone symbol."""
     w = word.lower().strip("'’")
-    return (w in ENGLISH_STOP_WORDS and w not in KEEP_NEGATIONS) or not any(c.isalnum() for c in w) and len(w) < 2
+    return w in _function_words() or not any(c.isalnum() for c in w) and len(w) < 2
 
 
 def select_quotes(text: str, words: list[Word], scores: list[float], min_weight: float = MIN_WEIGHT
