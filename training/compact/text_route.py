@@ -8,6 +8,10 @@ candidates fixed in docs/results.md ("Round 4"), scores each on our own out-of-d
 single-aspect Twitter-2017 *test* tweets, class-balanced) and exports the adopted one as the post
 route's text-only twin.
 
+Folds, scores and the cross-validation half of the adoption rule are ``training/compact/select.py``'s
+(``folds``, ``score``, ``beats``); what is this module's own is the pool, the out-of-domain check
+and the candidates of rounds 4 and 5 (:data:`ROUNDS`).
+
 ``python -m training.compact.text_route run`` prints and saves the table
 (``runs/cv/text_route_k5_s0.json``); ``... export --candidate NAME --out model/weights/default``.
 """
@@ -154,20 +158,20 @@ ROUNDS = {4: CANDIDATES, 5: ROUND5}
 
 
 def _scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    from sklearn.metrics import f1_score
+    from .select import score
 
-    return float((pred == y).mean()), float(f1_score(y, pred, average="macro"))
+    return score(y, pred, "macro")
 
 
 def run(k: int = 5, seed: int = 0, cache: Path = CACHE, round_: int = 4) -> list[dict]:
     """Every candidate's CV figures over the pool, per-source accuracy, and its out-of-domain check
     (the candidates of round ``round_``, its baseline first)."""
-    from sklearn.model_selection import StratifiedKFold
+    from .select import folds as cv_folds
 
     cands = ROUNDS[round_]
     mpnet = any("mpnet" in c.parts for c in cands.values())
     F, O = all_features(pool(), "pool", cache, mpnet), all_features(ood_check(), "ood", cache, mpnet)
-    folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(F["y"])), F["y"]))
+    folds = cv_folds(F["y"], k, seed)  # the compact student's one fold maker (training/compact/select.py)
     rows = []
     for cand in cands.values():
         accs, f1s, per = [], [], {s: [] for s in np.unique(F["source"])}
@@ -195,8 +199,9 @@ def run(k: int = 5, seed: int = 0, cache: Path = CACHE, round_: int = 4) -> list
 def adopts(cand: dict, base: dict) -> bool:
     """The round-4 rule (docs/results.md): CV beats base by more than the larger spread on accuracy
     and macro F1, and the out-of-domain macro F1 is at least 0.02 higher."""
-    cv = all(cand[f"{m}_mean"] - base[f"{m}_mean"] > max(cand[f"{m}_std"], base[f"{m}_std"]) for m in ("acc", "f1"))
-    return cv and cand["ood_f1"] - base["ood_f1"] >= 0.02
+    from .select import beats
+
+    return beats(cand, base) and cand["ood_f1"] - base["ood_f1"] >= 0.02
 
 
 def adopted(rows: list[dict]) -> str:
