@@ -73,6 +73,12 @@ def test_a_text_without_weight_says_so_and_still_names_its_strongest_word():
     [ev] = cite(attribute([text], ["museum"], [0], fn), fn)
     line = text_sentence(ev, "neutral")
     assert "'river', by 0.02" in line and "'the'" not in line
+    fn = _toy({"river": 0.001})  # the weight is named as measured, never "by 0.00"
+    [ev] = cite(attribute([text], ["museum"], [0], fn), fn)
+    assert "'river', by under 0.01" in text_sentence(ev, "neutral")
+    fn = _toy({})  # no word raises it: the line says so
+    [ev] = cite(attribute([text], ["museum"], [0], fn), fn)
+    assert text_sentence(ev, "neutral").endswith("no word of it raises the neutral probability at all.")
     assert text_sentence(TextEvidence("@bob https://t.co/x", [], [], 0, 0.5), "neutral").startswith("The text has no words")
     assert text_sentence(TextEvidence("", [], [], 0, 0.5), "neutral") == "There is no text with this post."
 

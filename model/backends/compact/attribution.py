@@ -262,8 +262,10 @@ def text_sentence(ev: TextEvidence, label: str) -> str:
         # way may move the probability more, so name the content word that raises it most
         content = [i for i in range(len(ev.words)) if not _stop(ev.words[i].text)] or list(range(len(ev.words)))
         top = max(content, key=lambda i: ev.scores[i])
-        out = (f"The text itself carries little sentiment: no word of it raises the {label} probability by "
-               f"{MIN_WEIGHT:.2f} or more (the most, '{ev.words[top].text}', by {max(ev.scores[top], 0.0):.2f})")
+        out = f"The text itself carries little sentiment: no word of it raises the {label} probability "
+        most = ev.scores[top]
+        out += (f"by {MIN_WEIGHT:.2f} or more (the most, '{ev.words[top].text}', by "
+                f"{f'{most:.2f}' if most >= 0.005 else 'under 0.01'})" if most > 0 else "at all")
         if ev.against is not None:
             out += f"; '{ev.words[ev.against].text}' pulls the other way"
         return out + "."
