@@ -173,14 +173,15 @@ def _stop(word: str) -> bool:
 def select_quotes(text: str, words: list[Word], scores: list[float], min_weight: float = MIN_WEIGHT
                   ) -> tuple[list[tuple[int, int]], int | None]:
     """The cited phrases as (first word, last word) index ranges, strongest first, and the index of
-    the strongest word that pulls against the label (None if none pulls by ``min_weight``)."""
+    the strongest word that pulls against the label (None if none pulls by ``min_weight``).
+    ``words`` come from :func:`evidence_words`, so function words are not among them."""
     order = sorted(range(len(words)), key=lambda i: -scores[i])
     used: set[int] = set()
     phrases: list[tuple[int, int]] = []
     for i in order:
         if len(phrases) == MAX_QUOTES or scores[i] < min_weight:
             break
-        if i in used or _stop(words[i].text):
+        if i in used:
             continue
         lo = hi = i
         while hi - lo + 1 < PHRASE_WORDS:  # grow into neighbours that pull the same way
@@ -194,7 +195,7 @@ def select_quotes(text: str, words: list[Word], scores: list[float], min_weight:
             lo, hi = min(lo, j), max(hi, j)
         used.update(range(lo, hi + 1))
         phrases.append((lo, hi))
-    against = [i for i in order[::-1] if scores[i] <= -min_weight and not _stop(words[i].text)]
+    against = [i for i in order[::-1] if scores[i] <= -min_weight]
     return _merge(text, words, scores, phrases), (against[0] if against else None)
 
 
@@ -245,7 +246,8 @@ def quote(text: str, words: list[Word], span: tuple[int, int]) -> str:
     return text[words[span[0]].start:words[span[1]].end]
 
 
-def _listing(items: list[str]) -> str:
+def listing(items: list[str]) -> str:
+    """``'a'``, ``'a' and 'b'``, ``'a', 'b' and 'c'``: quoted words as a sentence lists them."""
     q = [f"'{x}'" for x in items]
     return q[0] if len(q) == 1 else ", ".join(q[:-1]) + f" and {q[-1]}"
 
@@ -258,10 +260,9 @@ def text_sentence(ev: TextEvidence, label: str) -> str:
     if not ev.words:
         return "The text has no words to weigh (only handles, links or symbols)."
     if not ev.phrases:
-        # the claim must hold as measured: a function word (never quoted) or a word pulling the other
-        # way may move the probability more, so name the content word that raises it most
-        content = [i for i in range(len(ev.words)) if not _stop(ev.words[i].text)] or list(range(len(ev.words)))
-        top = max(content, key=lambda i: ev.scores[i])
+        # the claim must hold as measured: a word pulling the other way may move the probability
+        # more, so name the word that raises it most
+        top = max(range(len(ev.words)), key=lambda i: ev.scores[i])
         out = f"The text itself carries little sentiment: no word of it raises the {label} probability "
         most = ev.scores[top]
         out += (f"by {MIN_WEIGHT:.2f} or more (the most, '{ev.words[top].text}', by "
@@ -274,7 +275,7 @@ def text_sentence(ev: TextEvidence, label: str) -> str:
     verb = {"positive": "read" if many else "reads", "negative": "read" if many else "reads",
             "neutral": "keep" if many else "keeps"}[label]
     tail = {"positive": "positive", "negative": "negative", "neutral": "it neutral"}[label]
-    out = f"In the text, {_listing(quotes)} {verb} {tail}"
+    out = f"In the text, {listing(quotes)} {verb} {tail}"
     if ev.without_cited is not None:
         move = "falls" if ev.without_cited < ev.base else "goes"
         out += (f": without {'them' if many else 'it'} the {label} probability {move} from {ev.base:.2f} "

@@ -159,8 +159,9 @@ def evidence_conclusion(has_image: bool, label: str, probs: dict[str, float] | N
     if conflict and text_probs:
         out += f", where the text alone reads {text_label} ({text_probs[text_label]:.2f})"
     elif quotes:
-        q = [f"'{x}'" for x in quotes]
-        out += ", carried most by " + (q[0] if len(q) == 1 else ", ".join(q[:-1]) + f" and {q[-1]}")
+        from .attribution import listing
+
+        out += f", carried most by {listing(quotes)}"
     elif quotes is not None:
         out += ", with no word of the text weighing much"
     return out + "."
